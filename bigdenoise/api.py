@@ -1,0 +1,87 @@
+"""The Python API: train a model on a volume, denoise a volume into Zarr."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import make_config
+from .errors import InputError
+from .execute import BlockSettings, dask_client, run_blocks
+from .infer import plan_for
+from .package import Model, load_model
+from .tiling import block_shape_for
+from .train import fit, pick_device
+from .volume import Volume, open_volume
+from .writer import create_output
+
+
+def _volume(source: Any, axes: str | None) -> Volume:
+    return source if isinstance(source, Volume) else open_volume(source, axes)
+
+
+def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None = None, target: Any = None,
+          resume: bool = False, overwrite: bool = False, progress: bool = True, **config: Any) -> Model:
+    """Train a denoiser on ``source`` and write its model package to ``out``.
+
+    Parameters
+    ----------
+    source : a path (Zarr array, OME-Zarr image, TIFF), a numpy/dask array or a Volume.
+    out : model directory.
+    method : a registered method name (``bigdenoise.methods.method_names()``).
+    axes : axes of ``source`` (e.g. ``"SYX"``); read from the metadata when omitted.
+    target : second volume for methods that need one (Noise2Noise, CARE).
+    config : any :class:`bigdenoise.config.TrainConfig` field (``steps``, ``max_time``,
+        ``patch``, ``batch_size``, ``net={"depth": 2, ...}``, ``options={...}``, ``seed`` ...).
+    """
+    volume = _volume(source, axes)
+    cfg = make_config(method=method, axes=volume.axes, **config)
+    volumes = {"input": volume}
+    if target is not None:
+        volumes["target"] = _volume(target, volume.axes)
+    return fit(volumes, out, cfg, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: str | None = None,
+            cluster: str = "local", workers: int | None = None, chunks: tuple[int, ...] | None = None,
+            dtype: str = "float32", overwrite: bool = False, tile: int | tuple[int, ...] | None = None,
+            overlap: int = 0, halo: int | None = None, batch_size: int = 4, precision: str = "fp32",
+            device: str = "auto", block_voxels: int = 4 * 2**20, progress: bool = True) -> dict:
+    """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
+
+    The output has the input's shape and axes (an OME-Zarr input gives an OME-Zarr output),
+    chunked like the input unless ``chunks`` is given. Returns a summary of the run.
+    """
+    model_path = model.path if isinstance(model, Model) else str(model)
+    if model_path is None:
+        raise InputError("predict needs a model saved on disk (a model directory); save it first")
+    loaded = model if isinstance(model, Model) else load_model(model_path)
+    try:
+        volume = _volume(source, axes)
+    except InputError:
+        model_axes = None if axes is not None or isinstance(source, Volume) else _axes_like_model(source, loaded)
+        if model_axes is None:
+            raise
+        volume = _volume(source, model_axes)
+    if volume.path is None and cluster != "threads":
+        cluster = "threads"  # an in-memory array cannot be shipped to worker processes
+    plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, source=volume.source)
+    spec = create_output(out, volume, chunks=chunks, dtype=dtype, overwrite=overwrite,
+                         attributes={"model": str(Path(model_path).resolve()), "source": volume.source})
+    block = block_shape_for(spec.chunks, volume.shape, block_voxels)
+    dev = str(pick_device(device))
+    with dask_client(cluster, workers, device=dev) as (client, torch_threads):
+        settings = BlockSettings(str(Path(model_path).resolve()), dev, batch_size, precision, torch_threads)
+        summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress)
+    return {**summary, "output": str(out), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+
+
+def _axes_like_model(source: Any, model: Model) -> str | None:
+    """The model's axes when the source has as many dimensions, else None."""
+    import zarr
+
+    try:
+        ndim = source.ndim if hasattr(source, "ndim") else zarr.open(str(source), mode="r").ndim
+    except Exception:  # noqa: BLE001 - the caller re-raises the volume's own error
+        return None
+    return model.axes if ndim == len(model.axes) else None

@@ -1,0 +1,182 @@
+"""Command line: ``bigdenoise convert|info|train|predict|demo``. Thin wrappers over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+
+from ._version import __version__
+from .errors import BigDenoiseError
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``5m``, ``1.5h``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 300, 300s, 5m or 1h")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    """``64,256,256`` (or ``64x256x256``) -> a tuple of positive ints."""
+    try:
+        values = tuple(int(v) for v in re.split(r"[,x]", text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 64,256,256") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
+    return values
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a denoiser on a volume", description="Train a denoiser on a volume "
+                       "(Zarr array path like case.zarr/noisy, OME-Zarr, TIFF) and save a model package.")
+    p.add_argument("input", help="noisy volume")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--method", default="n2v", help="training method (default n2v)")
+    p.add_argument("--axes", help="axes of the input, e.g. SYX, ZYX (default: from metadata)")
+    p.add_argument("--target", help="second volume for paired methods (n2n, care)")
+    budget = p.add_argument_group("budget (the first to run out ends training; default 2000 steps)")
+    budget.add_argument("--steps", type=int)
+    budget.add_argument("--epochs", type=float, help="one epoch = as many patches as tile the volume once")
+    budget.add_argument("--max-time", type=parse_duration, help="wall-clock limit, e.g. 300, 5m, 1h")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--resume", action="store_true", help="continue from the model directory's checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model directory")
+    p.add_argument("--patch", type=parse_shape, help="patch shape, e.g. 64,64 or 16,64,64")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--val-every", type=int, help="steps between validations/checkpoints")
+    p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    net = p.add_argument_group("network")
+    net.add_argument("--depth", type=int)
+    net.add_argument("--features", type=int)
+    net.add_argument("--kernel", type=int)
+    net.add_argument("--no-batch-norm", action="store_true")
+    net.add_argument("--n2v2", action="store_true", help="N2V2: blur-pool U-Net without top skip, median replacement")
+    n2v = p.add_argument_group("Noise2Void")
+    n2v.add_argument("--masked-fraction", type=float, help="fraction of pixels masked per patch (default 64/4096)")
+    n2v.add_argument("--struct-axis", type=int, help="struct-N2V: spatial axis (0-based) of correlated noise")
+    n2v.add_argument("--struct-span", type=int, help="struct-N2V: pixels masked on each side along that axis")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="denoise a volume blockwise into Zarr",
+                       description="Denoise a volume block by block on a Dask cluster into a Zarr array.")
+    p.add_argument("input")
+    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--out", required=True, help="output Zarr (opens as an array of the input's shape)")
+    p.add_argument("--axes", help="axes of the input (default: metadata, else the model's)")
+    p.add_argument("--cluster", default="local", help="threads | local | tcp://HOST:PORT (default local)")
+    p.add_argument("--workers", type=int, help="worker processes for --cluster local")
+    p.add_argument("--chunks", type=parse_shape, help="output chunks (default: the input's)")
+    p.add_argument("--dtype", default="float32", help="float32 (default), float16, input (input dtype, clipped), uint16...")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--tile", type=parse_shape, help="tile core size per spatial axis (default 256 in 2D, 64 in 3D)")
+    p.add_argument("--overlap", type=int, default=0, help="blend overlap between tiles (voxels)")
+    p.add_argument("--halo", type=int, help="context per side (default: the receptive field, exact)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigdenoise", description="Self-supervised denoising of large microscopy volumes.")
+    parser.add_argument("--version", action="version", version=f"bigdenoise {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("convert", help="copy a TIFF/Zarr/OME-Zarr volume into a chunked Zarr v3 array")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--axes")
+    p.add_argument("--chunks", type=parse_shape)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p = sub.add_parser("info", help="shape, dtype, chunks, axes, size and a sampled intensity summary")
+    p.add_argument("input")
+    p.add_argument("--axes")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_train(sub)
+    _add_predict(sub)
+    p = sub.add_parser("demo", help="make a noisy volume, train N2V, denoise it on a LocalCluster, report PSNR")
+    p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
+    p.add_argument("--max-time", type=parse_duration, default=180.0, help="training time (default 3m)")
+    p.add_argument("--data", help="folder with the shared data (default: ../shared/data if present)")
+    p.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _train_kwargs(a: argparse.Namespace) -> dict:
+    kw = {k: getattr(a, k) for k in ("steps", "epochs", "max_time", "seed", "device", "patch", "batch_size", "lr",
+                                     "val_every", "num_workers") if getattr(a, k) is not None}
+    net = {k: getattr(a, k) for k in ("depth", "features", "kernel") if getattr(a, k) is not None}
+    if a.no_batch_norm:
+        net["batch_norm"] = False
+    options = {}
+    if a.n2v2:
+        net["n2v2"] = True
+        options["replacement"] = "median"
+    for k in ("masked_fraction", "struct_axis", "struct_span"):
+        if getattr(a, k) is not None:
+            options[k] = getattr(a, k)
+    if net:
+        kw["net"] = net
+    if options:
+        kw["options"] = options
+    return kw
+
+
+def run(a: argparse.Namespace) -> int:
+    from . import api
+
+    if a.command == "convert":
+        from .convert import convert
+
+        vol = convert(a.input, a.output, axes=a.axes, chunks=a.chunks, overwrite=a.overwrite, progress=not a.quiet)
+        print(f"wrote {a.output}: shape {vol.shape}, axes {vol.axes}, chunks {vol.chunks}, dtype {vol.dtype}")
+    elif a.command == "info":
+        from .convert import describe, format_description
+        from .volume import open_volume
+
+        d = describe(open_volume(a.input, a.axes))
+        print(json.dumps(d, indent=2, default=str) if a.json else format_description(d))
+    elif a.command == "train":
+        model = api.train(a.input, a.out, method=a.method, axes=a.axes, target=a.target, resume=a.resume,
+                          overwrite=a.overwrite, progress=not a.quiet, **_train_kwargs(a))
+        info = model.info
+        print(f"trained {a.method} for {info['steps']} steps ({info['train_seconds']} s on {info['device']}); "
+              f"best validation loss {info['best_val_loss']:.4g}; model written to {a.out}")
+    elif a.command == "predict":
+        s = api.predict(a.input, a.model, a.out, axes=a.axes, cluster=a.cluster, workers=a.workers, chunks=a.chunks,
+                        dtype=a.dtype, overwrite=a.overwrite, tile=a.tile, overlap=a.overlap, halo=a.halo,
+                        batch_size=a.batch_size, precision=a.precision, device=a.device, progress=not a.quiet)
+        print(f"denoised {s['voxels']:,} voxels in {s['blocks']} blocks in {s['seconds']:.1f} s "
+              f"({s['voxels_per_s'] / 1e6:.2f} Mvox/s) into {s['output']}")
+    elif a.command == "demo":
+        from .demo import run_demo
+
+        run_demo(a.out, max_time=a.max_time, data=a.data, progress=not a.quiet)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``bigdenoise`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except BigDenoiseError as exc:
+        print(f"bigdenoise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bigdenoise {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

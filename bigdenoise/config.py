@@ -1,0 +1,108 @@
+"""Validated training configuration: shared options plus each method's own, checked by the method."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .methods import get_method
+
+
+class NetConfig(BaseModel):
+    """U-Net shape (CSBDeep / Noise2Void defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = Field(2, ge=1, le=5)
+    features: int = Field(32, ge=1, le=512)
+    kernel: int = Field(3, ge=1, le=9)
+    batch_norm: bool = True
+    n2v2: bool = False
+    residual: bool = False
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, k: int) -> int:
+        if k % 2 == 0:
+            raise ValueError("kernel must be odd")
+        return k
+
+
+class TrainConfig(BaseModel):
+    """Everything that decides a training run (with the data and the seed, the whole run).
+
+    The budget is the first of ``steps``, ``epochs`` (one epoch = as many patches as tile the
+    volume once) or ``max_time`` (seconds) to run out; with none given, 2000 steps.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = "n2v"
+    axes: str
+    patch: tuple[int, ...] | None = None
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(4e-4, gt=0)
+    lr_patience: int = Field(10, ge=1, description="validations without improvement before the LR is halved")
+    steps: int | None = Field(None, ge=1)
+    epochs: float | None = Field(None, gt=0)
+    max_time: float | None = Field(None, gt=0, description="seconds")
+    val_patches: int = Field(128, ge=1)
+    val_every: int = Field(100, ge=1, description="steps between validations and checkpoints")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    augment: bool = True
+    num_workers: int = Field(0, ge=0)
+    cache_mb: int = Field(1024, ge=16)
+    stats_chunks: int = Field(32, ge=1, description="random chunks read to estimate normalisation")
+    net: NetConfig = NetConfig()
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, axes: str) -> str:
+        axes = axes.upper()
+        if not re.fullmatch(r"[ST]?Z?YX", axes):
+            raise ValueError(f"axes {axes!r} must be one of YX, ZYX, SYX, TYX, SZYX, TZYX")
+        return axes
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        ndim = self.spatial_ndim
+        if self.patch is not None and len(self.patch) != ndim:
+            raise ValueError(f"patch {self.patch} needs {ndim} sizes for axes {self.axes}")
+        factor = 2**self.net.depth
+        for p in self.patch_shape:
+            if p % factor:
+                raise ValueError(f"patch size {p} must be a multiple of {factor} (2**depth)")
+        method = get_method(self.method)
+        method.options.model_validate(self.options)
+        return self
+
+    @property
+    def spatial_ndim(self) -> int:
+        return sum(a in "ZYX" for a in self.axes)
+
+    @property
+    def patch_shape(self) -> tuple[int, ...]:
+        if self.patch is not None:
+            return tuple(self.patch)
+        return (64, 64) if self.spatial_ndim == 2 else (16, 64, 64)
+
+    @property
+    def method_options(self) -> BaseModel:
+        return get_method(self.method).options.model_validate(self.options)
+
+
+def make_config(**kwargs: Any) -> TrainConfig:
+    """A TrainConfig, or a ConfigError whose message lists every invalid option."""
+    try:
+        return TrainConfig(**kwargs)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid training configuration: {problems}") from None

@@ -1,0 +1,224 @@
+"""Convert any readable input to a chunked Zarr v3 array, and describe a volume (``bigdenoise info``)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bigdenoise.errors import ConfigError, OutputError
+from bigdenoise.geometry import Box
+from bigdenoise.volume import Volume, default_chunks, open_volume, sample_chunk_boxes, split_store_path
+
+COPY_BLOCK_BYTES = 256 * 2**20  # upper bound of one copied block (unless a single chunk is larger)
+
+
+def convert(
+    source: Any,
+    dest: str | Path,
+    *,
+    axes: str | None = None,
+    chunks: tuple[int, ...] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Volume:
+    """Copy a volume into a Zarr v3 array at ``dest`` (the array is the store root).
+
+    Parameters
+    ----------
+    source
+        Anything :func:`~bigdenoise.volume.open_volume` opens (path, numpy or dask array).
+    dest
+        Output directory, e.g. ``out.zarr``.
+    axes
+        Axis letters of the input if it does not say them itself; stored as ``attrs["axes"]``.
+    chunks
+        Output chunk shape, one entry per axis (clipped to the shape); default: 64 along Z,
+        256 along Y/X, 1 along S/T.
+    overwrite
+        Replace an existing ``dest``. Never allowed when ``dest`` overlaps the input.
+    progress
+        Show a progress bar.
+
+    Returns
+    -------
+    Volume
+        The written array, opened read-only.
+    """
+    volume = open_volume(source, axes)
+    dest = Path(dest).expanduser().absolute()
+    _check_dest(volume, dest, overwrite)
+    out_chunks = _output_chunks(volume, chunks)
+    out = _create_output(volume, dest, out_chunks)
+    _copy(volume, out, out_chunks, progress)
+    return open_volume(dest)
+
+
+def _output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int, ...]:
+    if chunks is None:
+        return default_chunks(volume.shape, volume.axes)
+    chunks = tuple(chunks)
+    if len(chunks) != volume.ndim or any(int(c) < 1 for c in chunks):
+        raise ConfigError(
+            f"chunks {chunks} must be {volume.ndim} positive integers, one per axis {volume.axes}"
+        )
+    return tuple(min(int(c), s) for c, s in zip(chunks, volume.shape))
+
+
+def _check_dest(volume: Volume, dest: Path, overwrite: bool) -> None:
+    """Refuse a ``dest`` overlapping the input; remove an existing one if ``overwrite``."""
+    if volume.path is not None:
+        src = Path(volume.path)
+        src_root = src if src.is_file() else split_store_path(src)[0]
+        a, b = src_root.resolve(), dest.resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise OutputError(
+                f"output {dest} overlaps the input {volume.source}: choose an output outside the input"
+            )
+    if dest.exists() or dest.is_symlink():
+        if not overwrite:
+            raise OutputError(f"output {dest} already exists: choose another path or pass overwrite (--overwrite)")
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        else:
+            dest.unlink()
+
+
+def _create_output(volume: Volume, dest: Path, chunks: tuple[int, ...]) -> Any:
+    import zarr
+
+    attrs: dict[str, Any] = {"axes": volume.axes}
+    if volume.scale is not None:
+        attrs["scale"] = list(volume.scale)
+    if volume.units is not None:
+        attrs["units"] = list(volume.units)
+    try:
+        return zarr.create_array(
+            store=str(dest),
+            shape=volume.shape,
+            dtype=volume.dtype,
+            chunks=chunks,
+            attributes=attrs,
+            dimension_names=tuple(volume.axes.lower()),
+            zarr_format=3,
+        )
+    except OSError as e:
+        raise OutputError(f"cannot write {dest} ({e}): check the path and permissions") from e
+
+
+def copy_block_shape(
+    shape: tuple[int, ...], chunks: tuple[int, ...], itemsize: int, budget: int = COPY_BLOCK_BYTES
+) -> tuple[int, ...]:
+    """Largest chunk-aligned block of at most ``budget`` bytes, shrinking leading axes first.
+
+    The block is whole along trailing axes where possible (contiguous slabs); it is never
+    smaller than one chunk.
+    """
+    block = list(shape)
+    for ax in range(len(shape)):
+        if math.prod(block) * itemsize <= budget:
+            break
+        per_index = math.prod(block) // block[ax] * itemsize  # bytes per index along ax
+        n = (budget // per_index) // chunks[ax] * chunks[ax]
+        block[ax] = min(shape[ax], max(chunks[ax], n))
+    return tuple(block)
+
+
+def _copy(volume: Volume, out: Any, chunks: tuple[int, ...], progress: bool) -> None:
+    block = copy_block_shape(volume.shape, chunks, volume.dtype.itemsize)
+    starts = [range(0, s, b) for s, b in zip(volume.shape, block)]
+    with tqdm(
+        total=volume.nbytes, unit="B", unit_scale=True, desc=f"convert {volume.source}", disable=not progress
+    ) as bar:
+        for offset in itertools.product(*starts):
+            box = Box(offset, tuple(min(b, s - o) for b, s, o in zip(block, volume.shape, offset)))
+            out[box.slices] = volume.read(box)
+            bar.update(box.size * volume.dtype.itemsize)
+
+
+# --------------------------------------------------------------------------- info
+
+
+def describe(volume: Volume, n_chunks: int = 16, seed: int = 0) -> dict:
+    """Summarise a volume: layout, size and intensities sampled from up to ``n_chunks`` chunks.
+
+    Returns
+    -------
+    dict
+        Keys ``source, axes, shape, dtype, chunks, nbytes, size, scale, units`` and
+        ``intensity`` (dict with ``min, max, mean, std, p1, p50, p99`` over finite sampled
+        values (None if there are none), ``n_sampled``, ``nan_fraction``).
+    """
+    return {
+        "source": volume.source,
+        "axes": volume.axes,
+        "shape": volume.shape,
+        "dtype": str(volume.dtype),
+        "chunks": volume.chunks,
+        "nbytes": volume.nbytes,
+        "size": format_bytes(volume.nbytes),
+        "scale": volume.scale,
+        "units": volume.units,
+        "intensity": _sample_intensity(volume, n_chunks, seed),
+    }
+
+
+def _sample_intensity(volume: Volume, n_chunks: int, seed: int) -> dict:
+    values = np.concatenate(
+        [volume.read(b).ravel().astype(np.float64) for b in sample_chunk_boxes(volume, n_chunks, seed)]
+    )
+    finite = values[np.isfinite(values)]
+    stats: dict[str, Any] = {"n_sampled": int(values.size), "nan_fraction": float(np.isnan(values).mean())}
+    if finite.size == 0:
+        return {**dict.fromkeys(("min", "max", "mean", "std", "p1", "p50", "p99")), **stats}
+    p1, p50, p99 = np.percentile(finite, [1, 50, 99])
+    return {
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+        "mean": float(finite.mean()),
+        "std": float(finite.std()),
+        "p1": float(p1),
+        "p50": float(p50),
+        "p99": float(p99),
+        **stats,
+    }
+
+
+def format_bytes(n: int) -> str:
+    """Human-readable size, e.g. ``"1.5 GiB"``."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_description(d: dict) -> str:
+    """Render :func:`describe`'s dict as an aligned text block."""
+    rows = [
+        ("source", d["source"]),
+        ("axes", d["axes"]),
+        ("shape", " x ".join(str(s) for s in d["shape"])),
+        ("dtype", d["dtype"]),
+        ("chunks", " x ".join(str(c) for c in d["chunks"])),
+        ("size", f"{d['size']} ({d['nbytes']} bytes uncompressed)"),
+    ]
+    if d.get("scale") is not None:
+        units = d.get("units") or (None,) * len(d["scale"])
+        rows.append(("scale", ", ".join(f"{a}={s:g}{' ' + u if u else ''}" for a, s, u in zip(d["axes"], d["scale"], units))))
+    it = d["intensity"]
+    rows.append(("sampled", f"{it['n_sampled']} voxels, {it['nan_fraction']:.1%} NaN"))
+    if it["min"] is None:
+        rows.append(("intensity", "no finite values sampled"))
+    else:
+        rows.append(("min / max", f"{it['min']:.6g} / {it['max']:.6g}"))
+        rows.append(("mean / std", f"{it['mean']:.6g} / {it['std']:.6g}"))
+        rows.append(("p1/p50/p99", f"{it['p1']:.6g} / {it['p50']:.6g} / {it['p99']:.6g}"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -1,0 +1,99 @@
+"""Training data: a torch IterableDataset over volumes, a sampler and a method's ``prepare``.
+
+The dataset yields whole batches; batch ``b`` always holds samples ``b*B ... b*B+B-1`` whatever
+the number of DataLoader workers (worker ``w`` makes batches ``w, w+W, ...`` and the loader
+interleaves them in order), so a run is reproducible and resumable from a step number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .normalize import Stats, normalize
+from .sampling import TRAIN, ChunkCache, PatchSampler, dihedral, sample_rng
+from .volume import Volume
+
+
+class PatchBatches(IterableDataset):
+    """Batches of prepared training examples read lazily from ``volumes``.
+
+    Parameters
+    ----------
+    volumes : the volumes one sample reads at the same box, by key (``"input"``, ``"target"``);
+        all of one shape.
+    stats : normalisation per key.
+    sampler : patch positions.
+    prepare : the method's ``(sample, rng, options) -> example``.
+    options : the method's options.
+    batch_size, seed : as in the training config.
+    stream : ``sampling.TRAIN`` or ``sampling.VALIDATION`` (independent random streams).
+    start_batch, n_batches : which batches to yield (``n_batches=None``: forever).
+    augment : random in-plane dihedral transforms.
+    cache_bytes : chunk cache size per volume (per worker process).
+    """
+
+    def __init__(
+        self,
+        volumes: Mapping[str, Volume],
+        stats: Mapping[str, Stats],
+        sampler: PatchSampler,
+        prepare: Callable,
+        options: object,
+        *,
+        batch_size: int,
+        seed: int,
+        stream: int = TRAIN,
+        start_batch: int = 0,
+        n_batches: int | None = None,
+        augment: bool = True,
+        cache_bytes: int = 512 * 2**20,
+    ) -> None:
+        self.volumes = dict(volumes)
+        self.stats = dict(stats)
+        self.sampler = sampler
+        self.prepare = prepare
+        self.options = options
+        self.batch_size = batch_size
+        self.seed = seed
+        self.stream = stream
+        self.start_batch = start_batch
+        self.n_batches = n_batches
+        self.augment = augment
+        self.cache_bytes = cache_bytes
+        self._caches: dict[str, ChunkCache] | None = None
+
+    def caches(self) -> dict[str, ChunkCache]:
+        if self._caches is None:
+            self._caches = {k: ChunkCache(v, self.cache_bytes) for k, v in self.volumes.items()}
+        return self._caches
+
+    def example(self, index: int) -> dict[str, np.ndarray]:
+        """Training example ``index``: read, normalise, augment, prepare. Arrays are
+        ``(C, *spatial)`` float32 (sample axes dropped, C = 1)."""
+        box = self.sampler.box(index, self.seed, self.stream)
+        rng = sample_rng(self.seed, self.stream, index)
+        sample = {}
+        for key, cache in self.caches().items():
+            x = normalize(cache.read(box), self.stats[key])
+            spatial = tuple(n for n, a in zip(x.shape, cache.volume.axes) if a in "ZYX")
+            sample[key] = x.reshape((1,) + spatial)
+        if self.augment:
+            k = int(rng.integers(8))
+            sample = {key: dihedral(x, k) for key, x in sample.items()}
+        return self.prepare(sample, rng, self.options)
+
+    def batch(self, b: int) -> dict[str, torch.Tensor]:
+        examples = [self.example(b * self.batch_size + i) for i in range(self.batch_size)]
+        return {key: torch.from_numpy(np.stack([e[key] for e in examples])) for key in examples[0]}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
+        b = self.start_batch + worker
+        while self.n_batches is None or b < self.start_batch + self.n_batches:
+            yield self.batch(b)
+            b += n_workers

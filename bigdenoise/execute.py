@@ -1,0 +1,169 @@
+"""Blockwise prediction on Dask: one task per output block, submitted in a bounded window.
+
+Each task reads its block plus halo straight from storage, denoises it with a model loaded
+once per worker process, and writes its own whole output chunks. The client only generates
+block boxes (lazily) and counts results: it never holds voxel data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import BigDenoiseError, ConfigError
+from .geometry import Block
+from .infer import denoise_block
+from .package import Model, load_model
+from .tiling import TilePlan, count_blocks, iter_blocks, read_box
+from .volume import Volume
+from .writer import OutputSpec, to_dtype, write_block
+
+CLUSTERS = ("threads", "local")
+
+
+class BlockFailed(BigDenoiseError):
+    """One or more blocks failed; the message names them and their causes."""
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """How a worker runs the model on a block."""
+
+    model_path: str
+    device: str = "cpu"
+    batch_size: int = 4
+    precision: str = "fp32"
+    torch_threads: int = 0
+
+
+_models: dict[tuple[str, str], Model] = {}
+_outputs: dict[str, object] = {}
+_lock = threading.Lock()
+_compute_lock = threading.Lock()
+
+
+def worker_model(settings: BlockSettings) -> Model:
+    """The model of ``settings``, loaded once per process and kept for later tasks."""
+    key = (settings.model_path, settings.device)
+    with _lock:
+        if key not in _models:
+            if settings.torch_threads > 0:
+                torch.set_num_threads(settings.torch_threads)
+            _models[key] = load_model(settings.model_path, device=settings.device)
+        return _models[key]
+
+
+def _output_array(spec: OutputSpec):
+    with _lock:
+        if spec.path not in _outputs:
+            _outputs[spec.path] = spec.open("r+")
+        return _outputs[spec.path]
+
+
+def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockSettings, out: OutputSpec) -> dict:
+    """Read, denoise and write one block (runs on a worker). Returns a small summary."""
+    t0 = time.perf_counter()
+    model = worker_model(settings)
+    rbox = read_box(plan, block.write)
+    data = volume.read(rbox)
+    t1 = time.perf_counter()
+    with _compute_lock:  # one forward pass at a time per process: torch already uses every core
+        y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
+                          precision=settings.precision)
+    t2 = time.perf_counter()
+    write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))
+    t3 = time.perf_counter()
+    return {"index": block.index, "voxels": block.write.size, "read_s": t1 - t0, "compute_s": t2 - t1,
+            "write_s": t3 - t2}
+
+
+@contextmanager
+def dask_client(cluster: str, workers: int | None = None, threads_per_worker: int | None = None,
+                device: str = "cpu") -> Iterator[tuple[object, int]]:
+    """A ``distributed.Client`` for ``cluster`` and the torch threads each worker should use.
+
+    ``threads``: one in-process worker (threads); ``local``: a LocalCluster of worker processes;
+    ``tcp://HOST:PORT``: an existing scheduler.
+    """
+    from distributed import Client, LocalCluster
+
+    cores = os.cpu_count() or 1
+    if cluster.startswith(("tcp://", "tls://")):
+        client = Client(cluster, timeout="30s")
+        try:
+            yield client, 0
+        finally:
+            client.close()
+        return
+    if cluster not in CLUSTERS:
+        raise ConfigError(f"unknown cluster {cluster!r}; use threads, local or tcp://HOST:PORT")
+    processes = cluster == "local"
+    n_workers = 1 if not processes else (workers or (torch.cuda.device_count() if device == "cuda" else max(1, cores // 4)) or 1)
+    threads = threads_per_worker or 2
+    torch_threads = max(1, cores // n_workers)
+    with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=processes,
+                      dashboard_address=None, silence_logs=40) as lc, Client(lc) as client:
+        yield client, torch_threads
+
+
+def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings,
+               out: OutputSpec, client, *, window: int | None = None, progress: bool = True,
+               skip: set[tuple[int, ...]] | None = None) -> dict:
+    """Run every block of the volume on ``client``, at most ``window`` tasks in flight.
+
+    Failed blocks do not stop the others; at the end a BlockFailed names each failed block.
+    """
+    from distributed import as_completed
+
+    total = count_blocks(volume.shape, block_shape)
+    if window is None:
+        n_threads = sum(client.nthreads().values()) or 1
+        window = max(4, 2 * n_threads)
+    blocks = (b for b in iter_blocks(volume.shape, block_shape) if not skip or b.index not in skip)
+    done = total - (len(skip) if skip else 0)
+    pending = as_completed()
+
+    def submit_next() -> bool:
+        block = next(blocks, None)
+        if block is None:
+            return False
+        key = f"bigdenoise-block-{'-'.join(map(str, block.index))}-{id(out)}"
+        pending.add(client.submit(process_block, volume, block, plan, settings, out, key=key, retries=1, pure=False))
+        return True
+
+    for _ in range(window):
+        if not submit_next():
+            break
+    failures: list[str] = []
+    voxels = 0
+    t0 = time.perf_counter()
+    timing = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
+    with tqdm(total=done, unit="block", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
+        for future in pending:
+            try:
+                result = future.result()
+                voxels += result["voxels"]
+                for k in timing:
+                    timing[k] += result[k]
+            except Exception as exc:  # noqa: BLE001 - reported with its block below
+                failures.append(f"{future.key}: {type(exc).__name__}: {exc}")
+            future.release()
+            bar.update(1)
+            bar.set_postfix(Mvox_s=f"{voxels / max(time.perf_counter() - t0, 1e-9) / 1e6:.2f}")
+            submit_next()
+    seconds = time.perf_counter() - t0
+    if failures:
+        raise BlockFailed(
+            f"{len(failures)} of {done} blocks failed (the others were written; rerun with --resume to redo only "
+            f"the missing ones):\n  " + "\n  ".join(failures[:20])
+        )
+    return {"blocks": done, "skipped": total - done, "voxels": voxels, "seconds": seconds,
+            "voxels_per_s": voxels / max(seconds, 1e-9), **timing}

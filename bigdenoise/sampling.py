@@ -1,0 +1,145 @@
+"""Where training patches come from: index + seed -> Box, and chunk-aware reads.
+
+A sampler is a pure function of ``(index, seed)``; nothing here holds global random state.
+To keep storage reads low on volumes far larger than memory, consecutive training samples are
+drawn from a small rotating set of *regions* (boxes about one chunk large) that stay in a
+bounded chunk cache while they are in use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import Box
+from .volume import Volume
+
+TRAIN, VALIDATION = 0, 1
+
+
+def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    """The random generator of sample ``index`` of a stream (train or validation)."""
+    return np.random.default_rng([seed, stream, index])
+
+
+@dataclass(frozen=True)
+class PatchSampler:
+    """Random patches of a volume, uniform over positions, drawn region by region.
+
+    Attributes
+    ----------
+    shape : volume shape (all axes).
+    patch : patch shape over all axes (1 along sample axes).
+    region : region shape over all axes, at least ``patch``; patches of one region are drawn
+        inside it so they share chunks.
+    active : how many regions are in use at once (consecutive indices cycle over them, so one
+        batch mixes ``active`` regions).
+    per_region : how many patches each region serves before the next region is drawn.
+    """
+
+    shape: tuple[int, ...]
+    patch: tuple[int, ...]
+    region: tuple[int, ...]
+    active: int = 16
+    per_region: int = 1
+
+    def __post_init__(self) -> None:
+        for n, p, r in zip(self.shape, self.patch, self.region):
+            if not 1 <= p <= r <= n:
+                raise ValueError(f"need 1 <= patch <= region <= volume, got {self.patch}, {self.region}, {self.shape}")
+
+    def region_box(self, region_index: int, seed: int, stream: int) -> Box:
+        rng = np.random.default_rng([seed, stream, 1_000_003, region_index])
+        offset = tuple(int(rng.integers(0, n - r + 1)) for n, r in zip(self.shape, self.region))
+        return Box(offset, self.region)
+
+    def box(self, index: int, seed: int, stream: int = TRAIN) -> Box:
+        """The patch of sample ``index``: a uniformly placed patch inside its region."""
+        group, slot = divmod(index, self.active * self.per_region)
+        region_index = group * self.active + slot % self.active
+        region = self.region_box(region_index, seed, stream)
+        rng = np.random.default_rng([seed, stream, index])
+        offset = tuple(
+            o + int(rng.integers(0, r - p + 1)) for o, r, p in zip(region.offset, region.shape, self.patch)
+        )
+        return Box(offset, self.patch)
+
+
+def make_sampler(
+    volume: Volume, patch_spatial: tuple[int, ...], *, cache_bytes: int, active: int, per_region: int | None = None
+) -> PatchSampler:
+    """A sampler for ``volume`` with a spatial ``patch`` (over the volume's spatial axes).
+
+    Regions are one storage chunk large (at least the patch). ``per_region`` defaults to 1 when
+    the whole volume fits in the cache (plain uniform sampling) and to 8 otherwise.
+    """
+    it = iter(patch_spatial)
+    patch = tuple(next(it) if a in "ZYX" else 1 for a in volume.axes)
+    region = tuple(min(n, max(p, c)) for n, p, c in zip(volume.shape, patch, volume.chunks))
+    if per_region is None:
+        per_region = 1 if volume.nbytes <= cache_bytes else 8
+    return PatchSampler(volume.shape, patch, region, active=active, per_region=per_region)
+
+
+class ChunkCache:
+    """Reads boxes of a volume chunk by chunk, keeping recently used chunks in memory.
+
+    Only the storage chunks intersecting a requested box are read, each at most once while it
+    stays in the cache; the cache holds at most ``max_bytes`` of decoded chunks (LRU).
+    ``reads`` counts chunk reads from storage.
+    """
+
+    def __init__(self, volume: Volume, max_bytes: int = 512 * 2**20) -> None:
+        self.volume = volume
+        self.max_bytes = max_bytes
+        self.reads = 0
+        self._chunks: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._bytes = 0
+
+    def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        if index in self._chunks:
+            self._chunks.move_to_end(index)
+            return self._chunks[index]
+        data = self.volume.read(self.volume.chunk_box(index))
+        self.reads += 1
+        self._chunks[index] = data
+        self._bytes += data.nbytes
+        while self._bytes > self.max_bytes and len(self._chunks) > 1:
+            _, old = self._chunks.popitem(last=False)
+            self._bytes -= old.nbytes
+        return data
+
+    def read(self, box: Box) -> np.ndarray:
+        """The voxels of ``box`` (inside the volume) as a numpy array of the volume's dtype."""
+        chunks = self.volume.chunks
+        out = np.empty(box.shape, dtype=self.volume.dtype)
+        first = [o // c for o, c in zip(box.offset, chunks)]
+        last = [(s - 1) // c for s, c in zip(box.stop, chunks)]
+        for rel in np.ndindex(*(l - f + 1 for f, l in zip(first, last))):
+            index = tuple(f + r for f, r in zip(first, rel))
+            cbox = self.volume.chunk_box(index)
+            part = cbox.intersect(box)
+            out[part.relative_to(box.offset).slices] = self._chunk(index)[part.relative_to(cbox.offset).slices]
+        return out
+
+
+def dihedral(x: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 in-plane (last two axes) rotations/flips of ``x``; ``k`` in 0..7.
+
+    Odd rotations need square planes; for non-square planes only the four flips are used.
+    """
+    if x.shape[-1] != x.shape[-2]:
+        k = (k % 4) * 2
+    if k >= 4:
+        x = x[..., ::-1]
+    return np.ascontiguousarray(np.rot90(x, k % 4, axes=(-2, -1)))
+
+
+def patch_count(volume: Volume, patch_spatial: tuple[int, ...]) -> int:
+    """Patches in one 'epoch': as many as tile the volume once."""
+    spatial = [n for a, n in zip(volume.axes, volume.shape) if a in "ZYX"]
+    samples = math.prod(n for a, n in zip(volume.axes, volume.shape) if a in "ST")
+    return max(1, samples * math.prod(max(1, n // p) for n, p in zip(spatial, patch_spatial)))

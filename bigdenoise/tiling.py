@@ -1,0 +1,255 @@
+"""Pure geometry of blockwise inference: blocks, tiles, halos and blend windows.
+
+Every axis of the volume has one of three roles:
+
+* ``"sample"`` (S, T): independent images; tiles are one voxel thick, no halo.
+* ``"spatial"`` (Z, Y, X seen by the network): tiles of ``tile`` voxels anchored to the volume
+  origin, read with a ``halo`` of context on both sides and blended over ``overlap`` voxels.
+  Tile origins, halos and overlaps are multiples of the network's down-sampling ``factor`` so
+  every tile sees the same pooling grid as a whole-volume pass would.
+* ``"channel"`` (a stack axis fed to the network as input channels, e.g. Z for Noise2Stack):
+  tiles one plane thick with ``halo`` neighbouring planes on both sides; the network itself
+  reduces the neighbourhood to the one output plane.
+
+Outside the volume, voxels are mirrored (numpy's ``reflect`` mode), computed from the volume's
+own edges, so the value a tile sees never depends on which block it belongs to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geometry import Block, Box
+
+ROLES = ("sample", "spatial", "channel")
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How a volume is cut into tiles; one entry per volume axis.
+
+    Attributes
+    ----------
+    shape : volume shape.
+    roles : role of each axis (see module docstring).
+    tile : core tile size per axis (1 for sample and channel axes).
+    halo : context read on each side (0 for sample axes).
+    overlap : blend overlap on each side of a core (0 for sample and channel axes).
+    """
+
+    shape: tuple[int, ...]
+    roles: tuple[str, ...]
+    tile: tuple[int, ...]
+    halo: tuple[int, ...]
+    overlap: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.shape)
+        for name in ("roles", "tile", "halo", "overlap"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"TilePlan.{name} has {len(getattr(self, name))} entries, volume has {n} axes")
+        for role, t, o in zip(self.roles, self.tile, self.overlap):
+            if role not in ROLES:
+                raise ValueError(f"unknown axis role {role!r}")
+            if t < 1 or o < 0 or 2 * o > t:
+                raise ValueError(f"tile {t} and overlap {o} must satisfy tile >= 1 and 2 * overlap <= tile")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of every tile's input box (all tiles have the same, so they batch)."""
+        return tuple(t + 2 * (o + h) for t, o, h in zip(self.tile, self.overlap, self.halo))
+
+    @property
+    def n_tiles(self) -> tuple[int, ...]:
+        return tuple(math.ceil(n / t) for n, t in zip(self.shape, self.tile))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: ``core`` partitions the volume, ``window`` (core + overlap, clipped to the
+    volume) is where its prediction is blended in, ``input`` (window + halo, not clipped) is
+    what the network sees."""
+
+    index: tuple[int, ...]
+    core: Box
+    window: Box
+    input: Box
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def make_plan(
+    shape: tuple[int, ...],
+    roles: tuple[str, ...],
+    *,
+    receptive_radius: int,
+    factor: int,
+    channel_halo: int = 0,
+    tile: int | tuple[int, ...] | None = None,
+    overlap: int = 0,
+    halo: int | None = None,
+) -> TilePlan:
+    """Choose tile, halo and overlap for a volume and a network.
+
+    Parameters
+    ----------
+    shape, roles : the volume's shape and each axis's role.
+    receptive_radius : how far (voxels) the network looks from an output voxel along each
+        spatial axis; the halo is this, rounded up to a multiple of ``factor``.
+    factor : the network's down-sampling factor; spatial tiles, halos and overlaps are
+        multiples of it.
+    channel_halo : neighbouring planes on each side along a channel axis.
+    tile : core size along spatial axes (one value for all, or one per spatial axis);
+        default 256 in 2D and 64 in 3D, shrunk to the volume.
+    overlap : blend overlap along spatial axes; 0 (the default) blends nothing, which is exact
+        whenever the halo covers the receptive field.
+    halo : override the spatial halo (smaller than the receptive field trades exactness for
+        speed; use an overlap then to hide seams).
+    """
+    spatial = [i for i, r in enumerate(roles) if r == "spatial"]
+    if tile is None:
+        tile = 256 if len(spatial) <= 2 else 64
+    tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
+    if len(tiles) != len(spatial):
+        raise ValueError(f"tile {tiles} needs one entry per spatial axis ({len(spatial)})")
+    spatial_halo = _round_up(receptive_radius if halo is None else halo, factor)
+    spatial_overlap = _round_up(overlap, factor)
+    t_out, h_out, o_out = [], [], []
+    it = iter(tiles)
+    for n, role in zip(shape, roles):
+        if role == "spatial":
+            t = _round_up(min(next(it), n), factor)
+            t = max(t, _round_up(2 * spatial_overlap, factor), factor)
+            t_out.append(t)
+            h_out.append(spatial_halo)
+            o_out.append(spatial_overlap)
+        else:
+            t_out.append(1)
+            h_out.append(channel_halo if role == "channel" else 0)
+            o_out.append(0)
+    return TilePlan(tuple(shape), tuple(roles), tuple(t_out), tuple(h_out), tuple(o_out))
+
+
+def _tile_at(plan: TilePlan, index: tuple[int, ...]) -> Tile:
+    core_lo = tuple(k * t for k, t in zip(index, plan.tile))
+    core_hi = tuple(min(lo + t, n) for lo, t, n in zip(core_lo, plan.tile, plan.shape))
+    win_lo = tuple(max(lo - o, 0) for lo, o in zip(core_lo, plan.overlap))
+    win_hi = tuple(min(lo + t + o, n) for lo, t, o, n in zip(core_lo, plan.tile, plan.overlap, plan.shape))
+    in_lo = tuple(lo - o - h for lo, o, h in zip(core_lo, plan.overlap, plan.halo))
+    return Tile(
+        index=index,
+        core=Box(core_lo, tuple(h - l for l, h in zip(core_lo, core_hi))),
+        window=Box(win_lo, tuple(h - l for l, h in zip(win_lo, win_hi))),
+        input=Box(in_lo, plan.input_shape),
+    )
+
+
+def tiles_for(plan: TilePlan, box: Box) -> Iterator[Tile]:
+    """Tiles whose blend window intersects ``box``, in C order (lazy)."""
+    ranges = []
+    for lo, hi, t, o, n_t in zip(box.offset, box.stop, plan.tile, plan.overlap, plan.n_tiles):
+        first = max(0, (lo - o) // t - 1)
+        last = min(n_t - 1, (hi + o) // t)
+        ranges.append(range(first, last + 1))
+    for index in np.ndindex(*(len(r) for r in ranges)):
+        tile = _tile_at(plan, tuple(r[i] for r, i in zip(ranges, index)))
+        if not tile.window.intersect(box).is_empty():
+            yield tile
+
+
+def reflect_indices(start: int, stop: int, n: int) -> np.ndarray:
+    """Indices ``start..stop-1`` mirrored into ``[0, n)`` like ``numpy.pad(mode="reflect")``."""
+    idx = np.arange(start, stop)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - idx, idx)
+
+
+def read_box(plan: TilePlan, box: Box) -> Box:
+    """The part of the volume that must be read to predict every voxel of ``box``.
+
+    The union of the input boxes of the tiles touching ``box``, mirrored into the volume.
+    """
+    lo, hi = list(box.offset), list(box.stop)
+    for tile in tiles_for(plan, box):
+        lo = [min(a, b) for a, b in zip(lo, tile.input.offset)]
+        hi = [max(a, b) for a, b in zip(hi, tile.input.stop)]
+    offset, shape = [], []
+    for a, b, n in zip(lo, hi, plan.shape):
+        idx = reflect_indices(a, b, n)
+        offset.append(int(idx.min()))
+        shape.append(int(idx.max()) + 1 - int(idx.min()))
+    return Box(tuple(offset), tuple(shape))
+
+
+def gather(data: np.ndarray, data_box: Box, want: Box, shape: tuple[int, ...]) -> np.ndarray:
+    """Voxels of ``want`` (may reach outside the volume of ``shape``) from ``data``, which holds
+    the volume's ``data_box``; outside voxels are mirrored from the volume's edges."""
+    index = []
+    for lo, hi, n, origin in zip(want.offset, want.stop, shape, data_box.offset):
+        idx = reflect_indices(lo, hi, n) - origin
+        if idx.min() < 0 or idx.max() >= data.shape[len(index)]:
+            raise ValueError(f"{want} needs voxels outside the data read ({data_box})")
+        index.append(idx)
+    return data[np.ix_(*index)]
+
+
+def _ramp(lo: int, hi: int, core_lo: int, core_hi: int, overlap: int, n: int) -> np.ndarray:
+    """1D blend weights over the window ``[lo, hi)`` of a core ``[core_lo, core_hi)``."""
+    x = np.arange(lo, hi, dtype=np.float64) + 0.5
+    w = np.ones(hi - lo)
+    if overlap == 0:
+        return w
+    if core_lo > 0:
+        w *= np.clip((x - (core_lo - overlap)) / (2 * overlap), 0.0, 1.0)
+    if core_hi < n:
+        w *= np.clip(((core_hi + overlap) - x) / (2 * overlap), 0.0, 1.0)
+    return w
+
+
+def blend_weights(plan: TilePlan, tile: Tile) -> np.ndarray:
+    """Weights over ``tile.window`` (float32, window shape). Linear ramps across every
+    overlap region; the weights of all tiles sum to one at every voxel of the volume."""
+    w = np.ones((), dtype=np.float64)
+    for axis in range(len(plan.shape)):
+        ramp = _ramp(
+            tile.window.offset[axis], tile.window.stop[axis],
+            tile.core.offset[axis], tile.core.stop[axis],
+            plan.overlap[axis], plan.shape[axis],
+        )
+        w = np.multiply.outer(w, ramp)
+    return w.astype(np.float32)
+
+
+def block_shape_for(chunks: tuple[int, ...], shape: tuple[int, ...], target_voxels: int) -> tuple[int, ...]:
+    """A block shape that is a whole number of ``chunks`` per axis, grown (last axes first)
+    until it holds about ``target_voxels`` voxels, never beyond the volume."""
+    block = [min(c, n) for c, n in zip(chunks, shape)]
+    for axis in reversed(range(len(shape))):
+        while math.prod(block) * 2 <= target_voxels and block[axis] < shape[axis]:
+            block[axis] = min(block[axis] + chunks[axis], shape[axis])
+            if math.prod(block) >= target_voxels:
+                break
+    return tuple(block)
+
+
+def iter_blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[Block]:
+    """Blocks of shape ``block`` (clipped at the end) covering ``shape``, generated lazily in C
+    order. With ``block`` a multiple of the output chunks, every block writes whole chunks."""
+    grid = tuple(math.ceil(n / b) for n, b in zip(shape, block))
+    for index in np.ndindex(*grid):
+        lo = tuple(i * b for i, b in zip(index, block))
+        hi = tuple(min(l + b, n) for l, b, n in zip(lo, block, shape))
+        yield Block(tuple(index), Box(lo, tuple(h - l for l, h in zip(lo, hi))))
+
+
+def count_blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> int:
+    return math.prod(math.ceil(n / b) for n, b in zip(shape, block))

@@ -1,0 +1,481 @@
+"""Lazy access to input volumes: Zarr (v2/v3), OME-Zarr, TIFF, numpy and dask arrays.
+
+A :class:`Volume` wraps a lazily indexable array together with its axes (one of
+:data:`AXES_ALLOWED`), storage chunking and physical metadata. Nothing is read until
+:meth:`Volume.read` is called, and only the requested box is read.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bigdenoise.errors import InputError
+from bigdenoise.geometry import Box
+
+# S and T are axes of independent samples (a stack of 2D images or 3D volumes); always first.
+AXES_ALLOWED = ("YX", "ZYX", "SYX", "TYX", "SZYX", "TZYX")
+
+_OME_AXIS_LETTERS = {"t": "T", "z": "Z", "y": "Y", "x": "X"}
+_TIFF_SUFFIXES = (".tif", ".tiff")
+_DEFAULT_CHUNK = {"S": 1, "T": 1, "Z": 64, "Y": 256, "X": 256}
+_MAX_SAMPLE_EDGE = 512  # voxels per axis read from one chunk when sampling values
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A lazily read volume with named axes.
+
+    Attributes
+    ----------
+    array
+        Lazily indexable array of shape ``shape``: ``zarr.Array`` (also over tifffile's
+        store), ``dask.array.Array`` or ``np.ndarray``.
+    axes
+        Axis letters, one of :data:`AXES_ALLOWED`, e.g. ``"ZYX"``; ``len(axes) == array.ndim``.
+    source
+        The input as the user gave it (for messages), or ``"<numpy array>"``/``"<dask array>"``.
+    chunks
+        Storage chunk shape, one entry per axis (the unit of efficient reads).
+    scale, units
+        Per-axis physical voxel size and unit (from OME-Zarr metadata), or None.
+    ome
+        The OME-Zarr group attributes as found (``{"multiscales": ...}`` for NGFF 0.4,
+        ``{"ome": {...}}`` for NGFF 0.5), to copy to outputs; None for plain arrays.
+    path
+        Absolute, reopenable location (None for in-memory arrays).
+    """
+
+    array: Any
+    axes: str
+    source: str
+    chunks: tuple[int, ...]
+    scale: tuple[float, ...] | None = None
+    units: tuple[str | None, ...] | None = None
+    ome: dict | None = None
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.axes) != self.array.ndim or len(self.chunks) != self.array.ndim:
+            raise ValueError(
+                f"axes {self.axes!r} and chunks {self.chunks} must have one entry per axis "
+                f"of the array of shape {self.shape}"
+            )
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.array.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def spatial_axes(self) -> str:
+        """The spatial axis letters, e.g. ``"ZYX"`` or ``"YX"``."""
+        return "".join(a for a in self.axes if a in "ZYX")
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(s for a, s in zip(self.axes, self.shape) if a in "ZYX")
+
+    @property
+    def sample_axes(self) -> str:
+        """The sample axis letter (``"S"`` or ``"T"``), or ``""``."""
+        return "".join(a for a in self.axes if a in "ST")
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def read(self, box: Box) -> np.ndarray:
+        """Read the voxels of ``box`` (in full-volume coordinates, all axes).
+
+        Returns
+        -------
+        np.ndarray
+            A new array of shape ``box.shape`` and dtype ``self.dtype``.
+
+        Raises
+        ------
+        ValueError
+            If the box does not lie inside the volume.
+        """
+        if box.ndim != self.ndim or any(o < 0 for o in box.offset) or any(
+            e > s for e, s in zip(box.stop, self.shape)
+        ):
+            raise ValueError(f"box {box} does not lie inside {self.source} of shape {self.shape}")
+        part = self.array[box.slices]
+        if isinstance(part, np.ndarray):
+            return part.copy() if isinstance(self.array, np.ndarray) else part
+        if hasattr(part, "compute"):
+            # Synchronous: reads may run inside Dask worker tasks, where nested pools are unwanted.
+            return np.asarray(part.compute(scheduler="synchronous"))
+        return np.asarray(part)
+
+    def chunk_grid(self) -> tuple[int, ...]:
+        """Number of storage chunks along each axis."""
+        return tuple(-(-s // c) for s, c in zip(self.shape, self.chunks))
+
+    def chunk_box(self, index: tuple[int, ...]) -> Box:
+        """The box of the storage chunk at grid position ``index``, clipped to the volume."""
+        if len(index) != self.ndim or any(not 0 <= i < n for i, n in zip(index, self.chunk_grid())):
+            raise ValueError(f"chunk index {index} outside the chunk grid {self.chunk_grid()}")
+        offset = tuple(i * c for i, c in zip(index, self.chunks))
+        shape = tuple(min(c, s - o) for c, s, o in zip(self.chunks, self.shape, offset))
+        return Box(offset, shape)
+
+    def __reduce__(self):
+        # Path-backed volumes are reopened where they are unpickled (tifffile stores do not pickle).
+        if self.path is not None:
+            return (open_volume, (self.path, self.axes))
+        return (
+            Volume,
+            (self.array, self.axes, self.source, self.chunks, self.scale, self.units, self.ome, self.path),
+        )
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_volume(source: Any, axes: str | None = None) -> Volume:
+    """Open a volume lazily from a path (Zarr, OME-Zarr, TIFF) or wrap a numpy/dask array.
+
+    Parameters
+    ----------
+    source
+        Path (str or Path) to a Zarr array (``vol.zarr`` or ``store.zarr/group/array``), an
+        OME-Zarr image group (level 0 is used) or a TIFF file; or a numpy or dask array.
+    axes
+        Axis letters, one of :data:`AXES_ALLOWED` (case-insensitive). Optional when the
+        input says its axes (OME-Zarr metadata, ``attrs["axes"]``) or is 2D.
+
+    Raises
+    ------
+    InputError
+        If the input is missing, unreadable or unsupported, or its axes are unknown or wrong.
+    """
+    if isinstance(source, np.ndarray):
+        return _wrap_array(source, "<numpy array>", axes)
+    if _is_dask_array(source):
+        return _wrap_array(source, "<dask array>", axes)
+    if not isinstance(source, (str, Path)):
+        raise InputError(
+            f"cannot open {type(source).__name__!r}: pass a path to a Zarr/OME-Zarr/TIFF input, "
+            "a numpy array or a dask array"
+        )
+    path = Path(source).expanduser().absolute()
+    if not path.exists():
+        raise InputError(f"{source} does not exist: check the path")
+    if path.is_file() and path.suffix.lower() in _TIFF_SUFFIXES:
+        return _open_tiff(str(source), path, axes)
+    return _open_zarr(str(source), path, axes)
+
+
+def _is_dask_array(obj: Any) -> bool:
+    try:
+        import dask.array as da
+    except ImportError:  # pragma: no cover - dask is a dependency
+        return False
+    return isinstance(obj, da.Array)
+
+
+def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
+    axes = _resolve_axes(axes, None, array.shape, source)
+    _check_array(array, source)
+    if source == "<dask array>":
+        chunks = tuple(int(c[0]) for c in array.chunks)
+    else:
+        chunks = default_chunks(array.shape, axes)
+    return Volume(array, axes, source, chunks)
+
+
+def _open_tiff(source: str, path: Path, axes: str | None) -> Volume:
+    import tifffile
+    import zarr
+
+    try:
+        # series 0, level 0: a plain zarr array even for multi-series or pyramidal files.
+        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+        array = zarr.open(store, mode="r")
+    except Exception as e:
+        raise InputError(f"{source} could not be read as a TIFF file ({e})") from e
+    weakref.finalize(array, store.close)  # close the file once the array is garbage
+    axes = _resolve_axes(axes, _attr_axes(array), array.shape, source)
+    _check_array(array, source)
+    return Volume(array, axes, source, tuple(array.chunks), path=str(path))
+
+
+def split_store_path(path: Path) -> tuple[Path, str]:
+    """Split a path into the Zarr store root and the node path inside the store.
+
+    The store root is the path up to and including the first component ending in ``.zarr``;
+    without such a component the whole path is the store root.
+    """
+    parts = path.parts
+    for i, part in enumerate(parts):
+        if part.lower().endswith(".zarr"):
+            return Path(*parts[: i + 1]), "/".join(parts[i + 1 :])
+    return path, ""
+
+
+def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
+    import zarr
+    from zarr.storage import LocalStore
+
+    root, inner = split_store_path(path)
+    try:
+        node = zarr.open(store=LocalStore(root, read_only=True), path=inner, mode="r")
+    except Exception as e:
+        raise InputError(
+            f"{source} is not a Zarr array, OME-Zarr image or TIFF file ({e}); "
+            "pass the path of a Zarr array (e.g. data.zarr or data.zarr/group/array) or a .tif file"
+        ) from e
+    if isinstance(node, zarr.Group):
+        return _open_ome_group(source, node, path, axes)
+    meta = _parent_ome_metadata(source, root, inner)
+    given = _attr_axes(node)
+    scale = _attr_floats(node, "scale", node.ndim)
+    units = _attr_units(node)
+    if meta is not None:
+        given, scale, units = meta
+    axes = _resolve_axes(axes, given, node.shape, source)
+    _check_array(node, source)
+    return Volume(node, axes, source, tuple(node.chunks), scale, units, path=str(path))
+
+
+def _open_ome_group(source: str, group: Any, path: Path, axes: str | None) -> Volume:
+    attrs = dict(group.attrs)
+    multiscales = _multiscales(attrs)
+    if multiscales is None:
+        raise InputError(_not_ome_message(source, group))
+    multiscale = multiscales[0]
+    datasets = multiscale.get("datasets") or []
+    if not datasets:
+        raise InputError(f"{source}: the OME-Zarr multiscales metadata lists no datasets")
+    level0 = datasets[0]["path"]
+    try:
+        array = group[level0]
+    except KeyError as e:
+        raise InputError(f"{source}: OME-Zarr level {level0!r} is missing from the group") from e
+    ome_axes, units = _ome_axes(source, multiscale, array.shape)
+    scale = _ome_scale(multiscale, datasets[0], array.ndim)
+    axes = _resolve_axes(axes, ome_axes, array.shape, source)
+    _check_array(array, source)
+    return Volume(array, axes, source, tuple(array.chunks), scale, units, attrs, str(path))
+
+
+def _parent_ome_metadata(
+    source: str, root: Path, inner: str
+) -> tuple[str, tuple[float, ...] | None, tuple[str | None, ...]] | None:
+    """Axes, scale and units of an array that is a level of an OME-Zarr image group."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    if not inner:
+        return None
+    parent, _, name = inner.rpartition("/")
+    try:
+        group = zarr.open_group(store=LocalStore(root, read_only=True), path=parent, mode="r")
+    except Exception:
+        return None
+    multiscales = _multiscales(dict(group.attrs))
+    if not multiscales:
+        return None
+    for dataset in multiscales[0].get("datasets", []):
+        if dataset.get("path") == name:
+            array = group[name]
+            axes, units = _ome_axes(source, multiscales[0], array.shape)
+            return axes, _ome_scale(multiscales[0], dataset, array.ndim), units
+    return None
+
+
+def _multiscales(attrs: dict) -> list | None:
+    if "multiscales" in attrs:  # NGFF 0.4
+        return attrs["multiscales"]
+    ome = attrs.get("ome")
+    if isinstance(ome, dict) and "multiscales" in ome:  # NGFF 0.5
+        return ome["multiscales"]
+    return None
+
+
+def _ome_axes(
+    source: str, multiscale: dict, shape: tuple[int, ...]
+) -> tuple[str, tuple[str | None, ...]]:
+    """Axis letters and units from OME axes metadata (NGFF 0.4/0.5: list of dicts)."""
+    names = []
+    units = []
+    for entry in multiscale.get("axes", []):
+        name = entry["name"] if isinstance(entry, dict) else str(entry)
+        names.append(name.lower())
+        units.append(entry.get("unit") if isinstance(entry, dict) else None)
+    if "c" in names:
+        k = names.index("c")
+        index = "[" + ", ".join([":"] * k + ["k"]) + "]"
+        raise InputError(
+            f"{source} has a channel axis (axes {''.join(names)}, {shape[k]} channel(s)); "
+            "multi-channel images are not supported. Denoise each channel separately, e.g. in "
+            f"Python: open_volume(dask.array.from_zarr('<path>/0'){index}, axes=...) for channel k"
+        )
+    unknown = [n for n in names if n not in _OME_AXIS_LETTERS]
+    if unknown:
+        raise InputError(f"{source}: unsupported OME axis name(s) {unknown}; supported: t, z, y, x")
+    return "".join(_OME_AXIS_LETTERS[n] for n in names), tuple(units)
+
+
+def _ome_scale(multiscale: dict, dataset: dict, ndim: int) -> tuple[float, ...] | None:
+    """The dataset's scale transformation, times the multiscale-wide one if present."""
+    scale = _find_scale(dataset.get("coordinateTransformations", []), ndim)
+    if scale is None:
+        return None
+    extra = _find_scale(multiscale.get("coordinateTransformations", []), ndim)
+    if extra is not None:
+        scale = tuple(a * b for a, b in zip(scale, extra))
+    return scale
+
+
+def _find_scale(transforms: list, ndim: int) -> tuple[float, ...] | None:
+    for t in transforms:
+        if t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
+            return tuple(float(s) for s in t["scale"])
+    return None
+
+
+def _not_ome_message(source: str, group: Any) -> str:
+    import zarr
+
+    arrays = [name for name, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
+    if not arrays:
+        return f"{source} is a Zarr group without arrays or OME-Zarr metadata: nothing to open"
+    listing = "\n".join(f"  {source.rstrip('/')}/{name}  shape {group[name].shape}" for name in arrays[:20])
+    more = f"\n  ... and {len(arrays) - 20} more" if len(arrays) > 20 else ""
+    return (
+        f"{source} is a Zarr group but not an OME-Zarr image; pass one of its arrays instead:\n"
+        f"{listing}{more}"
+    )
+
+
+def _attr_axes(array: Any) -> str | None:
+    """Axes written by us (``attrs["axes"]``) or from Zarr v3 dimension names."""
+    axes = array.attrs.get("axes")
+    if isinstance(axes, str):
+        return axes.upper()
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(isinstance(n, str) for n in names):
+        joined = "".join(names).upper()
+        if joined in AXES_ALLOWED:
+            return joined
+    return None
+
+
+def _attr_floats(array: Any, key: str, ndim: int) -> tuple[float, ...] | None:
+    value = array.attrs.get(key)
+    if isinstance(value, list) and len(value) == ndim:
+        return tuple(float(v) for v in value)
+    return None
+
+
+def _attr_units(array: Any) -> tuple[str | None, ...] | None:
+    value = array.attrs.get("units")
+    if isinstance(value, list) and len(value) == array.ndim:
+        return tuple(value)
+    return None
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], source: str) -> str:
+    """Decide the axes from the user's ``given`` and the metadata's ``found`` letters."""
+    ndim = len(shape)
+    if given is not None:
+        axes = _validate_axes(given, ndim, source)
+        if found is not None and found != axes:
+            raise InputError(
+                f"axes {axes!r} disagree with the axes {found!r} in the metadata of {source}: "
+                f"leave axes out or pass {found!r}"
+            )
+        return axes
+    if found is not None:
+        return _validate_axes(found, ndim, source)
+    if ndim == 2:
+        return "YX"
+    raise InputError(
+        f"cannot tell the axes of {source} (shape {tuple(shape)}): pass axes, "
+        "e.g. --axes ZYX for a volume or --axes SYX for a stack of 2D images"
+    )
+
+
+def _validate_axes(axes: str, ndim: int, source: str) -> str:
+    axes = axes.upper()
+    if axes not in AXES_ALLOWED:
+        raise InputError(f"axes {axes!r} for {source} are not supported: use one of {', '.join(AXES_ALLOWED)}")
+    if len(axes) != ndim:
+        allowed = [a for a in AXES_ALLOWED if len(a) == ndim]
+        hint = f"use one of {', '.join(allowed)}" if allowed else f"use one of {', '.join(AXES_ALLOWED)}"
+        raise InputError(f"axes {axes!r} have {len(axes)} letters but {source} has {ndim} dimensions: {hint}")
+    return axes
+
+
+def _check_array(array: Any, source: str) -> None:
+    dtype = np.dtype(array.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(
+            f"{source} has data type {dtype}, which is not supported: use integer or floating point data"
+        )
+    if any(int(s) == 0 for s in array.shape):
+        raise InputError(f"{source} has an axis of length 0 (shape {tuple(array.shape)}): it holds no data")
+
+
+def default_chunks(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
+    """Chunking used when none is given: 64 along Z, 256 along Y/X, 1 along S/T, clipped to ``shape``."""
+    return tuple(min(int(s), _DEFAULT_CHUNK[a]) for s, a in zip(shape, axes))
+
+
+def sample_chunk_boxes(volume: Volume, n_chunks: int, seed: int = 0) -> list[Box]:
+    """Boxes of up to ``n_chunks`` distinct random storage chunks, for sampling values.
+
+    Each box lies inside one chunk and is at most 512 voxels along any axis, so sampling
+    never reads much even from badly chunked inputs.
+    """
+    rng = np.random.default_rng(seed)
+    grid = volume.chunk_grid()
+    total = math.prod(grid)
+    if total <= n_chunks:
+        indices = [tuple(int(i) for i in np.unravel_index(k, grid)) for k in range(total)]
+    else:
+        chosen: set[tuple[int, ...]] = set()
+        while len(chosen) < n_chunks:
+            chosen.add(tuple(int(rng.integers(n)) for n in grid))
+        indices = sorted(chosen)
+    return [_cap_box(volume.chunk_box(i), rng) for i in indices]
+
+
+def _cap_box(box: Box, rng: np.random.Generator) -> Box:
+    shape = tuple(min(s, _MAX_SAMPLE_EDGE) for s in box.shape)
+    offset = tuple(o + int(rng.integers(s - c + 1)) for o, s, c in zip(box.offset, box.shape, shape))
+    return Box(offset, shape)
+
+
+def check_finite_sample(volume: Volume, rng_seed: int = 0, n_chunks: int = 8) -> None:
+    """Raise InputError if every value in up to ``n_chunks`` random chunks is NaN or inf.
+
+    Integer data is always finite and is not read.
+    """
+    if not np.issubdtype(volume.dtype, np.floating):
+        return
+    for box in sample_chunk_boxes(volume, n_chunks, rng_seed):
+        if np.isfinite(volume.read(box)).any():
+            return
+    raise InputError(
+        f"{volume.source} contains only NaN/inf in the sampled chunks: check the input data"
+    )

@@ -1,0 +1,135 @@
+"""Output storage: create a chunk-aligned Zarr v3 array (or OME-Zarr image) and write blocks."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from .errors import OutputError
+from .volume import Volume
+
+OUTPUT_DTYPES = ("float32", "float16", "input", "uint8", "uint16", "int16", "int32")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how the denoised volume is written.
+
+    ``array_path`` is the Zarr array inside ``path`` (``""`` when the store root is the array,
+    ``"0"`` for an OME-Zarr image).
+    """
+
+    path: str
+    array_path: str
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: str
+
+    def open(self, mode: str = "r+") -> zarr.Array:
+        root = zarr.open(self.path, mode=mode)
+        return root if not self.array_path else root[self.array_path]
+
+
+def resolve_dtype(dtype: str, input_dtype: np.dtype) -> np.dtype:
+    if dtype not in OUTPUT_DTYPES:
+        raise OutputError(f"output dtype {dtype!r} is not supported; choose one of {', '.join(OUTPUT_DTYPES)}")
+    return np.dtype(input_dtype) if dtype == "input" else np.dtype(dtype)
+
+
+def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast float32 predictions to ``dtype``, rounding and clipping to its range for integers."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(dtype)
+    return x.astype(dtype, copy=False)
+
+
+def _storage_root(path: str) -> Path:
+    """The file or ``.zarr`` directory that holds ``path`` (``a.zarr/g/x`` -> ``a.zarr``)."""
+    p = Path(path)
+    for parent in [p, *p.parents]:
+        if parent.suffix == ".zarr":
+            return parent
+    return p
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents or a in b.parents
+
+
+def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
+                  dtype: str = "float32", overwrite: bool = False, exist_ok: bool = False,
+                  attributes: dict | None = None) -> OutputSpec:
+    """Create the output for ``volume``: a Zarr v3 array at ``path`` of the volume's shape, or an
+    OME-Zarr image (level ``0``, axes and scale copied) when the input is OME-Zarr.
+
+    An existing ``path`` is an OutputError unless ``overwrite`` (replace it) or ``exist_ok``
+    (reuse it, for resuming; shape, chunks and dtype must match).
+    """
+    path = Path(path)
+    if volume.path is not None and _overlaps(path, _storage_root(volume.path)):
+        raise OutputError(f"output {path} would overwrite or sit inside the input {volume.source}; choose another --out")
+    out_dtype = resolve_dtype(dtype, volume.dtype)
+    chunks = tuple(min(c, n) for c, n in zip(chunks or volume.chunks, volume.shape))
+    if len(chunks) != volume.ndim or any(c < 1 for c in chunks):
+        raise OutputError(f"output chunks {chunks} must have {volume.ndim} positive sizes (axes {volume.axes})")
+    array_path = "0" if volume.ome is not None else ""
+    spec = OutputSpec(str(path), array_path, tuple(volume.shape), chunks, out_dtype.str)
+    if path.exists():
+        if exist_ok:
+            try:
+                arr = spec.open("r")
+            except Exception as exc:  # noqa: BLE001 - any failure means it is not our output
+                raise OutputError(f"{path} exists but is not a Zarr array this run can continue ({exc}); use --overwrite") from None
+            if arr.shape != spec.shape or arr.chunks != spec.chunks or arr.dtype != out_dtype:
+                raise OutputError(
+                    f"{path} exists with shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}, but this run "
+                    f"writes {spec.shape}, {spec.chunks}, {out_dtype}; use --overwrite to replace it"
+                )
+            return spec
+        if not overwrite:
+            raise OutputError(f"{path} already exists; pass --overwrite to replace it (or --resume to continue it)")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    attrs = {"axes": volume.axes, "bigdenoise": attributes or {}}
+    fill = 0 if np.issubdtype(out_dtype, np.integer) else 0.0
+    if volume.ome is None:
+        zarr.create_array(store=str(path), shape=spec.shape, chunks=chunks, dtype=out_dtype, fill_value=fill,
+                          attributes=attrs, dimension_names=tuple(volume.axes), zarr_format=3)
+    else:
+        ome = ome_metadata(volume)
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group.create_array("0", shape=spec.shape, chunks=chunks, dtype=out_dtype, fill_value=fill,
+                           dimension_names=[a["name"] for a in ome["multiscales"][0]["axes"]])
+        group.attrs.update({"ome": ome, "bigdenoise": attributes or {}})
+    return spec
+
+
+def ome_metadata(volume: Volume) -> dict:
+    """NGFF 0.5 ``ome`` attributes for a one-level image with the input's axes and scale."""
+    names = {"S": "t", "T": "t", "Z": "z", "Y": "y", "X": "x"}
+    kinds = {"S": "time", "T": "time", "Z": "space", "Y": "space", "X": "space"}
+    axes = []
+    for i, a in enumerate(volume.axes):
+        entry = {"name": names[a], "type": kinds[a]}
+        if volume.units is not None and volume.units[i]:
+            entry["unit"] = volume.units[i]
+        axes.append(entry)
+    scale = list(volume.scale) if volume.scale is not None else [1.0] * volume.ndim
+    return {
+        "version": "0.5",
+        "multiscales": [{
+            "axes": axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+            "name": "denoised",
+        }],
+    }
+
+
+def write_block(array: zarr.Array, box, data: np.ndarray) -> None:
+    """Write one block (a whole number of chunks) into the output array."""
+    array[box.slices] = data
