@@ -7,7 +7,7 @@ from typing import Any
 
 from .config import make_config
 from .errors import InputError
-from .execute import BlockSettings, dask_client, run_blocks
+from .execute import BlockSettings, check_cluster, dask_client, run_blocks
 from .infer import plan_for
 from .package import Model, load_model
 from .tiling import block_shape_for
@@ -52,6 +52,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     The output has the input's shape and axes (an OME-Zarr input gives an OME-Zarr output),
     chunked like the input unless ``chunks`` is given. Returns a summary of the run.
     """
+    check_cluster(cluster)
     model_path = model.path if isinstance(model, Model) else str(model)
     if model_path is None:
         raise InputError("predict needs a model saved on disk (a model directory); save it first")

@@ -78,8 +78,11 @@ class TrainConfig(BaseModel):
         for p in self.patch_shape:
             if p % factor:
                 raise ValueError(f"patch size {p} must be a multiple of {factor} (2**depth)")
-        method = get_method(self.method)
-        method.options.model_validate(self.options)
+        try:
+            get_method(self.method).options.model_validate(self.options)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"options of method {self.method}: {problems}") from None
         return self
 
     @property

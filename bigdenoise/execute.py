@@ -85,6 +85,11 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
             "write_s": t3 - t2}
 
 
+def check_cluster(cluster: str) -> None:
+    if not (cluster in CLUSTERS or cluster.startswith(("tcp://", "tls://"))):
+        raise ConfigError(f"unknown cluster {cluster!r}; use threads, local or tcp://HOST:PORT")
+
+
 @contextmanager
 def dask_client(cluster: str, workers: int | None = None, threads_per_worker: int | None = None,
                 device: str = "cpu") -> Iterator[tuple[object, int]]:
@@ -103,8 +108,7 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
         finally:
             client.close()
         return
-    if cluster not in CLUSTERS:
-        raise ConfigError(f"unknown cluster {cluster!r}; use threads, local or tcp://HOST:PORT")
+    check_cluster(cluster)
     processes = cluster == "local"
     n_workers = 1 if not processes else (workers or (torch.cuda.device_count() if device == "cuda" else max(1, cores // 4)) or 1)
     threads = threads_per_worker or 2

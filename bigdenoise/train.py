@@ -244,8 +244,8 @@ def fit(
         if resume and stage_index == state.stage and (ckpt_dir / "optimizer.safetensors").is_file():
             _load_optimizer(opt, load_file(str(ckpt_dir / "optimizer.safetensors")), saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
-        else:
-            state.stage_step, state.stage_elapsed = 0, 0.0
+        elif stage_index != state.stage:
+            state.stage, state.stage_step, state.stage_elapsed = stage_index, 0, 0.0
         max_steps, max_secs = step_budget[stage_index], time_budget[stage_index]
         stage_elapsed0, stage_t0 = state.stage_elapsed, time.monotonic()
         train_data = PatchBatches(volumes, stats, sampler, method.prepare, options, stream=TRAIN,
@@ -314,9 +314,7 @@ def fit(
                 _checkpoint(ckpt_dir, config, stats, state, nets, opt, sched)
                 _write_history(out_dir / HISTORY_FILE, history)
         bar.close()
-        state.stage += 1
-        state.stage_step, state.stage_elapsed = 0, 0.0
-        _checkpoint(ckpt_dir, config, stats, state, nets, None, None)
+        _checkpoint(ckpt_dir, config, stats, state, nets, opt, sched)
 
     if best is not None:
         for name, net in nets.items():
@@ -337,7 +335,7 @@ def fit(
 
 
 def _checkpoint(ckpt_dir: Path, config: TrainConfig, stats: Mapping[str, Stats], state: _State, nets: Nets,
-                opt: torch.optim.Optimizer | None, sched) -> None:
+                opt: torch.optim.Optimizer, sched) -> None:
     """Write weights, optimizer and loop state; each file is replaced atomically and the state
     file, written last, only names files already complete."""
     atomic_save_tensors(net_tensors(nets), ckpt_dir / "weights.safetensors")
@@ -346,11 +344,8 @@ def _checkpoint(ckpt_dir: Path, config: TrainConfig, stats: Mapping[str, Stats],
         "stats": {k: s.to_dict() for k, s in stats.items()},
         "state": vars(state).copy(),
     }
-    if opt is not None:
-        tensors, meta = _optimizer_tensors(opt)
-        atomic_save_tensors(tensors, ckpt_dir / "optimizer.safetensors")
-        document["optimizer"] = meta
-        document["scheduler"] = {k: v for k, v in sched.state_dict().items()}
-    else:
-        (ckpt_dir / "optimizer.safetensors").unlink(missing_ok=True)
+    tensors, meta = _optimizer_tensors(opt)
+    atomic_save_tensors(tensors, ckpt_dir / "optimizer.safetensors")
+    document["optimizer"] = meta
+    document["scheduler"] = sched.state_dict()
     atomic_write_bytes(ckpt_dir / "state.json", json.dumps(document, indent=1, default=float).encode())

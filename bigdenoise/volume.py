@@ -154,7 +154,8 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
     ----------
     source
         Path (str or Path) to a Zarr array (``vol.zarr`` or ``store.zarr/group/array``), an
-        OME-Zarr image group (level 0 is used) or a TIFF file; or a numpy or dask array.
+        OME-Zarr image group (level 0 is used) or a TIFF file; or a numpy, dask or open zarr
+        array (in-memory and open arrays cannot be sent to worker processes).
     axes
         Axis letters, one of :data:`AXES_ALLOWED` (case-insensitive). Optional when the
         input says its axes (OME-Zarr metadata, ``attrs["axes"]``) or is 2D.
@@ -168,6 +169,10 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
         return _wrap_array(source, "<numpy array>", axes)
     if _is_dask_array(source):
         return _wrap_array(source, "<dask array>", axes)
+    if _is_zarr_array(source):
+        axes = _resolve_axes(axes, _attr_axes(source), source.shape, "<zarr array>")
+        _check_array(source, "<zarr array>")
+        return Volume(source, axes, "<zarr array>", tuple(source.chunks))
     if not isinstance(source, (str, Path)):
         raise InputError(
             f"cannot open {type(source).__name__!r}: pass a path to a Zarr/OME-Zarr/TIFF input, "
@@ -187,6 +192,12 @@ def _is_dask_array(obj: Any) -> bool:
     except ImportError:  # pragma: no cover - dask is a dependency
         return False
     return isinstance(obj, da.Array)
+
+
+def _is_zarr_array(obj: Any) -> bool:
+    import zarr
+
+    return isinstance(obj, zarr.Array)
 
 
 def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
