@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import make_config
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .execute import BlockSettings, check_cluster, dask_client, run_blocks
 from .infer import plan_for
-from .package import Model, load_model
+from .package import WEIGHTS_FILE, Model, load_model
 from .tiling import block_shape_for
 from .train import fit, pick_device
 from .volume import Volume, open_volume
-from .writer import create_output
+from .writer import create_output, finish_output, load_done, run_record
 
 
 def _volume(source: Any, axes: str | None) -> Volume:
@@ -44,15 +47,22 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
 
 def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: str | None = None,
             cluster: str = "local", workers: int | None = None, chunks: tuple[int, ...] | None = None,
-            dtype: str = "float32", overwrite: bool = False, tile: int | tuple[int, ...] | None = None,
-            overlap: int = 0, halo: int | None = None, batch_size: int = 4, precision: str = "fp32",
-            device: str = "auto", block_voxels: int = 4 * 2**20, progress: bool = True) -> dict:
+            dtype: str = "float32", overwrite: bool = False, resume: bool = False,
+            tile: int | tuple[int, ...] | None = None, overlap: int = 0, halo: int | None = None,
+            batch_size: int = 4, precision: str = "fp32", device: str = "auto",
+            skip_background: float | None = None, background_value: float = 0.0,
+            block_voxels: int = 4 * 2**20, progress: bool = True) -> dict:
     """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
 
     The output has the input's shape and axes (an OME-Zarr input gives an OME-Zarr output),
-    chunked like the input unless ``chunks`` is given. Returns a summary of the run.
+    chunked like the input unless ``chunks`` is given. ``resume=True`` continues an
+    interrupted run into the same ``out``, skipping the blocks it finished. With
+    ``skip_background=T``, blocks whose input is all below ``T`` are not computed nor written:
+    they read as ``background_value``. Returns a summary of the run.
     """
     check_cluster(cluster)
+    if overwrite and resume:
+        raise ConfigError("--overwrite and --resume contradict each other; pass one")
     model_path = model.path if isinstance(model, Model) else str(model)
     if model_path is None:
         raise InputError("predict needs a model saved on disk (a model directory); save it first")
@@ -67,14 +77,46 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     if volume.path is None and cluster != "threads":
         cluster = "threads"  # an in-memory array cannot be shipped to worker processes
     plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, source=volume.source)
-    spec = create_output(out, volume, chunks=chunks, dtype=dtype, overwrite=overwrite,
-                         attributes={"model": str(Path(model_path).resolve()), "source": volume.source})
+    model_path = str(Path(model_path).resolve())
+    record = {"model": model_path, "model_sha256": _digest(Path(model_path) / WEIGHTS_FILE),
+              "source": volume.source, "tile": list(plan.tile), "halo": list(plan.halo),
+              "overlap": list(plan.overlap), "precision": precision, "skip_background": skip_background}
+    spec = create_output(out, volume, chunks=chunks, dtype=dtype, overwrite=overwrite, exist_ok=resume,
+                         attributes=record, fill_value=background_value)
     block = block_shape_for(spec.chunks, volume.shape, block_voxels)
+    skip = None
+    if resume:
+        previous = run_record(spec)
+        block = tuple(previous.get("block_shape", block))
+        changed = [k for k in record if previous.get(k) != record[k]]
+        if changed:
+            raise ConfigError(f"cannot resume {out}: {', '.join(changed)} differ from the run that created it; "
+                              f"use the same model and options, or --overwrite to start again")
+        grid = tuple(-(-n // b) for n, b in zip(volume.shape, block))
+        skip = np.ones(grid, bool) if previous.get("complete") else load_done(spec, grid)
+    else:
+        _record_block_shape(spec, block)
     dev = str(pick_device(device))
     with dask_client(cluster, workers, device=dev) as (client, torch_threads):
-        settings = BlockSettings(str(Path(model_path).resolve()), dev, batch_size, precision, torch_threads)
-        summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress)
+        settings = BlockSettings(model_path, dev, batch_size, precision, torch_threads, skip_background)
+        summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip)
+    finish_output(spec)
     return {**summary, "output": str(out), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for part in iter(lambda: f.read(2**20), b""):
+            h.update(part)
+    return h.hexdigest()
+
+
+def _record_block_shape(spec, block: tuple[int, ...]) -> None:
+    import zarr
+
+    root = zarr.open(spec.path, mode="r+")
+    root.attrs["bigdenoise"] = {**dict(root.attrs.get("bigdenoise", {})), "block_shape": list(block)}
 
 
 def _axes_like_model(source: Any, model: Model) -> str | None:

@@ -77,10 +77,16 @@ def _add_predict(sub) -> None:
     p.add_argument("--chunks", type=parse_shape, help="output chunks (default: the input's)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, input (input dtype, clipped), uint16...")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out")
+    p.add_argument("--skip-background", type=float, metavar="THRESHOLD",
+                   help="leave blocks whose input is all below THRESHOLD unwritten (they read as --background-value)")
+    p.add_argument("--background-value", type=float, default=0.0, help="value of unwritten chunks (default 0)")
     p.add_argument("--tile", type=parse_shape, help="tile core size per spatial axis (default 256 in 2D, 64 in 3D)")
     p.add_argument("--overlap", type=int, default=0, help="blend overlap between tiles (voxels)")
     p.add_argument("--halo", type=int, help="context per side (default: the receptive field, exact)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--block-voxels", type=int, default=4 * 2**20,
+                   help="voxels per Dask task: blocks are whole output chunks grown to about this size")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -153,10 +159,15 @@ def run(a: argparse.Namespace) -> int:
               f"best validation loss {info['best_val_loss']:.4g}; model written to {a.out}")
     elif a.command == "predict":
         s = api.predict(a.input, a.model, a.out, axes=a.axes, cluster=a.cluster, workers=a.workers, chunks=a.chunks,
-                        dtype=a.dtype, overwrite=a.overwrite, tile=a.tile, overlap=a.overlap, halo=a.halo,
-                        batch_size=a.batch_size, precision=a.precision, device=a.device, progress=not a.quiet)
+                        dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, tile=a.tile, overlap=a.overlap,
+                        halo=a.halo, batch_size=a.batch_size, precision=a.precision, device=a.device,
+                        skip_background=a.skip_background, background_value=a.background_value,
+                        block_voxels=a.block_voxels, progress=not a.quiet)
+        extra = f"; skipped {s['skipped']} blocks already done" if s["skipped"] else ""
+        if s["background_blocks"]:
+            extra += f"; {s['background_blocks']} background blocks left unwritten"
         print(f"denoised {s['voxels']:,} voxels in {s['blocks']} blocks in {s['seconds']:.1f} s "
-              f"({s['voxels_per_s'] / 1e6:.2f} Mvox/s) into {s['output']}")
+              f"({s['voxels_per_s'] / 1e6:.2f} Mvox/s) into {s['output']}{extra}")
     elif a.command == "demo":
         from .demo import run_demo
 

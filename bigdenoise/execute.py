@@ -24,7 +24,7 @@ from .infer import denoise_block
 from .package import Model, load_model
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
-from .writer import OutputSpec, to_dtype, write_block
+from .writer import OutputSpec, mark_done, to_dtype, write_block
 
 CLUSTERS = ("threads", "local")
 
@@ -42,6 +42,7 @@ class BlockSettings:
     batch_size: int = 4
     precision: str = "fp32"
     torch_threads: int = 0
+    skip_background: float | None = None
 
 
 _models: dict[tuple[str, str], Model] = {}
@@ -75,14 +76,19 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
     rbox = read_box(plan, block.write)
     data = volume.read(rbox)
     t1 = time.perf_counter()
-    with _compute_lock:  # one forward pass at a time per process: torch already uses every core
-        y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
-                          precision=settings.precision)
+    background = settings.skip_background is not None and bool(
+        np.nanmax(data[block.write.relative_to(rbox.offset).slices]) < settings.skip_background)
+    if not background:
+        with _compute_lock:  # one forward pass at a time per process: torch already uses every core
+            y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
+                              precision=settings.precision)
     t2 = time.perf_counter()
-    write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))
+    if not background:
+        write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))
+    mark_done(out, block.index)
     t3 = time.perf_counter()
-    return {"index": block.index, "voxels": block.write.size, "read_s": t1 - t0, "compute_s": t2 - t1,
-            "write_s": t3 - t2}
+    return {"index": block.index, "voxels": block.write.size, "background": background, "read_s": t1 - t0,
+            "compute_s": t2 - t1, "write_s": t3 - t2}
 
 
 def check_cluster(cluster: str) -> None:
@@ -120,10 +126,11 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
 
 def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings,
                out: OutputSpec, client, *, window: int | None = None, progress: bool = True,
-               skip: set[tuple[int, ...]] | None = None) -> dict:
+               skip: np.ndarray | None = None) -> dict:
     """Run every block of the volume on ``client``, at most ``window`` tasks in flight.
 
-    Failed blocks do not stop the others; at the end a BlockFailed names each failed block.
+    ``skip`` is a boolean array over the block grid of blocks already done (resume). Failed
+    blocks do not stop the others; at the end a BlockFailed names each failed block.
     """
     from distributed import as_completed
 
@@ -131,8 +138,8 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
     if window is None:
         n_threads = sum(client.nthreads().values()) or 1
         window = max(4, 2 * n_threads)
-    blocks = (b for b in iter_blocks(volume.shape, block_shape) if not skip or b.index not in skip)
-    done = total - (len(skip) if skip else 0)
+    blocks = (b for b in iter_blocks(volume.shape, block_shape) if skip is None or not skip[b.index])
+    done = total - (int(skip.sum()) if skip is not None else 0)
     pending = as_completed()
 
     def submit_next() -> bool:
@@ -147,7 +154,7 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
         if not submit_next():
             break
     failures: list[str] = []
-    voxels = 0
+    voxels = background = 0
     t0 = time.perf_counter()
     timing = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
     with tqdm(total=done, unit="block", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
@@ -155,6 +162,7 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
             try:
                 result = future.result()
                 voxels += result["voxels"]
+                background += result["background"]
                 for k in timing:
                     timing[k] += result[k]
             except Exception as exc:  # noqa: BLE001 - reported with its block below
@@ -169,5 +177,6 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
             f"{len(failures)} of {done} blocks failed (the others were written; rerun with --resume to redo only "
             f"the missing ones):\n  " + "\n  ".join(failures[:20])
         )
-    return {"blocks": done, "skipped": total - done, "voxels": voxels, "seconds": seconds,
+    return {"blocks": done, "skipped": total - done, "background_blocks": background, "voxels": voxels,
+            "seconds": seconds,
             "voxels_per_s": voxels / max(seconds, 1e-9), **timing}

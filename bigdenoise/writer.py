@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,12 +65,13 @@ def _overlaps(a: Path, b: Path) -> bool:
 
 def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
                   dtype: str = "float32", overwrite: bool = False, exist_ok: bool = False,
-                  attributes: dict | None = None) -> OutputSpec:
+                  attributes: dict | None = None, fill_value: float = 0) -> OutputSpec:
     """Create the output for ``volume``: a Zarr v3 array at ``path`` of the volume's shape, or an
     OME-Zarr image (level ``0``, axes and scale copied) when the input is OME-Zarr.
 
     An existing ``path`` is an OutputError unless ``overwrite`` (replace it) or ``exist_ok``
-    (reuse it, for resuming; shape, chunks and dtype must match).
+    (reuse it, for resuming; shape, chunks and dtype must match). Chunks never written (skipped
+    background) read as ``fill_value``.
     """
     path = Path(path)
     if volume.path is not None and _overlaps(path, _storage_root(volume.path)):
@@ -96,7 +98,7 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
             raise OutputError(f"{path} already exists; pass --overwrite to replace it (or --resume to continue it)")
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     attrs = {"axes": volume.axes, "bigdenoise": attributes or {}}
-    fill = 0 if np.issubdtype(out_dtype, np.integer) else 0.0
+    fill = to_dtype(np.asarray(fill_value, dtype=np.float32), out_dtype).item()
     if volume.ome is None:
         zarr.create_array(store=str(path), shape=spec.shape, chunks=chunks, dtype=out_dtype, fill_value=fill,
                           attributes=attrs, dimension_names=tuple(volume.axes), zarr_format=3)
@@ -133,3 +135,48 @@ def ome_metadata(volume: Volume) -> dict:
 def write_block(array: zarr.Array, box, data: np.ndarray) -> None:
     """Write one block (a whole number of chunks) into the output array."""
     array[box.slices] = data
+
+
+# Done records: one empty marker file per finished block, listed in one call when resuming.
+DONE_DIR = ".bigdenoise-done"
+
+
+def _done_dir(spec: OutputSpec) -> Path:
+    return Path(spec.path) / DONE_DIR
+
+
+def mark_done(spec: OutputSpec, index: tuple[int, ...]) -> None:
+    """Record that block ``index`` is completely written (called after its write returned)."""
+    d = _done_dir(spec)
+    d.mkdir(exist_ok=True)
+    (d / "-".join(map(str, index))).touch()
+
+
+def load_done(spec: OutputSpec, grid: tuple[int, ...]) -> np.ndarray:
+    """Boolean array over the block grid: which blocks a previous run finished."""
+    done = np.zeros(grid, dtype=bool)
+    d = _done_dir(spec)
+    if not d.is_dir():
+        return done
+    for name in os.listdir(d):
+        try:
+            index = tuple(int(v) for v in name.split("-"))
+            done[index] = True
+        except (ValueError, IndexError):
+            continue  # not one of ours, or from another block grid: redo rather than trust it
+    return done
+
+
+def run_record(spec: OutputSpec) -> dict:
+    """What the run that created the output recorded about itself (``attrs["bigdenoise"]``)."""
+    root = zarr.open(spec.path, mode="r")
+    return dict(root.attrs.get("bigdenoise", {}))
+
+
+def finish_output(spec: OutputSpec) -> None:
+    """Mark the output complete and drop its done records."""
+    root = zarr.open(spec.path, mode="r+")
+    record = dict(root.attrs.get("bigdenoise", {}))
+    record["complete"] = True
+    root.attrs["bigdenoise"] = record
+    shutil.rmtree(_done_dir(spec), ignore_errors=True)
