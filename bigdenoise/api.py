@@ -98,7 +98,8 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
         _record_block_shape(spec, block)
     dev = str(pick_device(device))
     with dask_client(cluster, workers, device=dev) as (client, torch_threads):
-        settings = BlockSettings(model_path, dev, batch_size, precision, torch_threads, skip_background)
+        settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
+                                 skip_background)
         summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip)
     finish_output(spec)
     return {**summary, "output": str(out), "block_shape": block, "tile": plan.tile, "halo": plan.halo}

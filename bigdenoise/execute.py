@@ -22,6 +22,7 @@ from .errors import BigDenoiseError, ConfigError
 from .geometry import Block
 from .infer import denoise_block
 from .package import Model, load_model
+from .runtime import tune_allocator
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
 from .writer import OutputSpec, mark_done, to_dtype, write_block
@@ -38,6 +39,7 @@ class BlockSettings:
     """How a worker runs the model on a block."""
 
     model_path: str
+    model_digest: str = ""
     device: str = "cpu"
     batch_size: int = 4
     precision: str = "fp32"
@@ -45,28 +47,29 @@ class BlockSettings:
     skip_background: float | None = None
 
 
-_models: dict[tuple[str, str], Model] = {}
-_outputs: dict[str, object] = {}
+_models: dict[tuple[str, str, str], Model] = {}
+_outputs: dict[OutputSpec, object] = {}
 _lock = threading.Lock()
 _compute_lock = threading.Lock()
 
 
 def worker_model(settings: BlockSettings) -> Model:
     """The model of ``settings``, loaded once per process and kept for later tasks."""
-    key = (settings.model_path, settings.device)
+    key = (settings.model_path, settings.model_digest, settings.device)
     with _lock:
         if key not in _models:
             if settings.torch_threads > 0:
                 torch.set_num_threads(settings.torch_threads)
+            tune_allocator()
             _models[key] = load_model(settings.model_path, device=settings.device)
         return _models[key]
 
 
 def _output_array(spec: OutputSpec):
     with _lock:
-        if spec.path not in _outputs:
-            _outputs[spec.path] = spec.open("r+")
-        return _outputs[spec.path]
+        if spec not in _outputs:
+            _outputs[spec] = spec.open("r+")
+        return _outputs[spec]
 
 
 def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockSettings, out: OutputSpec) -> dict:
@@ -120,7 +123,7 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
     threads = threads_per_worker or 2
     torch_threads = max(1, cores // n_workers)
     with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=processes,
-                      dashboard_address=None, silence_logs=40) as lc, Client(lc) as client:
+                      dashboard_address=":0", silence_logs=40) as lc, Client(lc) as client:
         yield client, torch_threads
 
 

@@ -12,6 +12,7 @@ from .errors import InputError
 from .geometry import Box
 from .normalize import denormalize, normalize
 from .package import Model
+from .runtime import to_fast_layout
 from .tiling import TilePlan, Tile, blend_weights, gather, make_plan, read_box, tiles_for
 
 
@@ -47,7 +48,7 @@ def run_model(model: Model, x: np.ndarray, precision: str = "fp32") -> np.ndarra
     device = model_device(model)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        y = model.method.predict(model.nets, torch.from_numpy(x).to(device), model.options)
+        y = model.method.predict(model.nets, to_fast_layout(torch.from_numpy(x).to(device)), model.options)
     return y.float().cpu().numpy()
 
 

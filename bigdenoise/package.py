@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .errors import BigDenoiseError, ModelError
 from .methods import Method, Nets, get_method
 from .normalize import Stats
+from .runtime import nets_to_fast_layout
 
 FORMAT = "bigdenoise-model"
 FORMAT_VERSION = 1
@@ -161,6 +162,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
         except RuntimeError as exc:
             raise ModelError(f"{weights_path} does not match the network in {config_path}: {exc}") from None
         net.to(device).eval()
+    nets_to_fast_layout(nets, config.spatial_ndim)
     return Model(
         path=str(path),
         train_config=config,

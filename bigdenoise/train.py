@@ -30,6 +30,7 @@ from .package import (
     net_tensors,
     save_model,
 )
+from .runtime import nets_to_fast_layout, to_fast_layout, tune_allocator
 from .sampling import TRAIN, VALIDATION, make_sampler, patch_count
 from .data import PatchBatches
 from .volume import Volume, check_finite_sample, sample_chunk_boxes
@@ -156,7 +157,7 @@ def _validate(nets: Nets, stage: Stage, options: object, batches: list[dict[str,
     losses = []
     with torch.inference_mode(), amp():
         for batch in batches:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: to_fast_layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
             losses.append(float(stage.loss(nets, batch, options)))
     return float(np.mean(losses))
 
@@ -206,6 +207,8 @@ def fit(
         nets = build_nets(config)
     for net in nets.values():
         net.to(device)
+    nets_to_fast_layout(nets, config.spatial_ndim)
+    tune_allocator()
     amp_dtype = torch.bfloat16 if device.type == "cuda" and config.amp else None
 
     def amp():
@@ -270,7 +273,7 @@ def fit(
                 max_secs is not None and stage_secs >= max_secs
             ):
                 break
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            batch = {k: to_fast_layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
             with amp():
                 loss = stage.loss(nets, batch, options)
             if not torch.isfinite(loss):

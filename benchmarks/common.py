@@ -1,0 +1,297 @@
+"""Helpers shared by the benchmark scripts: data location, PSNR, a matmul probe, memory,
+machine description and the marked sections of ``benchmarks/RESULTS.md``.
+
+Imported by the scripts in this folder as ``import common`` (run them as
+``python benchmarks/<script>.py``, which puts this folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import resource
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS = BENCH_DIR / "RESULTS.md"
+RESULTS_TITLE = "# bigdenoise benchmark results\n\nEach section is written by the script named in it (`--record`); rerun that command to reproduce it.\n"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_root(data: str | os.PathLike | None = None) -> Path:
+    """The shared data folder: ``data``, else ``$BIGDENOISE_DATA``, else ``<repo>/../shared/data``.
+
+    Raises SystemExit with a clear message when none exists.
+    """
+    explicit = data if data is not None else os.environ.get("BIGDENOISE_DATA") or None
+    if explicit is not None:
+        path = Path(explicit).expanduser()
+        if not path.is_dir():
+            where = "--data" if data is not None else "BIGDENOISE_DATA"
+            raise SystemExit(f"data folder {path} ({where}) does not exist")
+        return path
+    path = REPO.parent / "shared" / "data"
+    if not path.is_dir():
+        raise SystemExit(f"no data folder: pass --data DIR or set BIGDENOISE_DATA (looked for {path})")
+    return path
+
+
+def dataset_dir(name: str, data: str | os.PathLike | None = None, pattern: str = "*") -> Path:
+    """Folder of data set ``name``: ``data`` itself when it holds files matching ``pattern``,
+    else ``<data root>/name``."""
+    if data is not None:
+        direct = Path(data).expanduser()
+        if direct.is_dir() and any(direct.glob(pattern)):
+            return direct
+    folder = data_root(data) / name
+    if not folder.is_dir() or not any(folder.glob(pattern)):
+        raise SystemExit(f"data set {name!r} not found: {folder} has no {pattern} files")
+    return folder
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def psnr(x: np.ndarray, ref: np.ndarray, peak: float) -> float:
+    """PSNR in dB of ``x`` against ``ref`` with peak value ``peak`` (float64 arithmetic)."""
+    mse = float(np.mean((np.asarray(x, np.float64) - np.asarray(ref, np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(peak**2 / mse)
+
+
+def mean_psnr(x: np.ndarray, ref: np.ndarray, peak: float) -> tuple[float, list[float]]:
+    """Mean over the first axis of per-image PSNR, and the per-image values."""
+    values = [psnr(a, b, peak) for a, b in zip(x, ref)]
+    return float(np.mean(values)), values
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def matmul_gflops(n: int = 1024, repeats: int = 5, device: str = "cpu") -> float:
+    """fp32 ``torch.matmul`` of two ``n x n`` matrices: best of ``repeats`` in GFLOP/s.
+
+    A context number for the machine's speed at the time of a run (not a benchmark result).
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device)
+    b = torch.randn(n, n, generator=g).to(device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    torch.matmul(a, b)  # warm-up
+    sync()
+    best = float("inf")
+    inner = 20 if device.startswith("cuda") else 1
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            torch.matmul(a, b)
+        sync()
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return 2.0 * n**3 / best / 1e9
+
+
+def probe(label: str = "") -> dict:
+    """The matmul probe on the CPU (and on the GPU when there is one), printed and returned."""
+    import torch
+
+    result = {"cpu_gflops": round(matmul_gflops(), 1)}
+    if torch.cuda.is_available():
+        result["cuda_gflops"] = round(matmul_gflops(4096, device="cuda"), 1)
+    text = ", ".join(f"{k.split('_')[0]} {v:.1f} GFLOP/s" for k, v in result.items())
+    print(f"matmul probe{' ' + label if label else ''} (fp32): {text}", flush=True)
+    return result
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{rev}{' (uncommitted changes)' if dirty else ''}" if rev else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info() -> dict:
+    """Cores, CPU model, GPU, library versions and the git revision."""
+    import torch
+
+    import bigdenoise
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count() or 1
+    info = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "bigdenoise": getattr(bigdenoise, "__version__", "?"),
+        "git": _git_revision(),
+        "platform": platform.platform(),
+    }
+    return info
+
+
+def format_machine(info: dict, probes: list[dict]) -> str:
+    """One markdown paragraph describing the machine and the probes."""
+    gpu = info["gpu"] or "none"
+    probe_text = " / ".join(
+        ", ".join(f"{k.split('_')[0]} {v:.1f}" for k, v in p.items()) for p in probes
+    )
+    return (f"{info['cpu']}; {info['usable_cores']} usable cores ({info['cores']} online), torch threads "
+            f"{info['torch_threads']}; GPU: {gpu}; matmul probe fp32 GFLOP/s (before / after): {probe_text}; "
+            f"Python {info['python']}, torch {info['torch']}, bigdenoise {info['bigdenoise']} at git {info['git']}.")
+
+
+# --------------------------------------------------------------------------- memory and subprocesses
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory (MB) of this process so far."""
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+class TreeRSS:
+    """Context manager sampling, every ``interval`` seconds, the summed RSS of a process and all
+    its descendants (default: this process); ``peak_mb`` is the largest sum seen.
+
+    (``getrusage(RUSAGE_CHILDREN)`` would not do: a forked child inherits its parent's peak.)
+    """
+
+    def __init__(self, pid: int | None = None, interval: float = 0.2) -> None:
+        self.pid = os.getpid() if pid is None else pid
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def peak_mb(self) -> float:
+        return self.peak / 2**20
+
+    def _sample(self, proc) -> int:
+        import psutil
+
+        try:
+            procs = [proc] + proc.children(recursive=True)
+        except psutil.Error:
+            return 0
+        total = 0
+        for p in procs:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                pass
+        return total
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            proc = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while True:
+            self.peak = max(self.peak, self._sample(proc))
+            if self._stop.wait(self.interval):
+                break
+
+    def __enter__(self) -> TreeRSS:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_command(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd`` (output goes to this terminal), timing it and sampling the peak summed RSS
+    of its process tree. Raises SystemExit when it fails."""
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env)
+    with TreeRSS(proc.pid) as rss:
+        rc = proc.wait()
+        seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"command failed with exit status {rc}: {shlex.join(cmd)}")
+    return {"seconds": seconds, "peak_rss_mb": rss.peak_mb}
+
+
+def bigdenoise_exe() -> str:
+    """The ``bigdenoise`` executable of this interpreter's environment."""
+    import shutil
+
+    exe = Path(sys.executable).parent / "bigdenoise"
+    if exe.is_file():
+        return str(exe)
+    found = shutil.which("bigdenoise")
+    if found is None:
+        raise SystemExit("the bigdenoise command is not installed next to this Python (pip install -e .)")
+    return found
+
+
+def this_command() -> str:
+    """The command line that ran this script, as a user would retype it."""
+    script = Path(sys.argv[0]).resolve()
+    try:
+        script = script.relative_to(REPO)
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def now() -> str:
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+# --------------------------------------------------------------------------- RESULTS.md
+
+
+def replace_section(path: str | os.PathLike, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- name -->`` and ``<!-- /name -->`` in ``path``: replace that
+    section when present, else append it; create the file with a title when missing."""
+    path = Path(path)
+    start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    block = f"{start}\n{text.strip()}\n{end}\n"
+    document = path.read_text() if path.exists() else RESULTS_TITLE
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
+    if pattern.search(document):
+        document = pattern.sub(lambda _: block, document, count=1)
+    else:
+        document = document.rstrip("\n") + "\n\n" + block
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(document)
+    os.replace(tmp, path)
+    print(f"recorded section {name!r} in {path}")
