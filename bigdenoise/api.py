@@ -10,7 +10,8 @@ import numpy as np
 
 from .config import make_config
 from .errors import ConfigError, InputError
-from .execute import BlockSettings, check_cluster, dask_client, run_blocks
+from .clusters import JobOptions, check_cluster, dask_client
+from .execute import BlockSettings, run_blocks
 from .infer import plan_for
 from .package import WEIGHTS_FILE, Model, load_model
 from .tiling import block_shape_for
@@ -51,14 +52,15 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
             tile: int | tuple[int, ...] | None = None, overlap: int = 0, halo: int | None = None,
             batch_size: int = 4, precision: str = "fp32", device: str = "auto",
             skip_background: float | None = None, background_value: float = 0.0,
-            block_voxels: int = 4 * 2**20, progress: bool = True) -> dict:
+            block_voxels: int = 4 * 2**20, jobs: JobOptions | None = None, progress: bool = True) -> dict:
     """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
 
     The output has the input's shape and axes (an OME-Zarr input gives an OME-Zarr output),
     chunked like the input unless ``chunks`` is given. ``resume=True`` continues an
     interrupted run into the same ``out``, skipping the blocks it finished. With
     ``skip_background=T``, blocks whose input is all below ``T`` are not computed nor written:
-    they read as ``background_value``. Returns a summary of the run.
+    they read as ``background_value``. ``jobs`` configures ``cluster="slurm"|"pbs"|"lsf"``.
+    Returns a summary of the run.
     """
     check_cluster(cluster)
     if overwrite and resume:
@@ -97,7 +99,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     else:
         _record_block_shape(spec, block)
     dev = str(pick_device(device))
-    with dask_client(cluster, workers, device=dev) as (client, torch_threads):
+    with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
         settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
                                  skip_background)
         summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip)

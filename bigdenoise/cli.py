@@ -72,8 +72,22 @@ def _add_predict(sub) -> None:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="output Zarr (opens as an array of the input's shape)")
     p.add_argument("--axes", help="axes of the input (default: metadata, else the model's)")
-    p.add_argument("--cluster", default="local", help="threads | local | tcp://HOST:PORT (default local)")
+    p.add_argument("--cluster", default="local",
+                   help="threads | local | slurm | pbs | lsf | tcp://HOST:PORT (default local)")
     p.add_argument("--workers", type=int, help="worker processes for --cluster local")
+    jobs = p.add_argument_group("batch jobs (--cluster slurm|pbs|lsf, through dask-jobqueue)")
+    jobs.add_argument("--jobs", type=int, default=1, help="jobs to submit (default 1)")
+    jobs.add_argument("--job-cores", type=int, default=8, help="cores per job (default 8)")
+    jobs.add_argument("--job-memory", default="32GB", help="memory per job (default 32GB)")
+    jobs.add_argument("--job-gpus", type=int, default=0, help="GPUs per job: one worker per GPU")
+    jobs.add_argument("--job-processes", type=int, help="worker processes per job (default: GPUs, else cores/4)")
+    jobs.add_argument("--walltime", default="02:00:00")
+    jobs.add_argument("--queue", help="queue / partition")
+    jobs.add_argument("--account", help="account / project to charge")
+    jobs.add_argument("--job-directive", action="append", default=[], metavar="LINE",
+                      help="extra scheduler directive, e.g. --job-directive=--constraint=a100 (repeatable)")
+    jobs.add_argument("--job-prologue", action="append", default=[], metavar="LINE",
+                      help="shell line run before each worker, e.g. 'source ~/venv/bin/activate' (repeatable)")
     p.add_argument("--chunks", type=parse_shape, help="output chunks (default: the input's)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, input (input dtype, clipped), uint16...")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -137,6 +151,14 @@ def _train_kwargs(a: argparse.Namespace) -> dict:
     return kw
 
 
+def _job_options(a: argparse.Namespace):
+    from .clusters import JobOptions
+
+    return JobOptions(jobs=a.jobs, cores=a.job_cores, memory=a.job_memory, gpus=a.job_gpus,
+                      processes=a.job_processes, walltime=a.walltime, queue=a.queue, account=a.account,
+                      directives=tuple(a.job_directive), prologue=tuple(a.job_prologue))
+
+
 def run(a: argparse.Namespace) -> int:
     from . import api
 
@@ -162,7 +184,7 @@ def run(a: argparse.Namespace) -> int:
                         dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, tile=a.tile, overlap=a.overlap,
                         halo=a.halo, batch_size=a.batch_size, precision=a.precision, device=a.device,
                         skip_background=a.skip_background, background_value=a.background_value,
-                        block_voxels=a.block_voxels, progress=not a.quiet)
+                        block_voxels=a.block_voxels, jobs=_job_options(a), progress=not a.quiet)
         extra = f"; skipped {s['skipped']} blocks already done" if s["skipped"] else ""
         if s["background_blocks"]:
             extra += f"; {s['background_blocks']} background blocks left unwritten"

@@ -7,18 +7,16 @@ block boxes (lazily) and counts results: it never holds voxel data.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import BigDenoiseError, ConfigError
+from .clusters import gpu_for_worker
+from .errors import BigDenoiseError
 from .geometry import Block
 from .infer import denoise_block
 from .package import Model, load_model
@@ -26,9 +24,6 @@ from .runtime import tune_allocator
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
 from .writer import OutputSpec, mark_done, to_dtype, write_block
-
-CLUSTERS = ("threads", "local")
-
 
 class BlockFailed(BigDenoiseError):
     """One or more blocks failed; the message names them and their causes."""
@@ -61,7 +56,7 @@ def worker_model(settings: BlockSettings) -> Model:
             if settings.torch_threads > 0:
                 torch.set_num_threads(settings.torch_threads)
             tune_allocator()
-            _models[key] = load_model(settings.model_path, device=settings.device)
+            _models[key] = load_model(settings.model_path, device=gpu_for_worker(settings.device))
         return _models[key]
 
 
@@ -92,39 +87,6 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
     t3 = time.perf_counter()
     return {"index": block.index, "voxels": block.write.size, "background": background, "read_s": t1 - t0,
             "compute_s": t2 - t1, "write_s": t3 - t2}
-
-
-def check_cluster(cluster: str) -> None:
-    if not (cluster in CLUSTERS or cluster.startswith(("tcp://", "tls://"))):
-        raise ConfigError(f"unknown cluster {cluster!r}; use threads, local or tcp://HOST:PORT")
-
-
-@contextmanager
-def dask_client(cluster: str, workers: int | None = None, threads_per_worker: int | None = None,
-                device: str = "cpu") -> Iterator[tuple[object, int]]:
-    """A ``distributed.Client`` for ``cluster`` and the torch threads each worker should use.
-
-    ``threads``: one in-process worker (threads); ``local``: a LocalCluster of worker processes;
-    ``tcp://HOST:PORT``: an existing scheduler.
-    """
-    from distributed import Client, LocalCluster
-
-    cores = os.cpu_count() or 1
-    if cluster.startswith(("tcp://", "tls://")):
-        client = Client(cluster, timeout="30s")
-        try:
-            yield client, 0
-        finally:
-            client.close()
-        return
-    check_cluster(cluster)
-    processes = cluster == "local"
-    n_workers = 1 if not processes else (workers or (torch.cuda.device_count() if device == "cuda" else max(1, cores // 4)) or 1)
-    threads = threads_per_worker or 2
-    torch_threads = max(1, cores // n_workers)
-    with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=processes,
-                      dashboard_address=":0", silence_logs=40) as lc, Client(lc) as client:
-        yield client, torch_threads
 
 
 def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings,

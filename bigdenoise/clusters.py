@@ -1,0 +1,138 @@
+"""Dask clusters for blockwise prediction: threads, LocalCluster, an existing scheduler, or a
+batch system through dask-jobqueue (SLURM, PBS, LSF)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import ConfigError
+
+LOCAL = ("threads", "local")
+JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Batch jobs for ``--cluster slurm|pbs|lsf``: each job runs ``processes`` Dask workers.
+
+    Attributes
+    ----------
+    jobs : number of jobs to submit.
+    cores, memory : per job (``memory`` as the batch system reads it, e.g. ``"32GB"``).
+    gpus : GPUs per job; one worker process per GPU, each pinned to its own GPU.
+    processes : worker processes per job (default: ``gpus`` if any, else one per 4 cores).
+    walltime, queue, account : passed to the batch system.
+    directives : extra scheduler directives, e.g. ``["--constraint=a100"]`` for SLURM.
+    prologue : shell lines run before the worker starts (``module load ...``, venv activation).
+    """
+
+    jobs: int = 1
+    cores: int = 8
+    memory: str = "32GB"
+    gpus: int = 0
+    processes: int | None = None
+    walltime: str = "02:00:00"
+    queue: str | None = None
+    account: str | None = None
+    directives: tuple[str, ...] = field(default_factory=tuple)
+    prologue: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def worker_processes(self) -> int:
+        return self.processes or self.gpus or max(1, self.cores // 4)
+
+
+def check_cluster(cluster: str) -> None:
+    if not (cluster in LOCAL or cluster in JOBQUEUE or cluster.startswith(("tcp://", "tls://"))):
+        raise ConfigError(f"unknown cluster {cluster!r}; use threads, local, slurm, pbs, lsf or tcp://HOST:PORT")
+
+
+def jobqueue_cluster(kind: str, options: JobOptions):
+    """A dask-jobqueue cluster object (jobs are submitted when it is scaled)."""
+    try:
+        import dask_jobqueue
+    except ImportError:
+        raise ConfigError(
+            f"--cluster {kind} needs dask-jobqueue: pip install 'bigdenoise[jobqueue]' (or dask-jobqueue)"
+        ) from None
+    directives = list(options.directives)
+    if options.gpus:
+        directives.append({"slurm": f"--gres=gpu:{options.gpus}", "pbs": f"-l ngpus={options.gpus}",
+                           "lsf": f'-gpu "num={options.gpus}"'}[kind])
+    cls = getattr(dask_jobqueue, JOBQUEUE[kind])
+    kwargs = dict(cores=options.cores, memory=options.memory, processes=options.worker_processes,
+                  walltime=options.walltime, queue=options.queue, job_extra_directives=directives,
+                  job_script_prologue=list(options.prologue))
+    if options.account:
+        kwargs["account"] = options.account
+    return cls(**kwargs)
+
+
+def torch_threads_per_worker(cores: int, workers: int) -> int:
+    return max(1, cores // max(1, workers))
+
+
+@contextmanager
+def dask_client(cluster: str, workers: int | None = None, threads_per_worker: int | None = None,
+                device: str = "cpu", jobs: JobOptions | None = None) -> Iterator[tuple[object, int]]:
+    """A ``distributed.Client`` for ``cluster`` and the torch threads each worker should use
+    (0: leave torch's default).
+
+    ``threads``: one in-process worker; ``local``: worker processes on this machine (one per GPU
+    with dask-cuda's LocalCUDACluster when installed and ``device`` is cuda, else one per 4
+    cores); ``slurm|pbs|lsf``: batch jobs through dask-jobqueue; ``tcp://HOST:PORT``: an
+    existing scheduler.
+    """
+    from distributed import Client, LocalCluster
+
+    check_cluster(cluster)
+    cores = os.cpu_count() or 1
+    threads = threads_per_worker or 2  # two task threads: one block is read while another computes
+    if cluster.startswith(("tcp://", "tls://")):
+        with Client(cluster, timeout="30s") as client:
+            yield client, 0
+        return
+    if cluster in JOBQUEUE:
+        jobs = jobs or JobOptions()
+        with jobqueue_cluster(cluster, jobs) as jc, Client(jc) as client:
+            jc.scale(jobs=jobs.jobs)
+            yield client, torch_threads_per_worker(jobs.cores, jobs.worker_processes)
+        return
+    if cluster == "local" and device == "cuda":
+        try:
+            from dask_cuda import LocalCUDACluster
+        except ImportError:
+            LocalCUDACluster = None
+        if LocalCUDACluster is not None:
+            with LocalCUDACluster(threads_per_worker=threads, dashboard_address=":0") as lc, Client(lc) as client:
+                yield client, torch_threads_per_worker(cores, len(lc.workers))
+            return
+    processes = cluster == "local"
+    if processes:
+        default = torch.cuda.device_count() if device == "cuda" else max(1, cores // 4)
+        n_workers = workers or default or 1
+    else:
+        n_workers = 1
+    with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=processes,
+                      dashboard_address=":0", silence_logs=40) as lc, Client(lc) as client:
+        yield client, torch_threads_per_worker(cores, n_workers)
+
+
+def gpu_for_worker(device: str) -> str:
+    """Pin this worker process to one GPU: ``cuda:i`` from the worker's name, when several are
+    visible (LocalCUDACluster already restricts each worker to one)."""
+    if device != "cuda" or torch.cuda.device_count() <= 1:
+        return device
+    try:
+        from distributed import get_worker
+
+        name = str(get_worker().name)
+    except (ImportError, ValueError):
+        return device
+    digits = name.rsplit("-", 1)[-1]
+    return f"cuda:{int(digits) % torch.cuda.device_count()}" if digits.isdigit() else device
