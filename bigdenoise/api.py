@@ -13,7 +13,7 @@ from .errors import ConfigError, InputError
 from .clusters import JobOptions, check_cluster, dask_client
 from .execute import BlockSettings, run_blocks
 from .infer import plan_for
-from .package import WEIGHTS_FILE, Model, load_model
+from .package import Model, load_model
 from .tiling import block_shape_for
 from .train import fit, pick_device
 from .volume import Volume, open_volume
@@ -34,7 +34,7 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
     out : model directory.
     method : a registered method name (``bigdenoise.methods.method_names()``).
     axes : axes of ``source`` (e.g. ``"SYX"``); read from the metadata when omitted.
-    target : second volume for methods that need one (Noise2Noise, CARE).
+    target : second volume for methods that need one (Noise2Noise, CARE, Noise2Stack ``mode="copy"``).
     config : any :class:`bigdenoise.config.TrainConfig` field (``steps``, ``max_time``,
         ``patch``, ``batch_size``, ``net={"depth": 2, ...}``, ``options={...}``, ``seed`` ...).
     """
@@ -80,7 +80,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
         cluster = "threads"  # an in-memory array cannot be shipped to worker processes
     plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, source=volume.source)
     model_path = str(Path(model_path).resolve())
-    record = {"model": model_path, "model_sha256": _digest(Path(model_path) / WEIGHTS_FILE),
+    record = {"model": model_path, "model_sha256": _digest(Path(model_path)),
               "source": volume.source, "tile": list(plan.tile), "halo": list(plan.halo),
               "overlap": list(plan.overlap), "precision": precision, "skip_background": skip_background}
     spec = create_output(out, volume, chunks=chunks, dtype=dtype, overwrite=overwrite, exist_ok=resume,
@@ -107,11 +107,14 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     return {**summary, "output": str(out), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
 
 
-def _digest(path: Path) -> str:
+def _digest(model_dir: Path) -> str:
+    """SHA-256 over the package files that decide predictions (config and every tensor file)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for part in iter(lambda: f.read(2**20), b""):
-            h.update(part)
+    for path in sorted([model_dir / "config.json", *model_dir.glob("*.safetensors")]):
+        h.update(path.name.encode())
+        with open(path, "rb") as f:
+            for part in iter(lambda: f.read(2**20), b""):
+                h.update(part)
     return h.hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``bigdenoise convert|info|train|predict|demo``. Thin wrappers over the library."""
+"""Command line: ``bigdenoise convert|info|train|predict|noise-model|demo``. Thin wrappers over the library."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ._version import __version__
-from .errors import BigDenoiseError
+from .errors import BigDenoiseError, ConfigError
 
 
 def parse_duration(text: str) -> float:
@@ -62,7 +62,53 @@ def _add_train(sub) -> None:
     n2v.add_argument("--masked-fraction", type=float, help="fraction of pixels masked per patch (default 64/4096)")
     n2v.add_argument("--struct-axis", type=int, help="struct-N2V: spatial axis (0-based) of correlated noise")
     n2v.add_argument("--struct-span", type=int, help="struct-N2V: pixels masked on each side along that axis")
+    stack = p.add_argument_group("Noise2Stack (--method noise2stack)")
+    stack.add_argument("--stack-axis", type=str.upper, choices=("Z", "T"),
+                       help="axis whose neighbouring planes are the network's input channels (default Z)")
+    stack.add_argument("--neighbours", type=int, help="planes on each side of the target plane (default 1)")
+    stack.add_argument("--mode", choices=("self", "copy"),
+                       help="self: neighbours predict the held-out plane (default); copy: the plane and its "
+                            "neighbours predict the same plane of a second acquisition given with --target")
+    pn2v = p.add_argument_group("Probabilistic Noise2Void (--method pn2v)")
+    pn2v.add_argument("--noise-model", metavar="NM",
+                      help="noise model directory made by `bigdenoise noise-model` (required for pn2v)")
+    pn2v.add_argument("--samples", type=int, help="samples of the signal per pixel, K (default 64; paper 800)")
+    paired = p.add_argument_group("Noise2Noise / CARE (--method n2n | care, with --target)")
+    paired.add_argument("--loss", choices=("mse", "mae"), help="pixel loss (default: mse for n2n, mae for care)")
+    p.add_argument("--remove-background", action="store_true",
+                   help="subtract a fixed camera background (median YX plane over sampled planes) before "
+                        "normalisation; prediction subtracts it too")
+    net.add_argument("--batch-norm", action="store_true",
+                     help="use batch norm (the default for n2v; n2n, care and noise2stack default to none)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_noise_model(sub) -> None:
+    p = sub.add_parser(
+        "noise-model", help="measure a noise model p(x|s) for PN2V",
+        description="Measure a noise model p(x|s) (raw intensity units) from calibration pairs, repeated frames of "
+                    "a static field, or by bootstrapping from a trained N2V model; writes NM/noise_model.json, "
+                    "NM/noise_model.safetensors and a plot NM/noise_model.png. Use it with "
+                    "`bigdenoise train --method pn2v --noise-model NM`.")
+    p.add_argument("--noisy", required=True, help="noisy volume (raw values, as the data to denoise)")
+    p.add_argument("--axes", help="axes of the noisy volume, e.g. SYX (default: from metadata)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--clean", help="clean volume of the same shape: calibration pairs")
+    source.add_argument("--repeats-axis", metavar="AXIS",
+                        help="axis of --noisy along which frames repeat a static field (e.g. S); signal = their mean")
+    source.add_argument("--bootstrap", metavar="N2V_MODEL", help="no calibration data: a trained N2V model's "
+                        "prediction of --noisy is the pseudo-signal")
+    p.add_argument("--out", required=True, help="noise model directory to write")
+    p.add_argument("--kind", choices=("histogram", "gmm", "gaussian"), default="histogram",
+                   help="histogram (PN2V paper, default), gmm (signal-dependent gaussian mixture) or gaussian "
+                        "(Poisson-Gaussian)")
+    p.add_argument("--bins", type=int, default=256, help="histogram bins per axis (default 256)")
+    p.add_argument("--gaussians", type=int, default=3, help="gmm: gaussians (default 3)")
+    p.add_argument("--degree", type=int, default=1, help="gmm: polynomial degree in the signal (default 1)")
+    p.add_argument("--steps", type=int, default=1000, help="gmm: Adam steps of the fit (default 1000)")
+    p.add_argument("--max-pairs", type=int, default=2_000_000, help="(signal, noisy) pairs used (default 2e6)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing noise model directory")
 
 
 def _add_predict(sub) -> None:
@@ -123,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_train(sub)
     _add_predict(sub)
+    _add_noise_model(sub)
     p = sub.add_parser("demo", help="make a noisy volume, train N2V, denoise it on a LocalCluster, report PSNR")
     p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
     p.add_argument("--max-time", type=parse_duration, default=180.0, help="training time (default 3m)")
@@ -134,14 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
 def _train_kwargs(a: argparse.Namespace) -> dict:
     kw = {k: getattr(a, k) for k in ("steps", "epochs", "max_time", "seed", "device", "patch", "batch_size", "lr",
                                      "val_every", "num_workers") if getattr(a, k) is not None}
+    if a.remove_background:
+        kw["remove_background"] = True
     net = {k: getattr(a, k) for k in ("depth", "features", "kernel") if getattr(a, k) is not None}
-    if a.no_batch_norm:
-        net["batch_norm"] = False
+    if a.no_batch_norm and a.batch_norm:
+        raise ConfigError("--batch-norm and --no-batch-norm contradict each other; pass one")
+    if a.no_batch_norm or a.batch_norm:
+        net["batch_norm"] = bool(a.batch_norm)
     options = {}
     if a.n2v2:
         net["n2v2"] = True
         options["replacement"] = "median"
-    for k in ("masked_fraction", "struct_axis", "struct_span"):
+    for k in ("masked_fraction", "struct_axis", "struct_span", "stack_axis", "neighbours", "mode", "loss",
+              "noise_model", "samples"):
         if getattr(a, k) is not None:
             options[k] = getattr(a, k)
     if net:
@@ -190,6 +242,17 @@ def run(a: argparse.Namespace) -> int:
             extra += f"; {s['background_blocks']} background blocks left unwritten"
         print(f"denoised {s['voxels']:,} voxels in {s['blocks']} blocks in {s['seconds']:.1f} s "
               f"({s['voxels_per_s'] / 1e6:.2f} Mvox/s) into {s['output']}{extra}")
+    elif a.command == "noise-model":
+        from .noise_models import make_noise_model, save_noise_model
+
+        nm, info = make_noise_model(a.noisy, clean=a.clean, repeats_axis=a.repeats_axis, bootstrap=a.bootstrap,
+                                    axes=a.axes, kind=a.kind, bins=a.bins, gaussians=a.gaussians, degree=a.degree,
+                                    steps=a.steps, max_pairs=a.max_pairs, seed=a.seed)
+        save_noise_model(nm, a.out, info=info, overwrite=a.overwrite)
+        h = nm.header()
+        print(f"wrote {a.kind} noise model to {a.out} from {info['pairs']:,} pairs ({info['signal_from']}): signal "
+              f"{h['signal_range'][0]:.6g}..{h['signal_range'][1]:.6g}, noisy {h['x_range'][0]:.6g}.."
+              f"{h['x_range'][1]:.6g}; plot {a.out}/noise_model.png")
     elif a.command == "demo":
         from .demo import run_demo
 

@@ -58,6 +58,9 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(0, ge=0)
     cache_mb: int = Field(1024, ge=16)
     stats_chunks: int = Field(32, ge=1, description="random chunks read to estimate normalisation")
+    remove_background: bool = Field(
+        False, description="subtract a fixed camera background pattern (YX median over sampled planes) "
+        "before normalisation; the pattern travels in the model package")
     net: NetConfig = NetConfig()
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -69,25 +72,62 @@ class TrainConfig(BaseModel):
             raise ValueError(f"axes {axes!r} must be one of YX, ZYX, SYX, TYX, SZYX, TZYX")
         return axes
 
+    @model_validator(mode="before")
+    @classmethod
+    def _method_net_defaults(cls, data: Any) -> Any:
+        """Network settings the method prefers, where the configuration does not set them."""
+        if not isinstance(data, dict):
+            return data
+        try:
+            defaults = dict(get_method(data.get("method", "n2v")).net_defaults)
+        except ConfigError:
+            return data  # reported by _check
+        if defaults:
+            net = data.get("net") or {}
+            if isinstance(net, NetConfig):
+                net = net.model_dump(exclude_unset=True)
+            data = {**data, "net": {**defaults, **net}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        ndim = self.spatial_ndim
-        if self.patch is not None and len(self.patch) != ndim:
-            raise ValueError(f"patch {self.patch} needs {ndim} sizes for axes {self.axes}")
-        factor = 2**self.net.depth
-        for p in self.patch_shape:
-            if p % factor:
-                raise ValueError(f"patch size {p} must be a multiple of {factor} (2**depth)")
         try:
             get_method(self.method).options.model_validate(self.options)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ValueError(f"options of method {self.method}: {problems}") from None
+        stack = self.stack_axis
+        if stack is not None:
+            if stack not in "ZT":
+                raise ValueError(f"the stack axis must be Z or T, got {stack!r}")
+            if stack not in self.axes:
+                raise ValueError(
+                    f"method {self.method} stacks planes along {stack} but the axes are {self.axes}; "
+                    f"pass a stack axis the data has (--stack-axis Z or T)")
+        ndim = self.spatial_ndim
+        what = f"axes {self.axes}" + (f" (the network sees {self.net_axes})" if stack else "")
+        if self.patch is not None and len(self.patch) != ndim:
+            raise ValueError(f"patch {self.patch} needs {ndim} sizes for {what}")
+        factor = 2**self.net.depth
+        for p in self.patch_shape:
+            if p % factor:
+                raise ValueError(f"patch size {p} must be a multiple of {factor} (2**depth)")
         return self
 
     @property
+    def stack_axis(self) -> str | None:
+        """The axis fed to the network as channels (Noise2Stack), or None."""
+        axis = get_method(self.method).stack_axis(self.method_options)
+        return axis.upper() if axis else None
+
+    @property
+    def net_axes(self) -> str:
+        """The spatial axes the network sees: Z, Y, X except the stack axis."""
+        return "".join(a for a in self.axes if a in "ZYX" and a != self.stack_axis)
+
+    @property
     def spatial_ndim(self) -> int:
-        return sum(a in "ZYX" for a in self.axes)
+        return len(self.net_axes)
 
     @property
     def patch_shape(self) -> tuple[int, ...]:

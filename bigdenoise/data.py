@@ -13,9 +13,20 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .background import subtract_background
 from .normalize import Stats, normalize
-from .sampling import TRAIN, ChunkCache, PatchSampler, dihedral, sample_rng
+from .sampling import TRAIN, ChunkCache, PatchSampler, dihedral, read_neighbourhood, sample_rng
 from .volume import Volume
+
+
+def channels_first(x: np.ndarray, axes: str, stack_axis: str | None = None) -> np.ndarray:
+    """A patch in volume layout (``axes``) -> ``(C, *spatial)``: the stack axis (if any) becomes
+    the channel axis, sample axes (length 1) are dropped."""
+    channel = [i for i, a in enumerate(axes) if a == stack_axis]
+    spatial = [i for i, a in enumerate(axes) if a in "ZYX" and a != stack_axis]
+    rest = [i for i in range(len(axes)) if i not in channel + spatial]
+    x = np.transpose(x, channel + spatial + rest)
+    return x.reshape((x.shape[0] if channel else 1,) + x.shape[len(channel): len(channel) + len(spatial)])
 
 
 class PatchBatches(IterableDataset):
@@ -34,6 +45,10 @@ class PatchBatches(IterableDataset):
     start_batch, n_batches : which batches to yield (``n_batches=None``: forever).
     augment : random in-plane dihedral transforms.
     cache_bytes : chunk cache size per volume (per worker process).
+    stack_axis, channel_halo : for stack methods (Noise2Stack): ``sample["input"]`` holds the
+        ``2 * channel_halo + 1`` planes around the sampled plane along this axis letter
+        (``sampling.read_neighbourhood``), as channels; other keys hold the sampled plane.
+    background : a fixed YX pattern subtracted from every volume before normalisation, or None.
     """
 
     def __init__(
@@ -51,6 +66,9 @@ class PatchBatches(IterableDataset):
         n_batches: int | None = None,
         augment: bool = True,
         cache_bytes: int = 512 * 2**20,
+        stack_axis: str | None = None,
+        channel_halo: int = 0,
+        background: np.ndarray | None = None,
     ) -> None:
         self.volumes = dict(volumes)
         self.stats = dict(stats)
@@ -64,6 +82,9 @@ class PatchBatches(IterableDataset):
         self.n_batches = n_batches
         self.augment = augment
         self.cache_bytes = cache_bytes
+        self.stack_axis = stack_axis
+        self.channel_halo = channel_halo
+        self.background = background
         self._caches: dict[str, ChunkCache] | None = None
 
     def caches(self) -> dict[str, ChunkCache]:
@@ -73,14 +94,18 @@ class PatchBatches(IterableDataset):
 
     def example(self, index: int) -> dict[str, np.ndarray]:
         """Training example ``index``: read, normalise, augment, prepare. Arrays are
-        ``(C, *spatial)`` float32 (sample axes dropped, C = 1)."""
+        ``(C, *spatial)`` float32 (sample axes dropped; C = 1, or the plane neighbourhood)."""
         box = self.sampler.box(index, self.seed, self.stream)
         rng = sample_rng(self.seed, self.stream, index)
         sample = {}
         for key, cache in self.caches().items():
-            x = normalize(cache.read(box), self.stats[key])
-            spatial = tuple(n for n, a in zip(x.shape, cache.volume.axes) if a in "ZYX")
-            sample[key] = x.reshape((1,) + spatial)
+            axes = cache.volume.axes
+            if self.stack_axis is not None and key == "input":
+                raw = read_neighbourhood(cache, box, axes.index(self.stack_axis), self.channel_halo)
+            else:
+                raw = cache.read(box)
+            x = normalize(subtract_background(raw, box, self.background), self.stats[key])
+            sample[key] = channels_first(x, axes, self.stack_axis)
         if self.augment:
             k = int(rng.integers(8))
             sample = {key: dihedral(x, k) for key, x in sample.items()}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -27,11 +28,17 @@ FORMAT = "bigdenoise-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
+BACKGROUND_FILE = "background.safetensors"
 
 
 @dataclass(frozen=True)
 class Model:
-    """A trained model: its configuration, method, networks (eval mode) and normalisation."""
+    """A trained model: its configuration, method, networks (eval mode) and normalisation.
+
+    ``stats`` normalise the input; ``output_stats`` (None: the same) map predictions back to
+    intensities. ``background`` is a YX pattern subtracted from the input before
+    normalisation (``TrainConfig.remove_background``), or None.
+    """
 
     path: str | None
     train_config: TrainConfig
@@ -39,6 +46,8 @@ class Model:
     nets: Nets
     stats: Stats
     info: dict[str, Any]
+    output_stats: Stats | None = None
+    background: np.ndarray | None = None
 
     @property
     def axes(self) -> str:
@@ -46,7 +55,17 @@ class Model:
 
     @property
     def spatial_axes(self) -> str:
-        return "".join(a for a in self.axes if a in "ZYX")
+        """The spatial axes the network sees (a stack axis is not one of them)."""
+        return self.train_config.net_axes
+
+    @property
+    def stack_axis(self) -> str | None:
+        return self.train_config.stack_axis
+
+    @property
+    def out_stats(self) -> Stats:
+        """The statistics that map the network's output back to intensities."""
+        return self.stats if self.output_stats is None else self.output_stats
 
     @property
     def options(self) -> Any:
@@ -102,8 +121,14 @@ def net_tensors(nets: Nets) -> dict[str, torch.Tensor]:
     return {f"{name}.{k}": v for name, net in nets.items() for k, v in net.state_dict().items()}
 
 
-def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, info: dict[str, Any]) -> Path:
-    """Write a model package into directory ``path`` (created if needed)."""
+def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, info: dict[str, Any], *,
+               output_stats: Stats | None = None, background: np.ndarray | None = None) -> Path:
+    """Write a model package into directory ``path`` (created if needed).
+
+    ``output_stats``: statistics of the training target that map predictions back (written as
+    ``output_normalization``; omitted when predictions use the input's). ``background``: the YX
+    pattern removed before normalisation, written to ``background.safetensors``.
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     method = get_method(config.method)
@@ -114,7 +139,8 @@ def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, 
         "bigdenoise_version": __version__,
         "method": config.method,
         "axes": config.axes,
-        "spatial_axes": "".join(a for a in config.axes if a in "ZYX"),
+        "spatial_axes": config.net_axes,
+        "stack_axis": config.stack_axis,
         "receptive_radius": int(method.receptive_radius(nets, options)),
         "factor": int(method.factor(nets, options)),
         "channel_halo": int(method.channel_halo(options)),
@@ -122,6 +148,12 @@ def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, 
         "train_config": config.model_dump(mode="json"),
         "info": info,
     }
+    if output_stats is not None:
+        document["output_normalization"] = output_stats.to_dict()
+    if background is not None:
+        document["background"] = {"file": BACKGROUND_FILE, "shape": list(background.shape)}
+        atomic_save_tensors({"background": torch.from_numpy(np.asarray(background, np.float32))},
+                            path / BACKGROUND_FILE, metadata={"format": FORMAT})
     atomic_save_tensors(net_tensors(nets), path / WEIGHTS_FILE, metadata={"format": FORMAT})
     atomic_write_bytes(path / CONFIG_FILE, json.dumps(document, indent=2).encode())
     return path
@@ -163,6 +195,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
             raise ModelError(f"{weights_path} does not match the network in {config_path}: {exc}") from None
         net.to(device).eval()
     nets_to_fast_layout(nets, config.spatial_ndim)
+    background = None
+    if "background" in document:
+        bg_path = path / BACKGROUND_FILE
+        if not bg_path.is_file():
+            raise ModelError(f"{path}: {BACKGROUND_FILE} is missing; the package is incomplete")
+        background = load_file(str(bg_path))["background"].numpy()
+        if list(background.shape) != document["background"].get("shape"):
+            raise ModelError(f"{bg_path} holds a {background.shape} pattern, {config_path} says "
+                             f"{document['background'].get('shape')}")
+    out_stats = document.get("output_normalization")
     return Model(
         path=str(path),
         train_config=config,
@@ -170,4 +212,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
         nets=nets,
         stats=Stats.from_dict(document["normalization"]),
         info=document.get("info", {}),
+        output_stats=None if out_stats is None else Stats.from_dict(out_stats),
+        background=background,
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .geometry import Box
+from .tiling import reflect_indices
 from .volume import Volume
 
 TRAIN, VALIDATION = 0, 1
@@ -69,15 +70,17 @@ class PatchSampler:
 
 
 def make_sampler(
-    volume: Volume, patch_spatial: tuple[int, ...], *, cache_bytes: int, active: int, per_region: int | None = None
+    volume: Volume, patch_spatial: tuple[int, ...], *, cache_bytes: int, active: int, per_region: int | None = None,
+    stack_axis: str | None = None,
 ) -> PatchSampler:
-    """A sampler for ``volume`` with a spatial ``patch`` (over the volume's spatial axes).
+    """A sampler for ``volume`` with a spatial ``patch`` (over the volume's spatial axes, except
+    ``stack_axis``: along it a patch is the one target plane, see :func:`read_neighbourhood`).
 
     Regions are one storage chunk large (at least the patch). ``per_region`` defaults to 1 when
     the whole volume fits in the cache (plain uniform sampling) and to 8 otherwise.
     """
     it = iter(patch_spatial)
-    patch = tuple(next(it) if a in "ZYX" else 1 for a in volume.axes)
+    patch = tuple(next(it) if a in "ZYX" and a != stack_axis else 1 for a in volume.axes)
     region = tuple(min(n, max(p, c)) for n, p, c in zip(volume.shape, patch, volume.chunks))
     if per_region is None:
         per_region = 1 if volume.nbytes <= cache_bytes else 8
@@ -126,6 +129,27 @@ class ChunkCache:
         return out
 
 
+def read_neighbourhood(cache: ChunkCache, box: Box, axis: int, k: int) -> np.ndarray:
+    """The plane neighbourhood of a one-plane ``box``: planes ``z - k .. z + k`` along ``axis``.
+
+    Reads only the planes inside the volume (through ``cache``); absent neighbours at the
+    volume's ends are copies of the existing plane nearest to them other than ``z``
+    (``tiling.reflect_indices`` mode ``"stack"``, the rule prediction uses too): with ``k = 1``
+    plane 0 gets two copies of plane 1.
+
+    Returns
+    -------
+    array of ``box.shape`` with ``2 * k + 1`` entries along ``axis``, centre entry = plane ``z``.
+    """
+    z, n = box.offset[axis], cache.volume.shape[axis]
+    if box.shape[axis] != 1:
+        raise ValueError(f"a plane neighbourhood is read around one plane, got {box.shape[axis]} along axis {axis}")
+    idx = reflect_indices(z - k, z + k + 1, n, mode="stack")
+    lo, hi = int(idx.min()), int(idx.max()) + 1
+    read = Box(box.offset[:axis] + (lo,) + box.offset[axis + 1:], box.shape[:axis] + (hi - lo,) + box.shape[axis + 1:])
+    return np.take(cache.read(read), idx - lo, axis=axis)
+
+
 def dihedral(x: np.ndarray, k: int) -> np.ndarray:
     """One of the 8 in-plane (last two axes) rotations/flips of ``x``; ``k`` in 0..7.
 
@@ -138,8 +162,9 @@ def dihedral(x: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(x, k % 4, axes=(-2, -1)))
 
 
-def patch_count(volume: Volume, patch_spatial: tuple[int, ...]) -> int:
-    """Patches in one 'epoch': as many as tile the volume once."""
-    spatial = [n for a, n in zip(volume.axes, volume.shape) if a in "ZYX"]
-    samples = math.prod(n for a, n in zip(volume.axes, volume.shape) if a in "ST")
+def patch_count(volume: Volume, patch_spatial: tuple[int, ...], stack_axis: str | None = None) -> int:
+    """Patches in one 'epoch': as many as tile the volume once (every plane of a stack axis is a
+    target plane)."""
+    spatial = [n for a, n in zip(volume.axes, volume.shape) if a in "ZYX" and a != stack_axis]
+    samples = math.prod(n for a, n in zip(volume.axes, volume.shape) if a in "ST" or a == stack_axis)
     return max(1, samples * math.prod(max(1, n // p) for n, p in zip(spatial, patch_spatial)))

@@ -12,7 +12,10 @@ Every axis of the volume has one of three roles:
   reduces the neighbourhood to the one output plane.
 
 Outside the volume, voxels are mirrored (numpy's ``reflect`` mode), computed from the volume's
-own edges, so the value a tile sees never depends on which block it belongs to.
+own edges, so the value a tile sees never depends on which block it belongs to. Along a
+channel axis, planes outside the volume follow Noise2Stack's end-plane rule instead
+(``reflect_indices`` mode ``"stack"``): an absent neighbour is a copy of the existing plane
+nearest to it other than the target plane itself.
 """
 
 from __future__ import annotations
@@ -163,9 +166,32 @@ def tiles_for(plan: TilePlan, box: Box) -> Iterator[Tile]:
             yield tile
 
 
-def reflect_indices(start: int, stop: int, n: int) -> np.ndarray:
-    """Indices ``start..stop-1`` mirrored into ``[0, n)`` like ``numpy.pad(mode="reflect")``."""
+def reflect_indices(start: int, stop: int, n: int, mode: str = "reflect") -> np.ndarray:
+    """Indices ``start..stop-1`` mapped into ``[0, n)``.
+
+    mode ``"reflect"``: mirrored like ``numpy.pad(mode="reflect")``.
+
+    mode ``"stack"`` (Noise2Stack's end-plane rule): ``[start, stop)`` is the neighbourhood of
+    its centre plane ``c = (start + stop - 1) // 2``, which must lie in the volume; an index
+    outside the volume becomes the existing plane nearest to it other than ``c``: ``0`` (or
+    ``n - 1``), or ``1`` (``n - 2``) when ``c`` itself is the end plane. So the first plane's
+    absent neighbours are all copies of the second plane (as in the paper, for any number of
+    neighbours), and the target plane never stands in for a neighbour. Differs from mirroring
+    from two neighbours on: plane 1 with 2 neighbours reads planes (0, 0, 1, 2, 3), never its
+    own mirror image. Needs ``n >= 2``.
+    """
     idx = np.arange(start, stop)
+    if mode == "stack":
+        centre = (start + stop - 1) // 2
+        if n < 2 or not 0 <= centre < n:
+            raise ValueError(f"a plane neighbourhood needs >= 2 planes and its centre inside them "
+                             f"(centre {centre}, {n} planes)")
+        outside = (idx < 0) | (idx >= n)
+        idx = np.clip(idx, 0, n - 1)
+        step = 1 if centre == 0 else -1
+        return np.where(outside & (idx == centre), idx + step, idx)
+    if mode != "reflect":
+        raise ValueError(f"unknown index mode {mode!r}; use 'reflect' or 'stack'")
     if n == 1:
         return np.zeros_like(idx)
     period = 2 * (n - 1)
@@ -173,29 +199,38 @@ def reflect_indices(start: int, stop: int, n: int) -> np.ndarray:
     return np.where(idx >= n, period - idx, idx)
 
 
+def axis_modes(roles: tuple[str, ...]) -> tuple[str, ...]:
+    """The ``reflect_indices`` mode of each axis: ``"stack"`` along channel axes, else mirror."""
+    return tuple("stack" if r == "channel" else "reflect" for r in roles)
+
+
 def read_box(plan: TilePlan, box: Box) -> Box:
     """The part of the volume that must be read to predict every voxel of ``box``.
 
-    The union of the input boxes of the tiles touching ``box``, mirrored into the volume.
+    The union of the input boxes of the tiles touching ``box``, mirrored into the volume
+    (clipped to it along channel axes, which holds every plane the end-plane rule picks).
     """
     lo, hi = list(box.offset), list(box.stop)
     for tile in tiles_for(plan, box):
         lo = [min(a, b) for a, b in zip(lo, tile.input.offset)]
         hi = [max(a, b) for a, b in zip(hi, tile.input.stop)]
     offset, shape = [], []
-    for a, b, n in zip(lo, hi, plan.shape):
-        idx = reflect_indices(a, b, n)
+    for a, b, n, role in zip(lo, hi, plan.shape, plan.roles):
+        idx = np.clip(np.arange(a, b), 0, n - 1) if role == "channel" else reflect_indices(a, b, n)
         offset.append(int(idx.min()))
         shape.append(int(idx.max()) + 1 - int(idx.min()))
     return Box(tuple(offset), tuple(shape))
 
 
-def gather(data: np.ndarray, data_box: Box, want: Box, shape: tuple[int, ...]) -> np.ndarray:
+def gather(data: np.ndarray, data_box: Box, want: Box, shape: tuple[int, ...],
+           modes: tuple[str, ...] | None = None) -> np.ndarray:
     """Voxels of ``want`` (may reach outside the volume of ``shape``) from ``data``, which holds
-    the volume's ``data_box``; outside voxels are mirrored from the volume's edges."""
+    the volume's ``data_box``; outside voxels are mirrored from the volume's edges, or follow
+    the end-plane rule along axes whose mode (``axis_modes(plan.roles)``) is ``"stack"``."""
+    modes = modes or ("reflect",) * len(shape)
     index = []
-    for lo, hi, n, origin in zip(want.offset, want.stop, shape, data_box.offset):
-        idx = reflect_indices(lo, hi, n) - origin
+    for lo, hi, n, origin, mode in zip(want.offset, want.stop, shape, data_box.offset, modes):
+        idx = reflect_indices(lo, hi, n, mode) - origin
         if idx.min() < 0 or idx.max() >= data.shape[len(index)]:
             raise ValueError(f"{want} needs voxels outside the data read ({data_box})")
         index.append(idx)

@@ -1,4 +1,4 @@
-"""One training loop for every method: budget, device, AMP, Adam, LR on plateau, validation,
+"""One training loop for every method: budget, device, AMP, Adam, LR on plateau or cosine, validation,
 atomic checkpoints, resume, progress, loss history (CSV + PNG)."""
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .package import (
     save_model,
 )
 from .runtime import nets_to_fast_layout, to_fast_layout, tune_allocator
+from .background import estimate_background, subtract_background
 from .sampling import TRAIN, VALIDATION, make_sampler, patch_count
 from .data import PatchBatches
 from .volume import Volume, check_finite_sample, sample_chunk_boxes
@@ -48,9 +49,11 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def estimate_stats(volume: Volume, n_chunks: int, seed: int) -> Stats:
-    """Normalisation statistics from ``n_chunks`` random storage chunks (never a full pass)."""
-    return stats_from_samples([volume.read(b) for b in sample_chunk_boxes(volume, n_chunks, seed)], seed=seed)
+def estimate_stats(volume: Volume, n_chunks: int, seed: int, background: np.ndarray | None = None) -> Stats:
+    """Normalisation statistics from ``n_chunks`` random storage chunks (never a full pass),
+    after subtracting ``background`` (a YX pattern) when given."""
+    boxes = sample_chunk_boxes(volume, n_chunks, seed)
+    return stats_from_samples([subtract_background(volume.read(b), b, background) for b in boxes], seed=seed)
 
 
 def check_volumes(volumes: Mapping[str, Volume], config: TrainConfig) -> None:
@@ -61,13 +64,51 @@ def check_volumes(volumes: Mapping[str, Volume], config: TrainConfig) -> None:
     for key, vol in volumes.items():
         if vol.shape != first.shape:
             raise InputError(f"{vol.source} ({key}) has shape {vol.shape} but {first.source} has {first.shape}; paired volumes must match")
-        spatial = [n for a, n in zip(vol.axes, vol.shape) if a in "ZYX"]
+        spatial = [n for a, n in zip(vol.axes, vol.shape) if a in config.net_axes]
         if any(n < p for n, p in zip(spatial, config.patch_shape)):
             raise InputError(
-                f"{vol.source}: spatial shape {tuple(spatial)} ({vol.spatial_axes}) is smaller than the training "
+                f"{vol.source}: spatial shape {tuple(spatial)} ({config.net_axes}) is smaller than the training "
                 f"patch {config.patch_shape}; pass a smaller --patch (multiples of {2**config.net.depth})"
             )
         check_finite_sample(vol)
+    stack = config.stack_axis
+    if stack is not None and first.shape[first.axes.index(stack)] < 2:
+        raise InputError(f"{first.source}: {config.method} needs neighbouring planes along {stack} but the volume "
+                         f"has one; choose another --stack-axis or method")
+
+
+def _describe_options(config: TrainConfig) -> str:
+    return ", ".join(f"{k}={v}" for k, v in config.method_options.model_dump().items()) or "default options"
+
+
+class CosineLR:
+    """Cosine annealing (Loshchilov & Hutter 2017) of the LR from ``base_lr`` to zero over a
+    stage's budget.
+
+    Before every step the LR is set from the fraction of the stage's budget used (steps done /
+    step budget, or elapsed / time budget, whichever is further), so the curve fits a step
+    budget exactly and follows the clock under a time budget. The fraction comes from the loop
+    state, so a resumed run continues the same curve (a budget changed on resume bends it).
+    Validation does not steer it; ``state_dict`` is plain JSON like ReduceLROnPlateau's.
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, base_lr: float) -> None:
+        self.opt = opt
+        self.base_lr = base_lr
+
+    def set_progress(self, fraction: float) -> None:
+        lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, fraction))))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def step(self, metric: float | None = None) -> None:
+        """Called after each validation, like ReduceLROnPlateau; nothing to do."""
+
+    def state_dict(self) -> dict:
+        return {"schedule": "cosine", "base_lr": self.base_lr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.base_lr = float(state["base_lr"])
 
 
 @dataclass
@@ -84,7 +125,7 @@ def _stage_budgets(config: TrainConfig, stages: tuple[Stage, ...], volume: Volum
     """Steps and seconds per stage; ``None`` where that budget is not set."""
     steps = config.steps
     if config.epochs is not None:
-        epoch_steps = math.ceil(patch_count(volume, config.patch_shape) / config.batch_size)
+        epoch_steps = math.ceil(patch_count(volume, config.patch_shape, config.stack_axis) / config.batch_size)
         by_epochs = max(1, math.ceil(config.epochs * epoch_steps))
         steps = by_epochs if steps is None else min(steps, by_epochs)
     if steps is None and config.max_time is None:
@@ -177,9 +218,16 @@ def fit(
     ``resume=True`` continues from ``out_dir/checkpoint`` with the same configuration.
     """
     method = get_method(config.method)
-    missing = [k for k in method.inputs if k not in volumes]
+    needed = method.volumes(config.method_options)
+    missing = [k for k in needed if k not in volumes]
     if missing:
-        raise ConfigError(f"method {config.method} needs these volumes too: {', '.join(missing)} (e.g. --target)")
+        raise ConfigError(f"method {config.method} ({_describe_options(config)}) needs these volumes too: "
+                          f"{', '.join(missing)}; pass the second volume with --target (target=...)")
+    unused = [k for k in volumes if k not in needed]
+    if unused:
+        raise ConfigError(f"method {config.method} ({_describe_options(config)}) does not use the {', '.join(unused)} "
+                          f"volume; drop --target, or choose a method that trains on pairs (n2n, care, "
+                          f"noise2stack --mode copy)")
     check_volumes(volumes, config)
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / CHECKPOINT_DIR
@@ -215,13 +263,21 @@ def fit(
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     volume = volumes["input"]
+    background = estimate_background(volume) if config.remove_background else None
     if resume:
         stats = {k: Stats.from_dict(v) for k, v in saved["stats"].items()}
     else:
-        stats = {k: estimate_stats(v, config.stats_chunks, config.seed) for k, v in volumes.items()}
+        own = {"input"} if method.target_normalization == "input" else set(volumes)
+        stats = {k: estimate_stats(v, config.stats_chunks, config.seed, background) for k, v in volumes.items()
+                 if k in own}
+        stats.update({k: stats["input"] for k in volumes if k not in own})
+        if method.setup is not None:
+            method.setup(nets, options, stats["input"])  # e.g. PN2V: load the noise model, record the stats
     cache_bytes = config.cache_mb * 2**20 // max(1, len(volumes))
-    sampler = make_sampler(volume, config.patch_shape, cache_bytes=cache_bytes, active=config.batch_size)
-    common = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment, cache_bytes=cache_bytes)
+    sampler = make_sampler(volume, config.patch_shape, cache_bytes=cache_bytes, active=config.batch_size,
+                           stack_axis=config.stack_axis)
+    common = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment, cache_bytes=cache_bytes,
+                  stack_axis=config.stack_axis, channel_halo=method.channel_halo(options), background=background)
     n_val = math.ceil(config.val_patches / config.batch_size)
     val_data = PatchBatches(volumes, stats, sampler, method.prepare, options, stream=VALIDATION,
                             n_batches=n_val, **{**common, "augment": False})
@@ -243,7 +299,10 @@ def fit(
         stage = stages[stage_index]
         params = [p for name in stage.nets for p in nets[name].parameters()]
         opt = torch.optim.Adam(params, lr=config.lr)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
+        if stage.schedule == "cosine":
+            sched = CosineLR(opt, config.lr)
+        else:
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
         if resume and stage_index == state.stage and (ckpt_dir / "optimizer.safetensors").is_file():
             _load_optimizer(opt, load_file(str(ckpt_dir / "optimizer.safetensors")), saved["optimizer"])
             sched.load_state_dict(saved["scheduler"])
@@ -257,10 +316,12 @@ def fit(
             train_data, batch_size=None, num_workers=config.num_workers,
             pin_memory=device.type == "cuda", persistent_workers=False,
         )
+        by_steps = max_steps is not None
         bar = tqdm(
-            total=max_steps if max_steps is not None else int(max_secs),
-            initial=state.stage_step if max_steps is not None else int(stage_elapsed0),
-            unit="step" if max_steps is not None else "s",
+            total=max_steps if by_steps else int(max_secs),
+            initial=state.stage_step if by_steps else int(stage_elapsed0),
+            unit="step" if by_steps else "s",
+            bar_format=None if by_steps else "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]",
             desc=f"train {stage.name}", disable=not progress, dynamic_ncols=True,
         )
         for net in nets.values():
@@ -273,6 +334,9 @@ def fit(
                 max_secs is not None and stage_secs >= max_secs
             ):
                 break
+            if isinstance(sched, CosineLR):
+                sched.set_progress(max(0.0 if max_steps is None else state.stage_step / max_steps,
+                                       0.0 if max_secs is None else stage_secs / max_secs))
             batch = {k: to_fast_layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
             with amp():
                 loss = stage.loss(nets, batch, options)
@@ -285,11 +349,7 @@ def fit(
             state.stage_step += 1
             window_losses.append(float(loss.detach()))
             window_patches += config.batch_size
-            if max_steps is not None:
-                bar.update(1)
-            else:
-                bar.n = min(int(stage_secs), bar.total)
-                bar.refresh()
+            bar.update(1 if by_steps else max(0, min(int(stage_secs), bar.total) - bar.n))
             last = (max_steps is not None and state.stage_step >= max_steps) or (
                 max_secs is not None and stage_elapsed0 + (time.monotonic() - stage_t0) >= max_secs
             )
@@ -330,7 +390,8 @@ def fit(
         "data": {k: v.source for k, v in volumes.items()},
         "data_shape": list(volume.shape),
     }
-    save_model(out_dir, config, nets, stats["input"], info)
+    output_stats = stats["target"] if method.target_normalization == "own" and "target" in stats else None
+    save_model(out_dir, config, nets, stats["input"], info, output_stats=output_stats, background=background)
     if history:
         _write_history(out_dir / HISTORY_FILE, history)
         plot_history(history, out_dir / "loss.png")

@@ -22,7 +22,8 @@ def test_method_contract(name, ndim):
     spatial = (8, 16, 16)[-ndim:]
     channels = 2 * method.channel_halo(options) + 1 if method.channel_halo(options) else 1
     rng = np.random.default_rng(0)
-    sample = {k: rng.normal(size=(channels,) + spatial).astype(np.float32) for k in method.inputs}
+    sample = {k: rng.normal(size=(channels if k == "input" else 1,) + spatial).astype(np.float32)
+              for k in method.volumes(options)}
     example = method.prepare(sample, rng, options)
     assert all(v.dtype == np.float32 for v in example.values())
     batch = {k: torch.from_numpy(np.stack([v, v])) for k, v in example.items()}

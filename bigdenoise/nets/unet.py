@@ -193,6 +193,17 @@ class UNet(nn.Module):
                 f"UNet input spatial size {spatial} must be a multiple of {self.factor} (2**depth) "
                 f"on every axis; pad it, e.g. to {fixed}"
             )
+        out = self.head(self.trunk(x))
+        if self.residual:
+            out = out + x
+        return out
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The features before the 1x1 head, ``(N, features, *spatial)`` (input unchecked).
+
+        ``forward(x) == head(trunk(x))`` (+ ``x`` if residual). Methods with many output
+        channels (PN2V's samples) apply the head in slices to bound memory.
+        """
         skips = []
         h = x
         for level in range(self.depth):
@@ -205,10 +216,7 @@ class UNet(nn.Module):
             if skips[level] is not None:
                 h = torch.cat([h, skips[level]], dim=1)
             h = self.up[level](h)
-        out = self.head(h)
-        if self.residual:
-            out = out + x
-        return out
+        return h
 
 
 def build_unet(

@@ -1,0 +1,149 @@
+"""Probabilistic Noise2Void (Krull, Vičar, Jug 2019).
+
+The U-Net predicts ``K`` samples ``s^k`` of each pixel's signal (a sample-based prior that
+sees the pixel's surroundings only, thanks to N2V masking); a noise model ``p(x|s)``
+(:mod:`bigdenoise.noise_models`) links them to the observed noisy value ``x``.
+
+- Training (paper eq. 7): N2V masking (:func:`bigdenoise.masking.n2v_mask`); on the masked
+  pixels only, loss ``-ln((1/K) sum_k p(x_i | s_i^k))``, computed as
+  ``-(logsumexp_k ln p(x_i|s_i^k) - ln K)`` for stability.
+- Prediction (eq. 10): on the unmasked input, the MMSE estimate
+  ``sum_k p(x|s^k) s^k / sum_k p(x|s^k)`` (``prediction="mmse"``), or the prior's mean
+  ``(1/K) sum_k s^k`` (``prediction="prior_mean"``). Tiles are processed one at a time and
+  the U-Net's 1x1 head is applied to slices of the ``K`` samples whose weighted sums are
+  accumulated at once (online log-sum-exp), so the ``K``-channel output never exists whole:
+  a tile's peak memory is the U-Net's features plus a few slices of at most
+  ``SAMPLE_BUDGET`` values.
+
+Units: the network sees normalised values (``(raw - mean) / std``, the engine's statistics);
+the noise model lives in raw intensity units. ``nets["noise_model"]`` is a
+:class:`~bigdenoise.noise_models.NoiseModelSlot` holding the noise model *and* the training
+data's ``(mean, std)`` as buffers; it maps samples and observations to raw units before
+evaluating ``p(x|s)``. ``setup`` (called by ``train.fit`` once the statistics are known) loads
+the noise model named by ``options.noise_model`` and records the statistics; after that the
+noise model and the statistics travel in ``weights.safetensors`` like the U-Net, and no stage
+optimises them. A model package therefore never needs the noise-model file again.
+
+Paper settings: U-Net depth 3, 64 features, K = 800 (``--depth 3 --features 64 --samples
+800``, for a GPU). Defaults here are the engine's U-Net (depth 2, 32 features) and K = 64,
+which train at a useful speed on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ConfigError
+from ..masking import n2v_mask
+from ..nets.unet import build_unet
+from ..noise_models import NoiseModelSlot, check_fits_data, load_noise_model
+from . import Method, Nets, Stage
+
+SAMPLE_BUDGET = 2**22
+"""Most sample values (slice of K x tile voxels) alive at once while predicting one tile."""
+
+
+class PN2VOptions(BaseModel):
+    """PN2V options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    noise_model: str | None = Field(
+        None, description="noise model directory (`bigdenoise noise-model --out NM`), read when training starts")
+    samples: int = Field(64, ge=2, le=4096, description="K, samples of the signal per pixel (paper: 800)")
+    masked_fraction: float = Field(64 / 4096, gt=0, lt=0.5)
+    window: int = Field(5, ge=3)
+    replacement: Literal["uniform", "median"] = "uniform"
+    prediction: Literal["mmse", "prior_mean"] = Field(
+        "mmse", description="mmse: likelihood-weighted mean of the samples; prior_mean: their plain mean")
+
+
+def build(net, ndim: int, options: PN2VOptions) -> Nets:
+    if net.residual:
+        raise ConfigError("pn2v predicts K samples per pixel and has no residual U-Net; drop residual")
+    return {
+        "unet": build_unet(ndim, 1, options.samples, **net.model_dump()),
+        "noise_model": NoiseModelSlot(),  # placeholder: N(x; s, 1) until setup loads the measured model
+    }
+
+
+def setup(nets: Nets, options: PN2VOptions, stats) -> None:
+    """Load the noise model, check it fits the data's intensities, record the normalisation."""
+    if options.noise_model is None:
+        raise ConfigError(
+            "method pn2v needs a noise model p(x|s): pass --noise-model NM (Python: options={'noise_model': NM}). "
+            "Make one with `bigdenoise noise-model --noisy IN --clean C --out NM` (calibration pairs), "
+            "`--repeats-axis S` (repeated frames of a static field) or `--bootstrap N2V_MODEL` (no calibration data)")
+    model = load_noise_model(options.noise_model)
+    check_fits_data(model, stats.p_low, stats.p_high, "the training data")
+    nets["noise_model"].set_model(model, mean=stats.mean, std=stats.std)
+
+
+def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: PN2VOptions) -> dict[str, np.ndarray]:
+    x = sample["input"]
+    masked, mask = n2v_mask(x, rng, fraction=options.masked_fraction, window=options.window,
+                            replacement=options.replacement)
+    return {"input": masked, "target": x, "mask": mask[None]}
+
+
+def loss(nets: Nets, batch: dict[str, torch.Tensor], options: PN2VOptions) -> torch.Tensor:
+    """Mean over the masked pixels of ``-ln((1/K) sum_k p(x | s^k))``."""
+    samples = nets["unet"](batch["input"])  # (B, K, *spatial)
+    mask = batch["mask"][:, 0] > 0  # (B, *spatial)
+    s = samples.movedim(1, -1)[mask].float()  # (M, K)
+    x = batch["target"][:, 0][mask].float()  # (M,)
+    log_p = nets["noise_model"].log_likelihood(x[:, None], s)
+    return -(torch.logsumexp(log_p, dim=1) - math.log(s.shape[1])).mean()
+
+
+def predict(nets: Nets, x: torch.Tensor, options: PN2VOptions) -> torch.Tensor:
+    """MMSE (or prior-mean) estimate for ``x`` ``(N, 1, *spatial)`` -> ``(N, 1, *spatial)``, one tile at a time."""
+    return torch.cat([_estimate(nets, x[i:i + 1], options.prediction) for i in range(x.shape[0])])
+
+
+def _estimate(nets: Nets, x: torch.Tensor, prediction: str) -> torch.Tensor:
+    unet, slot = nets["unet"], nets["noise_model"]
+    features = unet.trunk(x)
+    conv = F.conv2d if x.ndim == 4 else F.conv3d
+    k_total = unet.out_channels
+    step = max(1, min(k_total, SAMPLE_BUDGET // math.prod(x.shape[2:])))
+    weight, bias = unet.head.weight, unet.head.bias
+    peak = num = den = None
+    for k0 in range(0, k_total, step):
+        s = conv(features, weight[k0:k0 + step], bias[k0:k0 + step]).float()  # (1, c, *spatial)
+        if prediction == "prior_mean":
+            part = s.sum(1, keepdim=True)
+            num = part if num is None else num + part
+            continue
+        log_p = slot.log_likelihood(x, s)
+        top = log_p.amax(1, keepdim=True)
+        if peak is None:
+            peak, num, den = top, torch.zeros_like(top), torch.zeros_like(top)
+        else:
+            top = torch.maximum(peak, top)
+            rescale = torch.exp(peak - top)
+            num, den, peak = num * rescale, den * rescale, top
+        e = torch.exp(log_p - peak)
+        den = den + e.sum(1, keepdim=True)
+        num = num + (e * s).sum(1, keepdim=True)
+    return num / k_total if prediction == "prior_mean" else num / den
+
+
+METHOD = Method(
+    name="pn2v",
+    options=PN2VOptions,
+    inputs=("input",),
+    build=build,
+    prepare=prepare,
+    stages=lambda options: (Stage("pn2v", ("unet",), loss),),
+    predict=predict,
+    receptive_radius=lambda nets, options: nets["unet"].receptive_radius,
+    factor=lambda nets, options: nets["unet"].factor,
+    setup=setup,
+)

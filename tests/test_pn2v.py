@@ -1,0 +1,153 @@
+"""Probabilistic Noise2Void: loss and MMSE against their formulas, the noise model inside the
+model package, exact blockwise prediction, resume, and errors for a missing or mismatched
+noise model."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+
+import bigdenoise as bd
+from bigdenoise import noise_models as nm
+from bigdenoise.cli import main
+from bigdenoise.config import NetConfig
+from bigdenoise.errors import ConfigError
+from bigdenoise.infer import predict_whole
+from bigdenoise.methods import get_method, pn2v
+
+from conftest import TINY, smooth_volume, write_zarr
+
+PN2V = dict(TINY, patch=(32, 32))
+
+
+def tiny_nets(samples=8, seed=0):
+    method = get_method("pn2v")
+    options = method.options(samples=samples)
+    torch.manual_seed(seed)
+    nets = method.build(NetConfig(depth=1, features=4), 2, options)
+    s, x = smooth_volume((64, 64))[::-1]
+    nets["noise_model"].set_model(nm.fit_histogram(s, x, bins=32), mean=float(x.mean()), std=float(x.std()))
+    return method, options, nets
+
+
+@pytest.fixture(scope="module")
+def pn2v_model(tmp_path_factory):
+    """A noise model measured on clean/noisy pairs and a tiny PN2V model trained with it."""
+    root = tmp_path_factory.mktemp("pn2v")
+    data, clean = smooth_volume((3, 64, 72))
+    model, info = nm.make_noise_model(data, clean=clean, axes="SYX", bins=64)
+    nm.save_noise_model(model, root / "nm", info=info)
+    src = write_zarr(root / "in.zarr", data, (1, 32, 32), "SYX")
+    bd.train(src, root / "model", method="pn2v", progress=False,
+             options={"noise_model": str(root / "nm"), "samples": 8}, **PN2V)
+    return root, src, data
+
+
+def test_loss_is_the_negative_log_mean_likelihood_on_masked_pixels():
+    method, options, nets = tiny_nets()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 16, 16)).astype(np.float32)
+    example = method.prepare({"input": x}, rng, options)
+    batch = {k: torch.from_numpy(v[None]) for k, v in example.items()}
+    loss = pn2v.loss(nets, batch, options)
+    with torch.no_grad():
+        samples = nets["unet"](batch["input"])[0]  # (K, 16, 16)
+        terms = []
+        for y, xx in zip(*np.nonzero(example["mask"][0])):
+            p = nets["noise_model"].log_likelihood(batch["target"][0, 0, y, xx], samples[:, y, xx]).exp()
+            terms.append(-math.log(float(p.double().mean())))
+    assert float(loss.detach()) == pytest.approx(np.mean(terms), rel=1e-5)
+    assert example["mask"].sum() == len(terms) > 0
+
+
+@pytest.mark.parametrize("prediction", ["mmse", "prior_mean"])
+def test_prediction_is_the_formula_whatever_the_sample_slicing(monkeypatch, prediction):
+    method, _, nets = tiny_nets(samples=12)
+    options = method.options(samples=12, prediction=prediction)
+    for net in nets.values():
+        net.eval()
+    x = torch.randn(3, 1, 16, 24)
+    with torch.no_grad():
+        samples = nets["unet"](x)
+        if prediction == "mmse":
+            w = torch.softmax(nets["noise_model"].log_likelihood(x, samples), dim=1)
+            expected = (w * samples).sum(1, keepdim=True)
+        else:
+            expected = samples.mean(1, keepdim=True)
+        whole = method.predict(nets, x, options)
+        monkeypatch.setattr(pn2v, "SAMPLE_BUDGET", 5 * 16 * 24)  # slices of 5 samples: 5, 5, 2
+        sliced = method.predict(nets, x, options)
+    assert whole.shape == (3, 1, 16, 24)
+    assert torch.allclose(whole, expected, atol=1e-5)
+    assert torch.allclose(sliced, expected, atol=1e-5)
+
+
+def test_noise_model_and_normalisation_travel_in_the_package(pn2v_model):
+    root, _, _ = pn2v_model
+    model_dir = root / "model"
+    assert not list(model_dir.rglob("*.pt")) and not list(model_dir.rglob("*.pkl"))
+    tensors = load_file(str(model_dir / "weights.safetensors"))
+    assert {"noise_model.norm", "noise_model.histogram.density"} <= set(tensors)
+    measured = nm.load_noise_model(root / "nm")
+    assert torch.equal(tensors["noise_model.histogram.density"], measured.density)
+    stats = json.loads((model_dir / "config.json").read_text())["normalization"]
+    assert tensors["noise_model.norm"].tolist() == pytest.approx([stats["mean"], stats["std"]])
+    (root / "nm" / "noise_model.json").rename(root / "nm" / "moved.json")  # the package needs no noise-model file
+    try:
+        loaded = bd.load_model(model_dir)
+    finally:
+        (root / "nm" / "moved.json").rename(root / "nm" / "noise_model.json")
+    slot = loaded.nets["noise_model"]
+    assert slot.model.kind == "histogram" and torch.equal(slot.model.density, measured.density)
+
+
+@pytest.mark.parametrize("in_chunks, out_chunks, tile", [((1, 13, 17), None, 16), ((2, 64, 72), (1, 24, 40), 8)])
+def test_blockwise_equals_whole(tmp_path, pn2v_model, in_chunks, out_chunks, tile):
+    root, _, data = pn2v_model
+    src = write_zarr(tmp_path / "in.zarr", data, in_chunks, "SYX")
+    bd.predict(src, root / "model", tmp_path / "out.zarr", cluster="threads", chunks=out_chunks, tile=tile,
+               block_voxels=2000, progress=False)
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    ref = predict_whole(data, bd.load_model(root / "model"))
+    assert np.abs(out - ref).max() <= 1e-4
+
+
+def test_resume_keeps_the_noise_model(tmp_path, pn2v_model):
+    root, src, _ = pn2v_model
+    options = {"noise_model": str(root / "nm"), "samples": 8}
+    kw = dict(PN2V, steps=2, val_every=2)
+    bd.train(src, tmp_path / "m", method="pn2v", progress=False, options=options, **kw)
+    model = bd.train(src, tmp_path / "m", method="pn2v", progress=False, options=options, resume=True,
+                     **dict(kw, steps=4))
+    assert model.info["steps"] == 4 and model.nets["noise_model"].model.kind == "histogram"
+
+
+def test_missing_or_mismatched_noise_model_is_a_clear_error(tmp_path, pn2v_model):
+    root, src, data = pn2v_model
+    with pytest.raises(ConfigError, match="needs a noise model"):
+        bd.train(src, tmp_path / "a", method="pn2v", progress=False, **PN2V)
+    with pytest.raises(ConfigError, match="noise_model.json is missing"):
+        bd.train(src, tmp_path / "b", method="pn2v", progress=False, options={"noise_model": str(tmp_path / "nope")},
+                 **PN2V)
+    # a noise model measured at other intensities (e.g. another gain / offset, or rescaled data)
+    s, x = smooth_volume((64, 64))[::-1]
+    nm.save_noise_model(nm.fit_histogram(s * 10 + 5000, x * 10 + 5000), tmp_path / "far", plot=False)
+    with pytest.raises(ConfigError, match="another intensity range"):
+        bd.train(src, tmp_path / "c", method="pn2v", progress=False, options={"noise_model": str(tmp_path / "far")},
+                 **PN2V)
+
+
+def test_cli_train_with_a_noise_model(tmp_path, pn2v_model, capsys):
+    root, src, _ = pn2v_model
+    code = main(["train", src, "--method", "pn2v", "--noise-model", str(root / "nm"), "--samples", "8",
+                 "--out", str(tmp_path / "m"), "--steps", "2", "--val-every", "2", "--batch-size", "4",
+                 "--patch", "32,32", "--depth", "2", "--features", "4", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["method"] == "pn2v" and config["train_config"]["options"]["samples"] == 8
+    assert main(["train", src, "--method", "pn2v", "--out", str(tmp_path / "n"), "--steps", "1", "--quiet"]) == 2
+    assert "--noise-model" in capsys.readouterr().err
