@@ -4,7 +4,7 @@ Writes a synthetic light-sheet-like uint16 volume (sparse bright blobs and fibre
 background, Poisson shot noise plus Gaussian read noise) with chunks 64x256x256 for each
 requested size, then runs ``bigdenoise predict`` against a real ``dask scheduler`` and
 ``dask worker`` processes started here, with a deliberately tiny network (the engine is under
-test, not the U-Net). The peak resident memory of every process — scheduler, each worker, the
+test, not the U-Net: depth 1, 4 features by default). The peak resident memory of every process — scheduler, each worker, the
 client (the ``bigdenoise predict`` command) — is sampled every 0.2 s.
 
     python benchmarks/scale.py --sizes 0.5,4 [--workers 1] [--threads 2] [--record]
@@ -60,13 +60,13 @@ def make_volume(path: Path, gbytes: float, seed: int = 0) -> tuple[int, int, int
     return shape
 
 
-def make_model(path: Path) -> None:
-    """A tiny untrained 3D N2V package (depth 1, 8 features): the engine is under test."""
+def make_model(path: Path, features: int) -> None:
+    """A tiny untrained 3D N2V package (depth 1): the engine is under test, not the U-Net."""
     from bigdenoise.config import make_config
     from bigdenoise.normalize import Stats
     from bigdenoise.package import build_nets, save_model
 
-    cfg = make_config(method="n2v", axes="ZYX", net={"depth": 1, "features": 8})
+    cfg = make_config(method="n2v", axes="ZYX", net={"depth": 1, "features": features})
     nets = build_nets(cfg)
     save_model(path, cfg, nets, Stats(150.0, 100.0, 90.0, 900.0, 1), {"steps": 0, "note": "untrained"})
 
@@ -77,7 +77,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_size(work: Path, gbytes: float, workers: int, threads: int) -> dict:
+def run_size(work: Path, gbytes: float, workers: int, threads: int, tile: int) -> dict:
     src = work / f"in-{gbytes:g}GB.zarr"
     out = work / f"out-{gbytes:g}GB.zarr"
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def run_size(work: Path, gbytes: float, workers: int, threads: int) -> dict:
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(workers, timeout=60)
         cmd = [common.bigdenoise_exe(), "predict", str(src), "--model", str(work / "model"), "--out", str(out),
-               "--cluster", address, "--dtype", "input", "--overwrite", "--quiet"]
+               "--cluster", address, "--dtype", "input", "--tile", f"{tile},{tile},{tile}", "--overwrite", "--quiet"]
         result = common.run_command(cmd)
     finally:
         for m in monitors:
@@ -127,15 +127,17 @@ def main(argv=None) -> int:
     p.add_argument("--sizes", default="0.5,4", help="input sizes in GB (uint16), comma-separated")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=2, help="threads per worker")
+    p.add_argument("--features", type=int, default=4, help="U-Net features (depth 1)")
+    p.add_argument("--tile", type=int, default=128, help="tile core size per axis")
     p.add_argument("--work", help="scratch folder (default: a temporary one)")
     p.add_argument("--record", action="store_true")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop our dask processes
     work = Path(a.work or tempfile.mkdtemp(prefix="bigdenoise-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    make_model(work / "model")
+    make_model(work / "model", a.features)
     probes = [common.probe("before")]
-    rows = [run_size(work, float(s), a.workers, a.threads) for s in a.sizes.split(",")]
+    rows = [run_size(work, float(s), a.workers, a.threads, a.tile) for s in a.sizes.split(",")]
     probes.append(common.probe("after"))
     lines = ["| input | shape (ZYX) | Mvox/s | client peak RSS | scheduler peak RSS | worker peak RSS |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -154,7 +156,8 @@ def main(argv=None) -> int:
             f"Reproduce: `{common.this_command()}`", "",
             f"Real `dask scheduler` + {a.workers} `dask worker` process(es) ({a.threads} threads each) on this machine, "
             "`bigdenoise predict --cluster tcp://... --dtype input` as the client; synthetic uint16 light-sheet-like "
-            f"volume, chunks {CHUNKS}, untrained 3D U-Net depth 1 / 8 features. Peak RSS sampled every 0.2 s.", "",
+            f"volume, chunks {CHUNKS}, untrained 3D U-Net depth 1 / {a.features} features, tiles {a.tile}^3. "
+            "Peak RSS sampled every 0.2 s.", "",
             *lines, "", summary,
         ])
         common.replace_section(common.RESULTS, "scale", text)

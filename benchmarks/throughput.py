@@ -173,7 +173,8 @@ def main(argv=None) -> int:
               f"(depth {a.depth}, features {a.features}) in {time.perf_counter() - t0:.1f} s", flush=True)
 
         model = load_model(model_path, device=device)
-        plan = plan_for(model, shape, axes, tile=a.tile)
+        block = block_shape_for(chunks, shape, 4 * 2**20)  # as predict chooses it
+        plan = plan_for(model, shape, axes, tile=a.tile, block=block)
         n_tiles = math.prod(plan.n_tiles)
         voxels = math.prod(shape)
         spatial = [i for i, r in enumerate(plan.roles) if r == "spatial"]
@@ -181,7 +182,6 @@ def main(argv=None) -> int:
         tile_in_voxels = math.prod(plan.input_shape)
         input_voxels = n_tiles * tile_in_voxels
         halo_overhead = input_voxels / voxels
-        block = block_shape_for(chunks, shape, 4 * 2**20)
         print(f"plan: tile {plan.tile}, halo {plan.halo}, tile input {plan.input_shape} "
               f"(net input {net_input}), {n_tiles} tiles, batch {a.batch_size}; predict blocks {block}; "
               f"halo overhead (input tile voxels / output voxels) {halo_overhead:.3f}; device {device}, "

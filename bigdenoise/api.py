@@ -17,7 +17,7 @@ from .package import Model, load_model
 from .tiling import block_shape_for
 from .train import fit, pick_device
 from .volume import Volume, open_volume
-from .writer import create_output, finish_output, load_done, run_record
+from .writer import create_output, finish_output, load_done, output_chunks, run_record
 
 
 def _volume(source: Any, axes: str | None) -> Volume:
@@ -78,26 +78,24 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
         volume = _volume(source, model_axes)
     if volume.path is None and cluster != "threads":
         cluster = "threads"  # an in-memory array cannot be shipped to worker processes
-    plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, source=volume.source)
+    block = block_shape_for(output_chunks(volume, chunks), volume.shape, block_voxels)
+    plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, block=block,
+                    source=volume.source)
     model_path = str(Path(model_path).resolve())
-    record = {"model": model_path, "model_sha256": _digest(Path(model_path)),
-              "source": volume.source, "tile": list(plan.tile), "halo": list(plan.halo),
+    record = {"model": model_path, "model_sha256": _digest(Path(model_path)), "source": volume.source,
+              "block_shape": list(block), "tile": list(plan.tile), "halo": list(plan.halo),
               "overlap": list(plan.overlap), "precision": precision, "skip_background": skip_background}
     spec = create_output(out, volume, chunks=chunks, dtype=dtype, overwrite=overwrite, exist_ok=resume,
                          attributes=record, fill_value=background_value)
-    block = block_shape_for(spec.chunks, volume.shape, block_voxels)
     skip = None
     if resume:
         previous = run_record(spec)
-        block = tuple(previous.get("block_shape", block))
         changed = [k for k in record if previous.get(k) != record[k]]
         if changed:
             raise ConfigError(f"cannot resume {out}: {', '.join(changed)} differ from the run that created it; "
                               f"use the same model and options, or --overwrite to start again")
         grid = tuple(-(-n // b) for n, b in zip(volume.shape, block))
         skip = np.ones(grid, bool) if previous.get("complete") else load_done(spec, grid)
-    else:
-        _record_block_shape(spec, block)
     dev = str(pick_device(device))
     with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
         settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
@@ -116,13 +114,6 @@ def _digest(model_dir: Path) -> str:
             for part in iter(lambda: f.read(2**20), b""):
                 h.update(part)
     return h.hexdigest()
-
-
-def _record_block_shape(spec, block: tuple[int, ...]) -> None:
-    import zarr
-
-    root = zarr.open(spec.path, mode="r+")
-    root.attrs["bigdenoise"] = {**dict(root.attrs.get("bigdenoise", {})), "block_shape": list(block)}
 
 
 def _axes_like_model(source: Any, model: Model) -> str | None:

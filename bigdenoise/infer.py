@@ -17,6 +17,9 @@ from .runtime import to_fast_layout
 from .tiling import TilePlan, Tile, axis_modes, blend_weights, gather, make_plan, read_box, reflect_indices, tiles_for
 
 
+MAX_BATCH_VOXELS = 4 * 2**20  # input voxels per forward pass: bounds a worker's peak memory
+
+
 def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str, ...]:
     """The role of each volume axis for ``model``; an InputError if the model does not fit.
 
@@ -38,7 +41,8 @@ def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str,
 
 
 def plan_for(model: Model, shape: tuple[int, ...], axes: str, *, tile=None, overlap: int = 0,
-             halo: int | None = None, source: str = "the input") -> TilePlan:
+             halo: int | None = None, block: tuple[int, ...] | None = None,
+             source: str = "the input") -> TilePlan:
     """The tile plan for running ``model`` on a volume of ``shape`` and ``axes``."""
     roles = axis_roles(model, axes, source)
     if "channel" in roles and shape[roles.index("channel")] < 2:
@@ -47,7 +51,7 @@ def plan_for(model: Model, shape: tuple[int, ...], axes: str, *, tile=None, over
     return make_plan(
         tuple(shape), roles,
         receptive_radius=model.receptive_radius, factor=model.factor, channel_halo=model.channel_halo,
-        tile=tile, overlap=overlap, halo=halo,
+        tile=tile, overlap=overlap, halo=halo, block=block,
     )
 
 
@@ -112,6 +116,8 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
     """
     x = normalize(subtract_background(data, data_box, model.background), model.stats)
     out = np.zeros(write_box.shape, dtype=np.float32)
+    # 3D convolutions need workspace ~ kernel volume x input voxels: bound the batch by voxels
+    batch_size = max(1, min(batch_size, MAX_BATCH_VOXELS // math.prod(plan.input_shape)))
     modes = axis_modes(plan.roles)
     for batch in _batches(tiles_for(plan, write_box), batch_size):
         inputs = np.stack([_to_net(gather(x, data_box, t.input, plan.shape, modes), plan.roles) for t in batch])

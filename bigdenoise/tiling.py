@@ -97,6 +97,7 @@ def make_plan(
     tile: int | tuple[int, ...] | None = None,
     overlap: int = 0,
     halo: int | None = None,
+    block: tuple[int, ...] | None = None,
 ) -> TilePlan:
     """Choose tile, halo and overlap for a volume and a network.
 
@@ -112,6 +113,8 @@ def make_plan(
         default 256 in 2D and 64 in 3D, shrunk to the volume.
     overlap : blend overlap along spatial axes; 0 (the default) blends nothing, which is exact
         whenever the halo covers the receptive field.
+    block : the block shape of the run; tiles are no larger than a block along any axis, so a
+        block never computes tiles mostly outside it.
     halo : override the spatial halo (smaller than the receptive field trades exactness for
         speed; use an overlap then to hide seams).
     """
@@ -125,9 +128,9 @@ def make_plan(
     spatial_overlap = _round_up(overlap, factor)
     t_out, h_out, o_out = [], [], []
     it = iter(tiles)
-    for n, role in zip(shape, roles):
+    for axis, (n, role) in enumerate(zip(shape, roles)):
         if role == "spatial":
-            t = _round_up(min(next(it), n), factor)
+            t = _round_up(min(next(it), n, block[axis] if block else n), factor)
             t = max(t, _round_up(2 * spatial_overlap, factor), factor)
             t_out.append(t)
             h_out.append(spatial_halo)
@@ -227,6 +230,10 @@ def gather(data: np.ndarray, data_box: Box, want: Box, shape: tuple[int, ...],
     """Voxels of ``want`` (may reach outside the volume of ``shape``) from ``data``, which holds
     the volume's ``data_box``; outside voxels are mirrored from the volume's edges, or follow
     the end-plane rule along axes whose mode (``axis_modes(plan.roles)``) is ``"stack"``."""
+    if all(lo >= 0 and hi <= n for lo, hi, n in zip(want.offset, want.stop, shape)):
+        inside = want.relative_to(data_box.offset)
+        if all(o >= 0 and e <= d for o, e, d in zip(inside.offset, inside.stop, data.shape)):
+            return data[inside.slices]  # the common case: a view, no index arrays
     modes = modes or ("reflect",) * len(shape)
     index = []
     for lo, hi, n, origin, mode in zip(want.offset, want.stop, shape, data_box.offset, modes):

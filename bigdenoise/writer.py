@@ -63,6 +63,13 @@ def _overlaps(a: Path, b: Path) -> bool:
     return a == b or b in a.parents or a in b.parents
 
 
+def output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The output's chunk shape: ``chunks`` or the input's, clipped to the volume."""
+    if chunks is not None and (len(chunks) != volume.ndim or any(c < 1 for c in chunks)):
+        raise OutputError(f"output chunks {chunks} must have {volume.ndim} positive sizes (axes {volume.axes})")
+    return tuple(min(c, n) for c, n in zip(chunks or volume.chunks, volume.shape))
+
+
 def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
                   dtype: str = "float32", overwrite: bool = False, exist_ok: bool = False,
                   attributes: dict | None = None, fill_value: float = 0) -> OutputSpec:
@@ -77,9 +84,7 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
     if volume.path is not None and _overlaps(path, _storage_root(volume.path)):
         raise OutputError(f"output {path} would overwrite or sit inside the input {volume.source}; choose another --out")
     out_dtype = resolve_dtype(dtype, volume.dtype)
-    chunks = tuple(min(c, n) for c, n in zip(chunks or volume.chunks, volume.shape))
-    if len(chunks) != volume.ndim or any(c < 1 for c in chunks):
-        raise OutputError(f"output chunks {chunks} must have {volume.ndim} positive sizes (axes {volume.axes})")
+    chunks = output_chunks(volume, chunks)
     array_path = "0" if volume.ome is not None else ""
     spec = OutputSpec(str(path), array_path, tuple(volume.shape), chunks, out_dtype.str)
     if path.exists():
