@@ -17,7 +17,7 @@ from .runtime import to_fast_layout
 from .tiling import TilePlan, Tile, axis_modes, blend_weights, gather, make_plan, read_box, reflect_indices, tiles_for
 
 
-MAX_BATCH_VOXELS = 4 * 2**20  # input voxels per forward pass: bounds a worker's peak memory
+MAX_BATCH_VOXELS = 2 * 2**20  # input voxels per forward pass: bounds a worker's peak memory
 
 
 def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str, ...]:
