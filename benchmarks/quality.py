@@ -228,7 +228,9 @@ def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
             noisy, clean = noisy[:a.images], clean[:a.images]
         return Dataset(name, f"Hagen et al. {stem} low vs high SNR ({'central %dx%d' % (crop, crop) if crop else 'whole image'}"
                        f" cut into {len(noisy)} tiles of {TILE}x{TILE}, the images of the statistics); each tile's "
-                       f"output fitted a*x+b to the high-SNR tile before PSNR/SSIM, peak 255", noisy, clean, 255.0,
+                       f"output fitted a*x+b to the high-SNR tile before PSNR/SSIM, peak 255; the high-SNR reference is not "
+                       f"noise-free (its noise counts against sharp outputs) and the low-SNR noise is row-correlated "
+                       f"(struct-n2v runs in the full mode)", noisy, clean, 255.0,
                        fit=True, methods=("n2v", "n2v2", "struct-n2v"), paper=PAPERS["hagen"] if kind == "mito" else "",
                        why_not={"care": "one pair: no training pair apart from the test image",
                                 "n2n": "one low-SNR frame", "noise2stack": "no stack",
