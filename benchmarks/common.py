@@ -31,20 +31,20 @@ RESULTS_TITLE = "# bigdenoise benchmark results\n\nEach section is written by th
 
 
 def data_root(data: str | os.PathLike | None = None) -> Path:
-    """The shared data folder: ``data``, else ``$BIGDENOISE_DATA``, else ``<repo>/../shared/data``.
+    """The shared data folder: ``data``, else ``$BIGDENOISE_DATA``, else ``<repo>/../shared/data``
+    (the demo's own search, :func:`bigdenoise.demo.find_shared_data`).
 
     Raises SystemExit with a clear message when none exists.
     """
-    explicit = data if data is not None else os.environ.get("BIGDENOISE_DATA") or None
-    if explicit is not None:
-        path = Path(explicit).expanduser()
-        if not path.is_dir():
-            where = "--data" if data is not None else "BIGDENOISE_DATA"
-            raise SystemExit(f"data folder {path} ({where}) does not exist")
-        return path
-    path = REPO.parent / "shared" / "data"
-    if not path.is_dir():
-        raise SystemExit(f"no data folder: pass --data DIR or set BIGDENOISE_DATA (looked for {path})")
+    from bigdenoise.demo import find_shared_data
+    from bigdenoise.errors import InputError
+
+    try:
+        path = find_shared_data(data)
+    except InputError as exc:
+        raise SystemExit(str(exc)) from None
+    if path is None:
+        raise SystemExit(f"no data folder: pass --data DIR or set BIGDENOISE_DATA (looked for {REPO.parent / 'shared' / 'data'})")
     return path
 
 
