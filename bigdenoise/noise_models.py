@@ -534,16 +534,9 @@ def load_noise_model(path: str | Path) -> NoiseModel:
     json_path, tensors_path = path / JSON_FILE, path / TENSORS_FILE
     if not json_path.is_file():
         raise ConfigError(f"{path} is not a noise model: {JSON_FILE} is missing (make one with `bigdenoise noise-model`)")
-    try:
-        document = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{json_path} is not valid JSON ({exc})") from None
-    if document.get("format") != FORMAT:
-        raise ModelError(f"{json_path} is not a bigdenoise noise model (format {document.get('format')!r})")
-    version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelError(f"{path} uses noise model format version {version!r}; this bigdenoise {__version__} reads "
-                         f"up to version {FORMAT_VERSION}: upgrade bigdenoise")
+    from .package import read_versioned_json  # package imports the methods, which import this module
+
+    document = read_versioned_json(json_path, FORMAT, FORMAT_VERSION, "noise model")
     kind = document.get("kind")
     if kind not in KINDS:
         raise ModelError(f"{json_path}: unknown noise model kind {kind!r} (known: {', '.join(KINDS)})")

@@ -159,25 +159,32 @@ def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, 
     return path
 
 
+def read_versioned_json(json_path: Path, fmt: str, max_version: int, what: str) -> dict:
+    """The JSON document at ``json_path``, checked to be of format ``fmt`` and a version this
+    bigdenoise reads; a ModelError otherwise. ``what`` names the kind of file in messages."""
+    try:
+        document = json.loads(json_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{json_path} is not valid JSON ({exc})") from None
+    if document.get("format") != fmt:
+        raise ModelError(f"{json_path} is not a bigdenoise {what} file (format {document.get('format')!r})")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version > max_version:
+        raise ModelError(
+            f"{json_path.parent} uses {what} format version {version!r} (made by bigdenoise "
+            f"{document.get('bigdenoise_version', '?')}); this bigdenoise {__version__} reads up to "
+            f"version {max_version}: upgrade bigdenoise"
+        )
+    return document
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
     """Load a model package; a ModelError says what is missing or incompatible."""
     path = Path(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file():
         raise ModelError(f"{path} is not a bigdenoise model: {CONFIG_FILE} is missing (train one with `bigdenoise train`)")
-    try:
-        document = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{config_path} is not valid JSON ({exc})") from None
-    if document.get("format") != FORMAT:
-        raise ModelError(f"{config_path} is not a bigdenoise model config (format {document.get('format')!r})")
-    version = document.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ModelError(
-            f"{path} uses model format version {version!r} (made by bigdenoise "
-            f"{document.get('bigdenoise_version', '?')}); this bigdenoise {__version__} reads up to "
-            f"version {FORMAT_VERSION}: upgrade bigdenoise"
-        )
+    document = read_versioned_json(config_path, FORMAT, FORMAT_VERSION, "model")
     try:
         config = TrainConfig.model_validate(document["train_config"])
         nets = build_nets(config)
