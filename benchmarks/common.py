@@ -277,6 +277,39 @@ def now() -> str:
     return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
 
 
+# --------------------------------------------------------------------------- the peer
+
+
+CAREAMICS_INSTALL = (
+    "pip install torch==2.13.0, then careamics's other requirements, then "
+    "pip install --no-deps careamics==0.3.5 torchvision==0.28.0 (benchmarks/README.md)"
+)
+
+
+def import_careamics():
+    """Import CAREamics 0.3.5 beside the CPU build of torch, or return None when it is absent.
+
+    PyPI's torchvision, which careamics imports at start-up, registers fake kernels for its
+    ``torchvision::nms``/``qnms`` operators, whose schemas live in the compiled extension that does
+    not load beside the CPU torch ("operator torchvision::nms does not exist"). Defining the two
+    schemas first lets careamics import; N2V never calls them.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("careamics") is None:
+        return None
+    import torch
+
+    for name in ("nms", "qnms"):
+        try:
+            torch.library.define(f"torchvision::{name}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        except RuntimeError:  # already defined: torchvision's own extension loaded, or a second call
+            pass
+    import careamics
+
+    return careamics
+
+
 # --------------------------------------------------------------------------- RESULTS.md
 
 
