@@ -50,7 +50,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
             cluster: str = "local", workers: int | None = None, chunks: tuple[int, ...] | None = None,
             dtype: str = "float32", overwrite: bool = False, resume: bool = False,
             tile: int | tuple[int, ...] | None = None, overlap: int = 0, halo: int | None = None,
-            batch_size: int = 4, precision: str = "fp32", device: str = "auto",
+            batch_size: int | None = None, precision: str = "fp32", device: str = "auto",
             skip_background: float | None = None, background_value: float = 0.0,
             block_voxels: int = 4 * 2**20, jobs: JobOptions | None = None, progress: bool = True) -> dict:
     """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
@@ -60,6 +60,8 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     interrupted run into the same ``out``, skipping the blocks it finished. With
     ``skip_background=T``, blocks whose input is all below ``T`` are not computed nor written:
     they read as ``background_value``. ``jobs`` configures ``cluster="slurm"|"pbs"|"lsf"``.
+    ``batch_size`` (tiles per forward pass): None lets the worker choose, 4 on a CPU and as many
+    as fit in the free memory of a GPU (``infer.forward_batch_size``).
     Returns a summary of the run.
     """
     check_cluster(cluster)

@@ -144,7 +144,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--tile", type=parse_shape, help="tile core size per spatial axis (default 256 in 2D, 64 in 3D)")
     p.add_argument("--overlap", type=int, default=0, help="blend overlap between tiles (voxels)")
     p.add_argument("--halo", type=int, help="context per side (default: the receptive field, exact)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=int,
+                   help="tiles per forward pass (default: 4 on a CPU, as many as fit in a GPU's free memory)")
     p.add_argument("--block-voxels", type=int, default=4 * 2**20,
                    help="voxels per Dask task: blocks are whole output chunks grown to about this size")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")

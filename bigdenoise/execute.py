@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .clusters import gpu_for_worker
 from .errors import BigDenoiseError
 from .geometry import Block
-from .infer import denoise_block
+from .infer import denoise_block, for_inference
 from .package import Model, load_model
 from .runtime import tune_allocator
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
@@ -36,7 +36,7 @@ class BlockSettings:
     model_path: str
     model_digest: str = ""
     device: str = "cpu"
-    batch_size: int = 4
+    batch_size: int | None = None  # None: infer.forward_batch_size chooses (CPU 4, GPU sized to its memory)
     precision: str = "fp32"
     torch_threads: int = 0
     skip_background: float | None = None
@@ -49,14 +49,15 @@ _compute_lock = threading.Lock()
 
 
 def worker_model(settings: BlockSettings) -> Model:
-    """The model of ``settings``, loaded once per process and kept for later tasks."""
+    """The model of ``settings``, loaded once per process (batch norms folded for inference,
+    ``infer.for_inference``) and kept for later tasks."""
     key = (settings.model_path, settings.model_digest, settings.device)
     with _lock:
         if key not in _models:
             if settings.torch_threads > 0:
                 torch.set_num_threads(settings.torch_threads)
             tune_allocator()
-            _models[key] = load_model(settings.model_path, device=gpu_for_worker(settings.device))
+            _models[key] = for_inference(load_model(settings.model_path, device=gpu_for_worker(settings.device)))
         return _models[key]
 
 
@@ -77,9 +78,10 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
     background = settings.skip_background is not None and bool(
         np.nanmax(data[block.write.relative_to(rbox.offset).slices]) < settings.skip_background)
     if not background:
-        with _compute_lock:  # one forward pass at a time per process: torch already uses every core
-            y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
-                              precision=settings.precision)
+        # One forward pass at a time per process (torch already uses every core, or the GPU);
+        # the other task thread reads, normalises and blends meanwhile.
+        y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
+                          precision=settings.precision, compute_lock=_compute_lock)
     t2 = time.perf_counter()
     if not background:
         write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))

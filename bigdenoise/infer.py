@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -13,11 +15,16 @@ from .errors import InputError
 from .geometry import Box
 from .normalize import denormalize, normalize
 from .package import Model
-from .runtime import to_fast_layout
+from .nets import UNet, fold_batch_norm
+from .runtime import free_device_memory, memory_format, to_device, to_fast_layout
 from .tiling import TilePlan, Tile, axis_modes, blend_weights, gather, make_plan, read_box, reflect_indices, tiles_for
 
 
-MAX_BATCH_VOXELS = 2 * 2**20  # input voxels per forward pass: bounds a worker's peak memory
+MAX_BATCH_VOXELS = 2 * 2**20  # input voxels per forward pass on the CPU: bounds a worker's peak memory
+CPU_BATCH = 4  # tiles per forward pass on the CPU when none is asked for
+GPU_MAX_BATCH = 64  # tiles per forward pass on a GPU, at most
+GPU_MEMORY_FRACTION = 0.5  # of the device's free memory one forward pass may plan to use
+LIVE_FEATURE_MAPS = 12  # full-resolution feature maps of ``features`` channels alive at once, with margin
 
 
 def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str, ...]:
@@ -59,13 +66,77 @@ def model_device(model: Model) -> torch.device:
     return next(iter(model.nets.values())).parameters().__next__().device
 
 
+def for_inference(model: Model) -> Model:
+    """``model`` with every U-Net's batch norms folded into the convolutions before them.
+
+    Prediction then skips one pass over every feature map per convolution; the outputs equal
+    the unfolded model's up to float rounding. ``model`` itself is not changed.
+    """
+    nets = {}
+    for name, net in model.nets.items():
+        if isinstance(net, UNet) and net.batch_norm:
+            net = fold_batch_norm(net).to(memory_format=memory_format(net.ndim))
+        nets[name] = net
+    return dataclasses.replace(model, nets=nets)
+
+
 def run_model(model: Model, x: np.ndarray, precision: str = "fp32") -> np.ndarray:
     """The method's prediction for a normalised batch ``x`` ``(N, C, *spatial)`` -> ``(N, 1, *spatial)``."""
     device = model_device(model)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        y = model.method.predict(model.nets, to_fast_layout(torch.from_numpy(x).to(device)), model.options)
+        y = model.method.predict(model.nets, to_fast_layout(to_device(x, device)), model.options)
     return y.float().cpu().numpy()
+
+
+def workspace_bytes_per_voxel(features: int, precision: str = "fp32") -> int:
+    """Estimated device memory a forward pass of the U-Net needs per input voxel of a tile.
+
+    About ``LIVE_FEATURE_MAPS`` full-resolution maps of ``features`` channels (the skip, the
+    up-sampled features, their concatenation, the convolution's output and workspace, the
+    coarser levels), in the precision's element size.
+    """
+    element = 4 if precision == "fp32" else 2
+    return LIVE_FEATURE_MAPS * features * element
+
+
+def batch_for_memory(free_bytes: int, tile_voxels: int, bytes_per_voxel: int, *,
+                     fraction: float = GPU_MEMORY_FRACTION, cap: int = GPU_MAX_BATCH) -> int:
+    """How many tiles one forward pass may hold on a device with ``free_bytes`` free.
+
+    Parameters
+    ----------
+    free_bytes : free device memory.
+    tile_voxels : input voxels of one tile (all its channels).
+    bytes_per_voxel : workspace estimate per input voxel (:func:`workspace_bytes_per_voxel`).
+    fraction : part of the free memory the batch may plan to use (the rest absorbs the
+        allocator's fragmentation and the estimate's error).
+    cap : most tiles per pass (beyond a few dozen a GPU is no faster).
+
+    Returns
+    -------
+    int in ``[1, cap]``: at least one tile, even when the estimate says it does not fit.
+    """
+    if tile_voxels < 1 or bytes_per_voxel < 1:
+        raise ValueError(f"tile_voxels and bytes_per_voxel must be positive, got {tile_voxels}, {bytes_per_voxel}")
+    fits = int(max(0, free_bytes) * fraction) // (tile_voxels * bytes_per_voxel)
+    return max(1, min(cap, fits))
+
+
+def forward_batch_size(model: Model, plan: TilePlan, batch_size: int | None = None, precision: str = "fp32") -> int:
+    """Tiles per forward pass for ``model`` on its device.
+
+    CPU: ``batch_size`` (default ``CPU_BATCH``), at most ``MAX_BATCH_VOXELS`` input voxels, since
+    a 3D convolution's CPU workspace is about kernel volume x input voxels. CUDA: as many tiles
+    as :func:`batch_for_memory` fits in the free device memory, at most ``batch_size`` when given.
+    """
+    tile_voxels = math.prod(plan.input_shape)
+    free = free_device_memory(model_device(model))
+    if free is None:
+        return max(1, min(batch_size or CPU_BATCH, MAX_BATCH_VOXELS // tile_voxels))
+    features = model.train_config.net.features
+    fits = batch_for_memory(free, tile_voxels, workspace_bytes_per_voxel(features, precision))
+    return fits if batch_size is None else max(1, min(batch_size, fits))
 
 
 def _to_net(x: np.ndarray, roles: tuple[str, ...]) -> np.ndarray:
@@ -98,7 +169,8 @@ def _batches(tiles: Iterator[Tile], size: int) -> Iterator[list[Tile]]:
 
 
 def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePlan, model: Model, *,
-                  batch_size: int = 4, precision: str = "fp32") -> np.ndarray:
+                  batch_size: int | None = None, precision: str = "fp32",
+                  compute_lock: AbstractContextManager | None = None) -> np.ndarray:
     """Denoise ``write_box`` of a volume.
 
     Parameters
@@ -109,6 +181,10 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
     write_box : the voxels to produce.
     plan : the tile plan of the volume.
     model : a loaded model.
+    batch_size : tiles per forward pass (None: :func:`forward_batch_size` chooses).
+    precision : ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast.
+    compute_lock : held around each forward pass only (a worker's lock shared by its task
+        threads), so that another thread's reads, normalisation and blending overlap it.
 
     Returns
     -------
@@ -116,12 +192,13 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
     """
     x = normalize(subtract_background(data, data_box, model.background), model.stats)
     out = np.zeros(write_box.shape, dtype=np.float32)
-    # 3D convolutions need workspace ~ kernel volume x input voxels: bound the batch by voxels
-    batch_size = max(1, min(batch_size, MAX_BATCH_VOXELS // math.prod(plan.input_shape)))
+    batch_size = forward_batch_size(model, plan, batch_size, precision)
+    lock = compute_lock if compute_lock is not None else nullcontext()
     modes = axis_modes(plan.roles)
     for batch in _batches(tiles_for(plan, write_box), batch_size):
         inputs = np.stack([_to_net(gather(x, data_box, t.input, plan.shape, modes), plan.roles) for t in batch])
-        outputs = run_model(model, inputs, precision)
+        with lock:
+            outputs = run_model(model, inputs, precision)
         for tile, y in zip(batch, outputs):
             y = _crop_to_window(y, tile, plan) * blend_weights(plan, tile)
             part = tile.window.intersect(write_box)
@@ -130,7 +207,7 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
 
 
 def predict_array(array: np.ndarray, model: Model, axes: str | None = None, *, tile=None, overlap: int = 0,
-                  batch_size: int = 4, precision: str = "fp32") -> np.ndarray:
+                  batch_size: int | None = None, precision: str = "fp32") -> np.ndarray:
     """Denoise an in-memory array (float32 result of the same shape), tile by tile."""
     array = np.asarray(array)
     axes = axes or model.axes
@@ -138,7 +215,7 @@ def predict_array(array: np.ndarray, model: Model, axes: str | None = None, *, t
         raise InputError(f"axes {axes} do not fit an array of shape {array.shape}")
     plan = plan_for(model, array.shape, axes, tile=tile, overlap=overlap)
     whole = Box.from_shape(array.shape)
-    return denoise_block(array, whole, whole, plan, model, batch_size=batch_size, precision=precision)
+    return denoise_block(array, whole, whole, plan, for_inference(model), batch_size=batch_size, precision=precision)
 
 
 def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> np.ndarray:

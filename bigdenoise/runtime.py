@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import threading
 
+import numpy as np
 import torch
 
 
@@ -44,3 +46,34 @@ def tune_allocator() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3
     libc.mallopt(m_mmap_threshold, 32 * 2**20)
     libc.mallopt(m_trim_threshold, 2**30)
+
+
+_staging = threading.local()
+
+
+def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``x`` as a tensor on ``device``.
+
+    On a CUDA device the copy goes through a page-locked (pinned) host buffer, kept per thread
+    and grown as needed, so the host->device transfer runs at full bus speed without pinning
+    new memory for every batch. Elsewhere ``x`` is wrapped without a copy.
+    """
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return torch.from_numpy(x).to(device)
+    x = np.ascontiguousarray(x)
+    buffer = getattr(_staging, "buffer", None)
+    if buffer is None or buffer.numel() < x.nbytes:
+        buffer = _staging.buffer = torch.empty(x.nbytes, dtype=torch.uint8).pin_memory()
+    host = buffer[: x.nbytes].view(torch.from_numpy(x).dtype).view(x.shape)
+    host.copy_(torch.from_numpy(x))
+    # The next call overwrites the buffer only after the caller has read this batch's result
+    # back, which waits for the stream, so the asynchronous copy has finished by then.
+    return host.to(device, non_blocking=True)
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Bytes free on a CUDA ``device`` (what ``cudaMemGetInfo`` reports), None elsewhere."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    free, _total = torch.cuda.mem_get_info(device)
+    return int(free)
