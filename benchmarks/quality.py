@@ -6,37 +6,30 @@ wall-clock budget (``--budget``, passed as ``max_time``) on a Zarr stack written
 denoises it through the blockwise engine (``bigdenoise.predict``, ``cluster="threads"``) into
 Zarr. Baselines on the same images: the noisy input; Gaussian and median filters (window 3, 5
 or 7, the best mean PSNR per data set: an oracle choice); non-local means (scikit-image, its
-own noise estimate); BM3D (``bm3d`` package, when it imports); CAREamics N2V (when installed).
+own noise estimate); BM3D (``bm3d`` package, when it imports); CAREamics N2V (the peer, when
+installed: its own U-Net at our shape, the same patch, batch and budget, its tiled prediction).
 
-Data sets (``--datasets``; shared data: ``--data DIR``, ``$BIGDENOISE_DATA`` or ../shared/data):
+Data sets (``--datasets``; loaders and protocols in ``quality_data.py``; shared data: ``--data
+DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
+(Gaussian noise; CARE trained on Train400), ``set12-pg`` (simulated Poisson–Gaussian, PN2V with
+a noise model from calibration pairs), ``w2s`` (FOVs 008-010; CARE and PN2V's noise model from
+FOVs 001-007), ``fmd`` (CARE by 2-fold cross-fitting on image halves), ``hagen-mito|nucleus|
+membrane`` (256x256 tiles; CARE on the tiles outside the scored crop), ``tirf`` (20 repeated
+sCMOS frames against their mean), ``timelapse`` (nuclei time-lapse as reference + simulated
+Poisson–Gaussian noise) and ``phantom3d`` (a generated 3D phantom + Poisson–Gaussian noise).
+Outputs on W2S and Hagen are fitted ``a * x + b`` to the reference before scoring (their 8-bit
+files were contrast-stretched independently).
 
-- ``bsd68-s15|s25|s50``: the 34 even-numbered BSD68 images + Gaussian noise sigma 15/25/50
-  (0..255, float32, not clipped, not quantised); peak 255. CARE is trained on Train400 pairs.
-- ``set12-s15|s25|s50``: Set12 (512x512 images centre-cropped to 256x256), the same protocol.
-- ``set12-pg``: Set12 with simulated Poisson–Gaussian noise (``pn2v_vs_n2v.poisson_gaussian``:
-  30 photons at 255, read sigma 10); PN2V uses a GMM noise model fitted to simulated calibration
-  pairs (the clean images with an independent noise draw), as benchmarks/pn2v_vs_n2v.py does.
-- ``w2s``: W2S widefield, FOVs 008-010 x 3 channels (single frame vs 400-frame average); the
-  8-bit files are contrast-stretched independently, so every output (noisy input included) is
-  fitted ``a * x + b`` to the ground truth by least squares before PSNR/SSIM (peak 255). CARE
-  is trained on FOVs 001-007.
-- ``fmd``: FMD confocal FISH + BPAE (3 channels), raw vs 50-frame average; peak 255, no fit.
-- ``hagen-mito|nucleus|membrane``: Hagen et al. low-SNR vs high-SNR; cut into 256x256 tiles
-  (the "images" of the statistics); affine fit before PSNR/SSIM (peak 255).
-- ``tirf``: 20 repeated sCMOS TIRF frames of a static field; reference: their mean (it contains
-  1/20 of each frame's own noise, which flatters every output slightly); peak = range of the
-  mean; Noise2Stack along the frame axis (2 neighbours per side), N2N on swapped frame pairs
-  (0<->1, 2<->3, ...), PN2V with a noise model from the repeated frames.
-
-``--quick`` (what RESULTS.md shows by default; under 15 minutes on 2 CPU cores): bsd68-s25
-(8 images, 256x256 centre crops), set12-s25, tirf, hagen-mito (central 512x512 = 4 tiles);
-N2V, N2N and Noise2Stack where the data allow, plus the baselines, 45 s per model.
+``--quick`` (what RESULTS.md shows by default; under 15 minutes on 2 CPU cores): the data sets
+and methods of ``QUICK_PLAN`` (few images, 256x256 crops), 45 s per model.
 
     python benchmarks/quality.py --quick --record
     python benchmarks/quality.py --budget 10m --record          # every data set and method
+    python benchmarks/quality.py --datasets tirf,timelapse,phantom3d --methods n2v,noise2stack --section stack --record
 
-``--record`` writes the tables into benchmarks/RESULTS.md (section "quality") and a panel of
-crops per data set into benchmarks/figures/quality_<dataset>.png.
+``--record`` writes the tables into benchmarks/RESULTS.md (section "quality", or
+"quality-NAME" with ``--section NAME``) and a panel of crops per data set into
+benchmarks/figures/quality_[NAME_]<dataset>.png.
 """
 
 from __future__ import annotations
@@ -48,7 +41,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -56,200 +48,22 @@ import numpy as np
 import common
 
 from bigdenoise import metrics
+from bigdenoise.errors import BigDenoiseError
+from quality_data import ALL_DATASETS, Dataset, haar_sigma, load_dataset
 
 FIGURES = common.BENCH_DIR / "figures"
-QUICK_DATASETS = ("bsd68-s25", "set12-s25", "tirf", "hagen-mito")
-ALL_DATASETS = ("bsd68-s15", "bsd68-s25", "bsd68-s50", "set12-s15", "set12-s25", "set12-s50", "set12-pg", "w2s",
-                "fmd", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf")
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v")
-LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "n2n", "care", "noise2stack")
-QUICK_METHODS = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v", "n2v", "n2n", "noise2stack")
-WINDOWS = (3, 5, 7)
-TILE = 256
-PAPERS = {
-    "bsd68": "BSD68 (all 68 images) at sigma 25, Noise2Void paper (Krull et al. 2019): N2V 27.71 dB, BM3D 28.59, "
-             "supervised (Train400) 29.06; DnCNN 29.23 (Zhang et al. 2017)",
-    "set12": "Set12 at sigma 25: DnCNN-S 30.44 dB (Zhang et al. 2017)",
-    "tirf": "a single frame against the 20-frame mean: about 22.3 dB (data set README)",
-    "hagen": "low vs high SNR after an affine fit, whole 1024x1024 mito image: 20.1 dB (data set README)",
+LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack")
+FILTERS = ("noisy", "gaussian", "median", "nlm")
+# --quick: what each data set runs (BM3D and CAREamics where the issues need them: they are slow on a CPU)
+QUICK_PLAN = {
+    "bsd68-s25": (*FILTERS, "bm3d", "careamics-n2v", "n2v", "n2n"),
+    "set12-s25": (*FILTERS, "n2v"),
+    "tirf": (*FILTERS, "n2v", "n2n", "noise2stack"),
+    "hagen-mito": (*FILTERS, "n2v"),
+    "w2s": (*FILTERS, "careamics-n2v", "n2v"),
 }
-
-
-# --------------------------------------------------------------------------- data sets
-
-
-@dataclass
-class Dataset:
-    """One evaluation set: ``noisy`` and its reference ``clean``, (N, H, W) float32."""
-
-    name: str
-    description: str
-    noisy: np.ndarray
-    clean: np.ndarray
-    data_range: float
-    fit: bool = False  # affine-fit every output to the reference before the metrics
-    methods: tuple[str, ...] = ("n2v", "n2v2")  # learned methods the data allow
-    second: np.ndarray | None = None  # second noisy acquisition of the same images (N2N target)
-    care_train: tuple[np.ndarray, np.ndarray] | None = None  # (noisy, clean) pairs of other images
-    care_note: str = ""
-    noise_model: dict | None = None  # how PN2V gets its noise model
-    sigma: float | None = None  # the known Gaussian noise sigma (BM3D), else estimated
-    why_not: dict[str, str] = field(default_factory=dict)  # learned method -> why the data do not allow it
-    paper: str = ""
-
-
-def _centre(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    y0, x0 = (image.shape[-2] - shape[0]) // 2, (image.shape[-1] - shape[1]) // 2
-    return image[..., y0:y0 + shape[0], x0:x0 + shape[1]]
-
-
-def _tiles(image: np.ndarray, size: int) -> np.ndarray:
-    """Non-overlapping ``size x size`` tiles of a 2D image (remainder dropped), (N, size, size)."""
-    ny, nx = image.shape[0] // size, image.shape[1] // size
-    return np.stack([image[i * size:(i + 1) * size, j * size:(j + 1) * size] for i in range(ny) for j in range(nx)])
-
-
-def _read(path: Path) -> np.ndarray:
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        return np.asarray(tifffile.imread(path), dtype=np.float32)
-    from PIL import Image
-
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P", "I", "I;16"):
-            raise SystemExit(f"{path}: expected a single-channel image, got mode {image.mode}")
-        # mode P (the Hagen files): the 8-bit values are the palette indices, not the colours
-        return np.asarray(image, dtype=np.float32)
-
-
-def _gaussian_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
-
-
-def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
-    data = a.data
-    if name.startswith(("bsd68-s", "set12-s")):
-        sigma = float(name.split("-s")[1])
-        if name.startswith("bsd68"):
-            import bsd68_n2v
-
-            clean, _, transposed = bsd68_n2v.load_images(common.dataset_dir("bsd68_even", data, "test*.png"))
-            crop = a.crop or (256 if a.quick else None)
-            n = a.images or (8 if a.quick else len(clean))
-            clean = clean[:n]
-            if crop:
-                clean = np.ascontiguousarray(_centre(clean, (min(crop, clean.shape[1]), min(crop, clean.shape[2]))))
-            what = (f"{n} even-numbered BSD68 images ({len(transposed)} portrait images of the 34 transposed)"
-                    + (f", centre {clean.shape[1]}x{clean.shape[2]} crops" if crop else f", {clean.shape[1]}x{clean.shape[2]}"))
-            paper = PAPERS["bsd68"]
-        else:
-            import pn2v_vs_n2v
-
-            clean = pn2v_vs_n2v.load_set12(common.dataset_dir("set12", data, "*.png"))
-            if a.images:
-                clean = clean[:a.images]
-            what = f"{len(clean)} Set12 images (512x512 ones centre-cropped to 256x256)"
-            paper = PAPERS["set12"]
-        noisy = _gaussian_noise(clean, sigma, a.seed)
-        second = _gaussian_noise(clean, sigma, a.seed + 1000)
-        train400 = common.data_root(data) / "train400"
-        care_train, care_note = None, "no train400 folder"
-        if "care" in a.methods and train400.is_dir() and any(train400.glob("*.png")):
-            files = sorted(train400.glob("*.png"))
-            t_clean = np.stack([_read(f) for f in files])
-            care_train = (_gaussian_noise(t_clean, sigma, a.seed + 2000), t_clean)
-            care_note = f"CARE trained on the {len(files)} Train400 images (180x180) with the same noise"
-        return Dataset(name, f"{what}; Gaussian noise sigma {sigma:g} on 0..255, float32, not clipped, not "
-                       f"quantised (numpy default_rng({a.seed})); N2N target: a second draw (seed {a.seed + 1000}); "
-                       f"PSNR/SSIM peak 255 against the clean images", noisy, clean, 255.0,
-                       methods=("n2v", "n2v2", "n2n", "care"), second=second, care_train=care_train,
-                       care_note=care_note, sigma=sigma, paper=paper if sigma == 25 else "",
-                       why_not={"pn2v": "Gaussian noise: PN2V is benchmarked on set12-pg",
-                                "noise2stack": "independent images, no stack",
-                                "struct-n2v": "noise is pixel-independent"})
-    if name == "set12-pg":
-        import pn2v_vs_n2v
-
-        clean = pn2v_vs_n2v.load_set12(common.dataset_dir("set12", data, "*.png"))
-        if a.images:
-            clean = clean[:a.images]
-        peak, read = 30.0, 10.0
-        noisy = pn2v_vs_n2v.poisson_gaussian(clean, peak, read, a.seed)
-        calibration = pn2v_vs_n2v.poisson_gaussian(clean, peak, read, a.seed + 1)
-        second = pn2v_vs_n2v.poisson_gaussian(clean, peak, read, a.seed + 1000)
-        return Dataset(name, f"{len(clean)} Set12 images (256x256) with simulated Poisson-Gaussian noise "
-                       f"(pn2v_vs_n2v.poisson_gaussian: {peak:g} photons at 255, read sigma {read:g}, float32); PN2V "
-                       f"noise model: GMM fitted to calibration pairs (clean + an independent draw); peak 255",
-                       noisy, clean, 255.0, methods=("n2v", "n2v2", "pn2v", "n2n"), second=second,
-                       noise_model={"kind": "gmm", "calibration": calibration},
-                       why_not={"care": "no separate clean training images for this noise",
-                                "noise2stack": "independent images, no stack",
-                                "struct-n2v": "noise is pixel-independent"})
-    if name == "w2s":
-        folder = common.dataset_dir("w2s_8bit", data, "noisy_avg1")
-        pairs = lambda fovs: (np.stack([_read(folder / "noisy_avg1" / f"input_avg1_{f:03d}_{c}.tif") for f in fovs for c in range(3)]),  # noqa: E731
-                              np.stack([_read(folder / "gt_avg400" / f"target_avg400_{f:03d}_{c}.tif") for f in fovs for c in range(3)]))
-        noisy, clean = pairs(range(8, 11))
-        if a.images:
-            noisy, clean = noisy[:a.images], clean[:a.images]
-        care_train = pairs(range(1, 8)) if "care" in a.methods else None
-        return Dataset(name, f"W2S widefield FOVs 008-010 x 3 channels ({len(noisy)} images, 512x512, 8-bit): single "
-                       f"frame vs 400-frame average; every output fitted a*x+b to the ground truth (least squares) "
-                       f"before PSNR/SSIM, peak 255", noisy, clean, 255.0, fit=True,
-                       methods=("n2v", "n2v2", "care"), care_train=care_train,
-                       care_note="CARE trained on FOVs 001-007 (21 pairs; the 8-bit pairs have different scales, "
-                                 "CARE maps to the target's)",
-                       why_not={"n2n": "one noisy frame per field", "noise2stack": "no stack",
-                                "pn2v": "no calibration data here", "struct-n2v": "not applied"})
-    if name == "fmd":
-        folder = common.dataset_dir("fmd_samples", data, "*_raw*")
-        noisy = np.concatenate([_read(folder / "Confocal_FISH_3_raw.png")[None],
-                                _read(folder / "Confocal_BPAE_RGB_fov1_raw_3ch.tif")])
-        clean = np.concatenate([_read(folder / "Confocal_FISH_3_gt.png")[None],
-                                _read(folder / "Confocal_BPAE_RGB_fov1_gt_3ch.tif")])
-        return Dataset(name, "FMD confocal: FISH_3 and BPAE field 1 (3 channels), 4 images 512x512: raw capture vs "
-                       "50-frame average; PSNR/SSIM peak 255, no fit (FMD's protocol)", noisy, clean, 255.0,
-                       methods=("n2v", "n2v2"),
-                       why_not={"care": "no training pairs besides the test images", "n2n": "one raw frame each",
-                                "noise2stack": "channels are not a stack", "pn2v": "no calibration data here",
-                                "struct-n2v": "not applied"})
-    if name.startswith("hagen-"):
-        kind = name.split("-", 1)[1]
-        stem = {"mito": "mito-confocal", "nucleus": "nucleus", "membrane": "membrane"}[kind]
-        folder = common.dataset_dir("hagen_gigadb_8bit", data, "*.png")
-        low, high = _read(folder / f"{stem}-lowsnr-sample.png"), _read(folder / f"{stem}-highsnr-sample.png")
-        crop = a.crop or (512 if a.quick else (1024 if kind == "membrane" else None))
-        if crop:
-            low, high = _centre(low, (crop, crop)), _centre(high, (crop, crop))
-        noisy, clean = _tiles(low, TILE), _tiles(high, TILE)
-        if a.images:
-            noisy, clean = noisy[:a.images], clean[:a.images]
-        return Dataset(name, f"Hagen et al. {stem} low vs high SNR ({'central %dx%d' % (crop, crop) if crop else 'whole image'}"
-                       f" cut into {len(noisy)} tiles of {TILE}x{TILE}, the images of the statistics); each tile's "
-                       f"output fitted a*x+b to the high-SNR tile before PSNR/SSIM, peak 255; the high-SNR reference is not "
-                       f"noise-free (its noise counts against sharp outputs) and the low-SNR noise is row-correlated "
-                       f"(struct-n2v runs in the full mode)", noisy, clean, 255.0,
-                       fit=True, methods=("n2v", "n2v2", "struct-n2v"), paper=PAPERS["hagen"] if kind == "mito" else "",
-                       why_not={"care": "one pair: no training pair apart from the test image",
-                                "n2n": "one low-SNR frame", "noise2stack": "no stack",
-                                "pn2v": "no calibration data here"})
-    if name == "tirf":
-        import tifffile
-
-        folder = common.dataset_dir("acsn_scmos_tirf", data, "TIRF_200Hz.tif")
-        frames = np.asarray(tifffile.imread(folder / "TIRF_200Hz.tif"), dtype=np.float32)
-        mean = frames.mean(axis=0)
-        swap = np.arange(len(frames)) ^ 1  # 0<->1, 2<->3, ...
-        return Dataset(name, f"ACsN sCMOS TIRF: {len(frames)} repeated 256x256 frames of a static field (uint16 ADU as "
-                       f"float32); reference: the {len(frames)}-frame mean for every frame (it holds 1/{len(frames)} of "
-                       f"each frame's own noise); PSNR/SSIM peak = range of the mean ({float(np.ptp(mean)):.1f} ADU), "
-                       f"no fit; every frame scored", frames, np.broadcast_to(mean, frames.shape).copy(),
-                       float(np.ptp(mean)), methods=("n2v", "n2v2", "struct-n2v", "pn2v", "n2n", "noise2stack"),
-                       second=frames[swap], noise_model={"kind": "gmm", "repeats": True}, paper=PAPERS["tirf"],
-                       why_not={"care": "the only clean reference is the test frames' own mean"})
-    raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
+WINDOWS = (3, 5, 7)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -289,11 +103,8 @@ def estimate_noise_sigma(x: np.ndarray) -> tuple[float, str]:
 
         return float(estimate_sigma(x)), "from skimage.restoration.estimate_sigma"
     except ImportError:  # estimate_sigma needs PyWavelets
-        h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
-        v = np.asarray(x[:h, :w], np.float64)
-        hh = (v[0::2, 0::2] - v[0::2, 1::2] - v[1::2, 0::2] + v[1::2, 1::2]) / 2
-        return float(np.median(np.abs(hh)) / 0.6745), ("by Donoho's MAD of the diagonal Haar wavelet coefficients "
-                                                       "(PyWavelets, which skimage's estimate_sigma needs, is not installed)")
+        return haar_sigma(x), ("by Donoho's MAD of the diagonal Haar wavelet coefficients (PyWavelets, which "
+                               "skimage's estimate_sigma needs, is not installed)")
 
 
 def _edge(k: int) -> str:
@@ -341,37 +152,56 @@ def run_baseline(name: str, ds: Dataset, work: Path, a: argparse.Namespace) -> t
             out.append(bm3d.bm3d(x, sigma_psd=s))
         return np.stack(out).astype(np.float32), f"sigma: {how}"
     if name == "careamics-n2v":
-        try:
-            import careamics  # noqa: F401
-        except ImportError:
-            return None, "careamics not installed"
         return run_careamics(ds, work, a)
     raise SystemExit(f"unknown baseline {name!r}")
 
 
+CAREAMICS_TILE = (128, 128)
+
+
 def run_careamics(ds: Dataset, work: Path, a: argparse.Namespace) -> tuple[np.ndarray | None, str]:
-    """CAREamics N2V (the peer library) with the same patch, batch and wall-clock budget.
+    """CAREamics N2V (the peer library) with our network, patch, batch, seed and wall-clock budget.
 
-    Written against CAREamics 0.0.x (``CAREamist``, ``create_n2v_configuration``); not exercised
-    where careamics is not installed, so any failure is reported as a skip with its cause.
+    Its own U-Net at our shape (depth 2, 32 initial features, batch norm), its defaults otherwise
+    (mean/std normalisation, flips and 90-degree rotations, 20 % masked pixels in an 11x11 window,
+    Adam with ReduceLROnPlateau, validation on 8 held-out patches); Lightning's ``max_time`` stops
+    it. The weights at the stop are saved and its tiled prediction (``CAREAMICS_TILE`` tiles,
+    48-pixel overlap) uses them: CAREamics' default "last" checkpoint may lag the stop by epochs.
     """
-    try:
-        from careamics import CAREamist
-        from careamics.config import create_n2v_configuration
-        from lightning.pytorch.callbacks import Timer
+    careamics = common.import_careamics()
+    if careamics is None:
+        return None, "careamics not installed"
+    import logging
 
-        config = create_n2v_configuration(experiment_name="quality", data_type="array", axes="SYX",
-                                          patch_size=[64, 64], batch_size=16, num_epochs=10_000)
-        engine = CAREamist(config, work_dir=str(work / "careamics"), callbacks=[Timer(duration={"seconds": a.budget})])
-        engine.train(train_source=ds.noisy, val_percentage=0.1)
-        pred = engine.predict(source=ds.noisy, data_type="array", axes="SYX")
-        pred = np.concatenate([np.asarray(p).reshape(-1, *ds.noisy.shape[1:]) for p in pred]) if isinstance(pred, list) \
-            else np.asarray(pred).reshape(ds.noisy.shape)
-        import careamics
+    for logger in ("lightning.pytorch", "lightning.fabric", "careamics"):
+        logging.getLogger(logger).setLevel(logging.ERROR)
+    from careamics import CAREamist
+    from careamics.config import create_advanced_n2v_config
 
-        return pred.astype(np.float32), f"CAREamics {careamics.__version__} N2V, {a.budget:g} s (Lightning Timer)"
-    except Exception as exc:  # noqa: BLE001 - an optional peer: report, do not stop the benchmark
-        return None, f"careamics N2V failed ({type(exc).__name__}: {exc})"
+    n, h, w = ds.noisy.shape
+    val_patches = max(1, min(8, n * (h // 64) * (w // 64) // 8))  # its default 8, fewer on tiny inputs
+    accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(a.device, "auto")
+    config = create_advanced_n2v_config(
+        experiment_name="quality", data_type="array", axes="SYX", patch_size=[64, 64], batch_size=16,
+        num_epochs=1_000_000, n_val_patches=val_patches, model_params={"depth": 2, "num_channels_init": 32}, seed=a.seed + 1,  # it needs > 0
+        trainer_params={"max_time": {"seconds": a.budget}, "accelerator": accelerator, "devices": 1,
+                        "enable_model_summary": False})
+    folder = work / "careamics"
+    shutil.rmtree(folder, ignore_errors=True)
+    engine = CAREamist(config, work_dir=str(folder), enable_progress_bar=False)
+    t0 = time.perf_counter()
+    engine.train(train_data=ds.noisy)
+    train_s = time.perf_counter() - t0
+    steps = engine.trainer.global_step
+    final = folder / "final.ckpt"
+    engine.trainer.save_checkpoint(final)
+    t0 = time.perf_counter()
+    tile = tuple(min(t, s) for t, s in zip(CAREAMICS_TILE, ds.noisy.shape[1:]))
+    pred, _ = engine.predict(ds.noisy, tile_size=tile, tile_overlap=(48, 48), checkpoint=final)
+    predict_s = time.perf_counter() - t0
+    out = np.concatenate([np.asarray(p, np.float32).reshape(-1, *ds.noisy.shape[1:]) for p in pred])
+    return out, (f"CAREamics {careamics.__version__}: {steps} steps, train {train_s:.0f} s, predict {predict_s:.1f} s "
+                 f"({tile[0]}x{tile[1]} tiles, overlap 48)")
 
 
 # --------------------------------------------------------------------------- learned methods
@@ -389,9 +219,40 @@ def write_zarr(path: Path, array: np.ndarray) -> Path:
     return path
 
 
-def method_config(key: str, ds: Dataset, folder: Path, a: argparse.Namespace) -> tuple[dict, str]:
-    """``bigdenoise.train`` keyword arguments for method ``key`` on ``ds``, and a note."""
-    kw: dict = {"method": key, "axes": "SYX", "options": {}, "net": {}}
+def _pn2v_noise_model(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
+                      trained: set[str]) -> tuple[Path, str]:
+    """Fit and save PN2V's noise model; returns its folder and a note. Bootstrapping uses the
+    ``n2v`` row's model when this run trained one, else trains one with the same budget."""
+    from bigdenoise import noise_models as nm
+
+    kind = "gmm"
+    if key == "pn2v-bootstrap":  # Prakash et al. 2020: an N2V prediction is the pseudo-signal
+        n2v = folder / "model-n2v"
+        note = "n2v row's model"
+        if "n2v" not in trained:
+            n2v = folder / "model-n2v-for-bootstrap"
+            t0 = time.perf_counter()
+            _train(n2v, str(noisy_path), None, "SYX", {"method": "n2v"}, a)
+            note = f"an N2V model trained for it ({time.perf_counter() - t0:.0f} s)"
+        model, info = nm.make_noise_model(str(noisy_path), bootstrap=n2v, axes="SYX", kind=kind, seed=a.seed)
+        note = f"{kind} noise model bootstrapped from the {note}'s prediction (that N2V budget comes on top)"
+    elif "pairs" in ds.noise_model:
+        noisy, clean = ds.noise_model["pairs"]
+        model, info = nm.make_noise_model(noisy, clean=clean, axes="SYX", kind=kind, seed=a.seed)
+        note = f"{kind} noise model from {ds.noise_model['what']}"
+    else:
+        model, info = nm.make_noise_model(ds.noisy, repeats_axis="S", axes="SYX", kind=kind, seed=a.seed)
+        note = f"{kind} noise model from the {len(ds.noisy)} repeated frames"
+    path = folder / f"noise-model-{key}"
+    nm.save_noise_model(model, path, info=info, overwrite=True)
+    return path, note
+
+
+def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
+                  trained: set[str]) -> tuple[dict, str]:
+    """``bigdenoise.train`` keyword arguments for method ``key`` on ``ds`` (CARE's are per fold),
+    and a note."""
+    kw: dict = {"method": key, "axes": "SYX"}
     note = ""
     if key == "n2v2":
         kw.update(method="n2v", net={"n2v2": True}, options={"replacement": "median"})
@@ -401,55 +262,74 @@ def method_config(key: str, ds: Dataset, folder: Path, a: argparse.Namespace) ->
     elif key == "n2n":
         kw["target"] = str(write_zarr(folder / "second.zarr", ds.second))
     elif key == "noise2stack":
-        kw.update(axes="TYX", options={"stack_axis": "T", "neighbours": 2, "mode": "self"})
-        note = "self-supervised, 2 frames on each side"
-    elif key == "pn2v":
-        from bigdenoise import noise_models as nm
-
-        spec = ds.noise_model
-        if "calibration" in spec:  # the clean images with an independent noise draw
-            model, info = nm.make_noise_model(spec["calibration"], clean=ds.clean, axes="SYX", kind=spec["kind"],
-                                              seed=a.seed)
-            note = f"{spec['kind']} noise model from simulated calibration pairs"
-        else:
-            model, info = nm.make_noise_model(ds.noisy, repeats_axis="S", axes="SYX", kind=spec["kind"], seed=a.seed)
-            note = f"{spec['kind']} noise model from the {len(ds.noisy)} repeated frames"
-        nm.save_noise_model(model, folder / "noise-model", info=info, overwrite=True)
-        kw["options"] = {"noise_model": str(folder / "noise-model"), "samples": 64}
+        axis = ds.stack_axis
+        kw.update(axes=f"{axis}YX", options={"stack_axis": axis, "neighbours": ds.neighbours, "mode": "self"})
+        note = f"self-supervised along {axis}, {ds.neighbours} plane{'s' * (ds.neighbours > 1)} on each side"
+    elif key in ("pn2v", "pn2v-bootstrap"):
+        path, note = _pn2v_noise_model(key, ds, noisy_path, folder, a, trained)
+        kw.update(method="pn2v", options={"noise_model": str(path), "samples": 64})
         note += ", K = 64"
     elif key == "care":
-        noisy, clean = ds.care_train
-        kw["target"] = str(write_zarr(folder / "care-clean.zarr", clean))
-        kw["train_source"] = str(write_zarr(folder / "care-noisy.zarr", noisy))
         note = ds.care_note
     elif key != "n2v":
         raise SystemExit(f"unknown method {key!r}")
-    if not kw["net"]:
-        kw.pop("net")
     return kw, note
 
 
-def run_learned(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace) -> dict:
+def _train(out: Path, source: str, target: str | None, axes: str, kw: dict, a: argparse.Namespace):
+    import bigdenoise as bd
+
+    return bd.train(source, out, axes=axes, target=target, max_time=a.budget, seed=a.seed, device=a.device,
+                    overwrite=True, progress=False, **kw)
+
+
+def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Namespace) -> np.ndarray:
     import zarr
 
     import bigdenoise as bd
 
-    kw, note = method_config(key, ds, folder, a)
+    bd.predict(str(noisy_path), model, out, axes=axes, cluster="threads", overwrite=True, progress=False,
+               device=a.device)
+    return np.asarray(zarr.open_array(str(out), mode="r")[...], dtype=np.float32)
+
+
+def learned_why_not(key: str, ds: Dataset) -> str | None:
+    """Why the data of ``ds`` do not allow learned method ``key``, or None."""
+    if key not in ds.methods:
+        return ds.why_not.get(key, "not applicable to these data")
+    if key == "care" and not ds.care_folds:
+        return ds.care_note
+    return None
+
+
+def run_learned(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
+                trained: set[str]) -> dict:
+    """Train ``key`` on ``ds`` (CARE: one model per fold) and predict the noisy stack blockwise."""
+    kw, note = method_config(key, ds, noisy_path, folder, a, trained)
     axes = kw.pop("axes")
-    source = kw.pop("train_source", str(noisy_path))
     target = kw.pop("target", None)
-    t0 = time.perf_counter()
-    model = bd.train(source, folder / f"model-{key}", axes=axes, target=target, max_time=a.budget, seed=a.seed,
-                     device=a.device, overwrite=True, progress=False, **kw)
-    train_s = time.perf_counter() - t0
-    out = folder / f"denoised-{key}.zarr"
-    t0 = time.perf_counter()
-    summary = bd.predict(str(noisy_path), folder / f"model-{key}", out, axes=axes, cluster="threads",
-                         overwrite=True, progress=False, device=a.device)
-    predict_s = time.perf_counter() - t0
-    pred = np.asarray(zarr.open_array(str(out), mode="r")[...], dtype=np.float32)
-    return {"output": pred, "note": note, "steps": model.info.get("steps"), "train_s": train_s,
-            "predict_s": predict_s, "blocks": summary.get("blocks")}
+    folds = ds.care_folds if key == "care" else [None]
+    steps, train_s, predict_s, output = [], 0.0, 0.0, None
+    for i, fold in enumerate(folds):
+        name = f"{key}{i if len(folds) > 1 else ''}"
+        source = str(noisy_path)
+        if fold is not None:
+            source = str(write_zarr(folder / f"care-noisy{i}.zarr", fold.noisy))
+            target = str(write_zarr(folder / f"care-clean{i}.zarr", fold.clean))
+        t0 = time.perf_counter()
+        model = _train(folder / f"model-{name}", source, target, axes, kw, a)
+        train_s += time.perf_counter() - t0
+        steps.append(model.info.get("steps"))
+        t0 = time.perf_counter()
+        pred = _predict(noisy_path, folder / f"model-{name}", folder / f"denoised-{name}.zarr", axes, a)
+        predict_s += time.perf_counter() - t0
+        if output is None or fold.region is None:
+            output = pred
+        else:
+            output[:, fold.region] = pred[:, fold.region]
+    trained.add(key)
+    return {"output": output, "note": note, "steps": "+".join(map(str, steps)), "train_s": train_s,
+            "predict_s": predict_s}
 
 
 # --------------------------------------------------------------------------- figure
@@ -503,6 +383,32 @@ def _cell(values: list[float], digits: int) -> str:
     return f"{mean:.{digits}f}" if math.isnan(sem) else f"{mean:.{digits}f} ± {sem:.{digits}f}"
 
 
+NOT_PLANNED = "not in the quick plan"
+HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("noise2stack", "n2v"), ("n2n", "n2v"), ("care", "n2v"), ("pn2v", "n2v"),
+                ("pn2v-bootstrap", "n2v"))
+
+
+def head_to_head(results: dict) -> list[str]:
+    """Paired PSNR differences (same images) of the comparisons the issues ask for."""
+    lines = []
+    for m, ref in HEAD_TO_HEAD:
+        cells = []
+        for d, res in results.items():
+            if m in res["runs"] and ref in res["runs"]:
+                diff = np.subtract(res["runs"][m]["psnr"], res["runs"][ref]["psnr"])
+                mean, sem = metrics.mean_sem(list(diff))
+                spread = "" if math.isnan(sem) else f" ± {sem:.2f}"
+                cells.append(f"{d} {mean:+.2f}{spread} dB ({int(np.sum(diff > 0))}/{len(diff)} images higher)")
+        if cells:
+            lines.append(f"- {m} − {ref}: " + "; ".join(cells))
+    return ["PSNR of a method minus its reference method on the same images (mean ± standard error of the paired "
+            "differences):", "", *lines] if lines else []
+
+
+def panel_name(dataset: str, a: argparse.Namespace) -> str:
+    return f"quality_{a.section + '_' if a.section else ''}{dataset}.png"
+
+
 def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, machine, probes, seconds) -> str:
     names = list(results)
     rows = [m for m in methods if any(m in results[d]["runs"] for d in names)]
@@ -520,14 +426,15 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
     # reasons that hold for every data set (a package not installed) are said once
     common_skips = {m: why for m, why in results[names[0]]["skipped"].items()
                     if all(results[d]["skipped"].get(m) == why for d in names)} if names else {}
-    mode = "quick" if a.quick else "full"
-    out = [f"## Denoising quality: every method and baseline ({mode} mode)", "",
+    title = f"section {a.section}" if a.section else f"every method and baseline ({'quick' if a.quick else 'full'} mode)"
+    out = [f"## Denoising quality: {title}", "",
            f"- Date: {common.now()}; total run time {seconds / 60:.1f} min",
            f"- Machine: {common.format_machine(machine, probes)}",
            f"- Reproduce: `{common.this_command()}`",
            f"- Budget: every learned model trains for {a.budget:g} s of wall-clock time (`max_time`), seed {a.seed}, "
            "default U-Net (depth 2, 32 features), patch 64x64, batch 16, through `bigdenoise.train`; prediction "
-           "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr.",
+           "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr. CAREamics N2V: its own U-Net "
+           "at the same shape, patch, batch and budget (Lightning `max_time`), its tiled prediction.",
            "- **These are not the papers' settings.** The papers train for hours on GPUs (N2V on Train400 for BSD68, "
            "PN2V with depth 3, 64 features, K = 800); here every model gets a few CPU minutes or less and trains on "
            "the noisy test images themselves (self-supervised methods) or on the pairs listed below"
@@ -537,7 +444,7 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            "with the ground truth (an oracle choice in their favour).", "",
            "PSNR (dB), mean ± standard error over images:", "", *table("psnr", 2), "",
            "SSIM (Gaussian window sigma 1.5, `bigdenoise.metrics.ssim`), mean ± standard error over images:", "",
-           *table("ssim", 3), ""]
+           *table("ssim", 3), "", *head_to_head(results), ""]
     if common_skips:
         out += ["Not run anywhere: " + "; ".join(f"{m}: {why}" for m, why in common_skips.items()) + ".", ""]
     out += ["Per data set (— in the tables: the data do not allow the method, reason below):", ""]
@@ -557,9 +464,12 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
             if bits:
                 out.append(f"  - {m}: {'; '.join(bits)}")
         for m, why in res["skipped"].items():
-            if m not in common_skips:
+            if m not in common_skips and why != NOT_PLANNED:
                 out.append(f"  - {m}: not run — {why}")
-        out.append(f"  - panel: [figures/quality_{d}.png](figures/quality_{d}.png)")
+        unplanned = [m for m, why in res["skipped"].items() if why == NOT_PLANNED]
+        if unplanned:
+            out.append(f"  - {NOT_PLANNED}: {', '.join(unplanned)}")
+        out.append(f"  - panel: [figures/{panel_name(d, a)}](figures/{panel_name(d, a)})")
     out += ["", "Every output is scored the same way on a data set (for fitted data sets the noisy input too). "
             "PSNR and SSIM are `bigdenoise.metrics.psnr` / `ssim` with the stated peak; `si_psnr` (PN2V's "
             "scale-invariant PSNR) is available there as well."]
@@ -571,8 +481,8 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_DATASETS)}; few images and crops; "
-                   "N2V, N2N, Noise2Stack and the baselines; 45 s per model (under 15 min on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_PLAN)}; few images and crops; the "
+                   "methods of QUICK_PLAN; 45 s per model (under 15 min on 2 CPU cores)")
     p.add_argument("--datasets", help=f"comma-separated subset of {','.join(ALL_DATASETS)} "
                    "(default: all, or the quick set)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(BASELINES + LEARNED)} "
@@ -580,12 +490,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", help="training wall-clock budget per model: 90, 90s, 5m (default 45s quick, 5m full)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic noise and of training (default 0)")
     p.add_argument("--images", type=int, help="score at most this many images per data set")
-    p.add_argument("--crop", type=int, help="centre crop size for BSD68 and the Hagen images")
+    p.add_argument("--crop", type=int, help="centre crop size for BSD68, W2S and the Hagen images")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--data", help="the shared data folder (default: $BIGDENOISE_DATA, else <repo>/../shared/data)")
     p.add_argument("--work", help="folder for stacks, models and outputs (default <tmp>/bigdenoise-bench/quality; kept)")
     p.add_argument("--record", action="store_true", help="write the tables into benchmarks/RESULTS.md and the panels "
                    "into benchmarks/figures/")
+    p.add_argument("--section", help="record into the RESULTS.md section quality-NAME (panels quality_NAME_<dataset>"
+                   ".png) instead of the default section quality")
     a = p.parse_args(argv)
     from bigdenoise.cli import parse_duration
 
@@ -593,9 +505,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.budget = parse_duration(a.budget) if a.budget else (45.0 if a.quick else 300.0)
     except argparse.ArgumentTypeError as exc:
         p.error(f"--budget: {exc}")
-    a.datasets = _pick(p, a.datasets, QUICK_DATASETS if a.quick else ALL_DATASETS, ALL_DATASETS, "--datasets")
-    a.methods = _pick(p, a.methods, QUICK_METHODS if a.quick else BASELINES + LEARNED, BASELINES + LEARNED,
-                      "--methods")
+    if a.section and not all(c.isalnum() or c == "-" for c in a.section):
+        p.error("--section: letters, digits and - only")
+    a.plan = QUICK_PLAN if a.quick and not a.methods else None
+    a.datasets = _pick(p, a.datasets, QUICK_PLAN if a.quick else ALL_DATASETS, ALL_DATASETS, "--datasets")
+    planned = {m for d in a.datasets for m in QUICK_PLAN.get(d, ())} if a.plan else BASELINES + LEARNED
+    a.methods = _pick(p, a.methods, [m for m in BASELINES + LEARNED if m in planned], BASELINES + LEARNED, "--methods")
     return a
 
 
@@ -626,10 +541,17 @@ def main(argv=None) -> int:
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
         noisy_path = write_zarr(folder / "noisy.zarr", ds.noisy)
-        runs, skipped, panels = {}, {}, []
+        runs, skipped, panels, trained = {}, {}, [], set()
         print(f"\n== {name}: {ds.noisy.shape[0]} images {ds.noisy.shape[1]}x{ds.noisy.shape[2]}", flush=True)
         for m in a.methods:
             t0 = time.perf_counter()
+            why = None if m in BASELINES else learned_why_not(m, ds)
+            if why is None and a.plan and m not in a.plan.get(name, ()):
+                why = NOT_PLANNED
+            if why:
+                skipped[m] = why
+                print(f"  {m:<14} not run: {why}", flush=True)
+                continue
             if m in BASELINES:
                 output, note = run_baseline(m, ds, folder, a)
                 if output is None:
@@ -638,16 +560,12 @@ def main(argv=None) -> int:
                     continue
                 run = {"note": note, "seconds": time.perf_counter() - t0}
             else:
-                why = None
-                if m not in ds.methods:
-                    why = ds.why_not.get(m, "not applicable to these data")
-                elif m == "care" and ds.care_train is None:
-                    why = ds.care_note
-                if why:
-                    skipped[m] = why
-                    print(f"  {m:<14} not run: {why}", flush=True)
+                try:
+                    run = run_learned(m, ds, noisy_path, folder, a, trained)
+                except BigDenoiseError as exc:  # e.g. a bootstrapped noise model that does not fit: report it
+                    skipped[m] = f"failed: {exc}"
+                    print(f"  {m:<14} failed: {exc}", flush=True)
                     continue
-                run = run_learned(m, ds, noisy_path, folder, a)
                 output = run.pop("output")
             run["psnr"], run["ssim"], scored = score(ds, output)
             runs[m] = run
@@ -657,7 +575,7 @@ def main(argv=None) -> int:
                   f"{time.perf_counter() - t0:6.1f} s{extra}  {run.get('note', '')}", flush=True)
         results[name] = {"runs": runs, "skipped": skipped}
         if a.record and panels:
-            path = FIGURES / f"quality_{name}.png"
+            path = FIGURES / panel_name(name, a)
             save_panel(ds, panels, path)
             print(f"  panel: {path} ({path.stat().st_size / 1024:.0f} KB)", flush=True)
     probes.append(common.probe("after"))
@@ -665,7 +583,7 @@ def main(argv=None) -> int:
     text = report(results, datasets, a.methods, a, machine, probes, seconds)
     print("\n" + text)
     if a.record:
-        common.replace_section(common.RESULTS, "quality", text)
+        common.replace_section(common.RESULTS, f"quality-{a.section}" if a.section else "quality", text)
     print(f"\ntotal {seconds / 60:.1f} min")
     return 0
 

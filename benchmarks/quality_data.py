@@ -1,0 +1,367 @@
+"""The data sets of benchmarks/quality.py: each loads into a :class:`Dataset` (noisy images, their
+reference, how to score them, which learned methods the data allow and why not the others).
+
+Every data set is a stack of 2D images (N, H, W) float32; the images are the units of the
+statistics (for the stacks, planes or frames). Descriptions of the protocols are the
+``description`` strings, which go into RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import common
+
+from bigdenoise import metrics
+
+ALL_DATASETS = ("bsd68-s15", "bsd68-s25", "bsd68-s50", "set12-s15", "set12-s25", "set12-s50", "set12-pg", "w2s",
+                "fmd", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf", "timelapse", "phantom3d")
+TILE = 256
+PG_PEAK, PG_READ = 30.0, 10.0  # simulated Poisson-Gaussian noise: photons at 255, read-noise sigma (0..255 scale)
+PAPERS = {
+    "bsd68": "BSD68 (all 68 images) at sigma 25, Noise2Void paper (Krull et al. 2019): N2V 27.71 dB, BM3D 28.59, "
+             "supervised (Train400) 29.06; DnCNN 29.23 (Zhang et al. 2017)",
+    "set12": "Set12 at sigma 25: DnCNN-S 30.44 dB (Zhang et al. 2017)",
+    "tirf": "a single frame against the 20-frame mean: about 22.3 dB (data set README)",
+    "hagen": "low vs high SNR after an affine fit, whole 1024x1024 mito image: 20.1 dB (data set README)",
+    "stack": "Noise2Stack paper (Papkov et al. 2021): with two neighbouring planes 31.6 dB where N2V gets 26.8 dB "
+             "on its microscopy stacks",
+}
+
+
+@dataclass
+class CareFold:
+    """One CARE model: trained on (noisy, clean) pairs, it supplies the output where ``region``
+    (H, W) is true (None: everywhere)."""
+
+    noisy: np.ndarray
+    clean: np.ndarray
+    region: np.ndarray | None = None
+
+
+@dataclass
+class Dataset:
+    """One evaluation set: ``noisy`` and its reference ``clean``, (N, H, W) float32."""
+
+    name: str
+    description: str
+    noisy: np.ndarray
+    clean: np.ndarray
+    data_range: float
+    fit: bool = False  # affine-fit every output to the reference before the metrics
+    methods: tuple[str, ...] = ("n2v", "n2v2")  # learned methods the data allow
+    second: np.ndarray | None = None  # second noisy acquisition of the same images (N2N target)
+    care_folds: list[CareFold] = field(default_factory=list)  # empty: CARE not possible (care_note says why)
+    care_note: str = ""
+    noise_model: dict | None = None  # PN2V's calibration: {"kind", "pairs": (noisy, clean)} or {"kind", "repeats"}
+    stack_axis: str = "T"  # Noise2Stack: what the first axis is (T or Z) and the neighbours per side
+    neighbours: int = 1
+    sigma: float | None = None  # the known Gaussian noise sigma (BM3D), else estimated
+    why_not: dict[str, str] = field(default_factory=dict)  # learned method -> why the data do not allow it
+    paper: str = ""
+
+
+def _centre(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    y0, x0 = (image.shape[-2] - shape[0]) // 2, (image.shape[-1] - shape[1]) // 2
+    return image[..., y0:y0 + shape[0], x0:x0 + shape[1]]
+
+
+def _tiles(image: np.ndarray, size: int, skip: tuple[slice, slice] | None = None) -> np.ndarray:
+    """Non-overlapping ``size x size`` tiles of a 2D image (remainder dropped), (N, size, size);
+    tiles that overlap the box ``skip`` are left out."""
+    ny, nx = image.shape[0] // size, image.shape[1] // size
+    out = []
+    for i in range(ny):
+        for j in range(nx):
+            if skip is not None and (skip[0].start < (i + 1) * size and i * size < skip[0].stop
+                                     and skip[1].start < (j + 1) * size and j * size < skip[1].stop):
+                continue
+            out.append(image[i * size:(i + 1) * size, j * size:(j + 1) * size])
+    return np.stack(out) if out else np.empty((0, size, size), image.dtype)
+
+
+def _read(path: Path) -> np.ndarray:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path), dtype=np.float32)
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in ("L", "P", "I", "I;16"):
+            raise SystemExit(f"{path}: expected a single-channel image, got mode {image.mode}")
+        # mode P (the Hagen files): the 8-bit values are the palette indices, not the colours
+        return np.asarray(image, dtype=np.float32)
+
+
+def _gaussian_noise(clean: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (clean + rng.normal(0.0, sigma, clean.shape)).astype(np.float32)
+
+
+def _onto(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
+    """Each reference image mapped ``a * clean + b`` onto its noisy image's scale (least squares)."""
+    return np.stack([metrics.apply_affine_fit(c, x) for c, x in zip(clean, noisy)]).astype(np.float32)
+
+
+def _poisson_gaussian(clean: np.ndarray, seed: int) -> np.ndarray:
+    import pn2v_vs_n2v
+
+    return pn2v_vs_n2v.poisson_gaussian(np.clip(clean, 0, None), PG_PEAK, PG_READ, seed)
+
+
+PG_TEXT = (f"simulated Poisson-Gaussian noise x = g * Poisson(s / g) + N(0, {PG_READ:g}^2), g = 255 / {PG_PEAK:g} "
+           f"({PG_PEAK:g} photons at 255; pn2v_vs_n2v.poisson_gaussian), float32")
+
+
+def phantom3d(shape: tuple[int, int, int] = (32, 256, 256), seed: int = 0) -> np.ndarray:
+    """A smooth 3D phantom (Z, Y, X) on 0..255: soft-edged ellipsoids ("nuclei", 3-8 planes and
+    8-24 px in radius), 400 small spots and a faint smooth background, blurred by a Gaussian PSF
+    (sigma 1.5 planes in Z, 1 px in YX). Neighbouring planes share most of their signal."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    vol = np.zeros(shape, np.float32)
+    for _ in range(40):
+        centre = rng.uniform(0, shape)
+        radius = rng.uniform((3, 8, 8), (8, 24, 24))
+        d = np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radius)))
+        vol += rng.uniform(0.3, 1.0) / (1 + np.exp((d - 1) * 8))
+    spots = np.zeros(shape, np.float32)
+    idx = tuple(rng.integers(0, n, 400) for n in shape)
+    spots[idx] = rng.uniform(20, 60, 400)
+    vol += ndimage.gaussian_filter(spots, (1.2, 1.0, 1.0))
+    vol += 0.1 * ndimage.gaussian_filter(rng.random(shape, np.float32), 16) / 0.5
+    vol = ndimage.gaussian_filter(vol, (1.5, 1.0, 1.0))
+    return (vol / vol.max() * 255).astype(np.float32)
+
+
+def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
+    """Data set ``name`` with the options of ``a`` (data, quick, crop, images, seed, methods)."""
+    if name.startswith(("bsd68-s", "set12-s")):
+        return _synthetic_gaussian(name, a)
+    loader = {"set12-pg": _set12_pg, "w2s": _w2s, "fmd": _fmd, "tirf": _tirf, "timelapse": _timelapse,
+              "phantom3d": _phantom3d}.get(name)
+    if loader is None and name.startswith("hagen-"):
+        loader = _hagen
+    if loader is None:
+        raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
+    return loader(name, a)
+
+
+def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
+    sigma = float(name.split("-s")[1])
+    if name.startswith("bsd68"):
+        import bsd68_n2v
+
+        clean, _, transposed = bsd68_n2v.load_images(common.dataset_dir("bsd68_even", a.data, "test*.png"))
+        crop = a.crop or (256 if a.quick else None)
+        n = a.images or (8 if a.quick else len(clean))
+        clean = clean[:n]
+        if crop:
+            clean = np.ascontiguousarray(_centre(clean, (min(crop, clean.shape[1]), min(crop, clean.shape[2]))))
+        what = (f"{n} even-numbered BSD68 images ({len(transposed)} portrait images of the 34 transposed)"
+                + (f", centre {clean.shape[1]}x{clean.shape[2]} crops" if crop else f", {clean.shape[1]}x{clean.shape[2]}"))
+        paper = PAPERS["bsd68"]
+    else:
+        import pn2v_vs_n2v
+
+        clean = pn2v_vs_n2v.load_set12(common.dataset_dir("set12", a.data, "*.png"))
+        if a.images:
+            clean = clean[:a.images]
+        what = f"{len(clean)} Set12 images (512x512 ones centre-cropped to 256x256)"
+        paper = PAPERS["set12"]
+    noisy = _gaussian_noise(clean, sigma, a.seed)
+    second = _gaussian_noise(clean, sigma, a.seed + 1000)
+    train400 = common.data_root(a.data) / "train400"
+    folds, care_note = [], "no train400 folder"
+    if "care" in a.methods and train400.is_dir() and any(train400.glob("*.png")):
+        files = sorted(train400.glob("*.png"))
+        t_clean = np.stack([_read(f) for f in files])
+        folds = [CareFold(_gaussian_noise(t_clean, sigma, a.seed + 2000), t_clean)]
+        care_note = f"CARE trained on the {len(files)} Train400 images (180x180) with the same noise"
+    return Dataset(name, f"{what}; Gaussian noise sigma {sigma:g} on 0..255, float32, not clipped, not "
+                   f"quantised (numpy default_rng({a.seed})); N2N target: a second draw (seed {a.seed + 1000}); "
+                   f"PSNR/SSIM peak 255 against the clean images", noisy, clean, 255.0,
+                   methods=("n2v", "n2v2", "n2n", "care"), second=second, care_folds=folds,
+                   care_note=care_note, sigma=sigma, paper=paper if sigma == 25 else "",
+                   why_not={"pn2v": "Gaussian noise: PN2V is benchmarked on set12-pg",
+                            "pn2v-bootstrap": "Gaussian noise: PN2V is benchmarked on set12-pg",
+                            "noise2stack": "independent images, no stack",
+                            "struct-n2v": "noise is pixel-independent"})
+
+
+def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
+    import pn2v_vs_n2v
+
+    clean = pn2v_vs_n2v.load_set12(common.dataset_dir("set12", a.data, "*.png"))
+    if a.images:
+        clean = clean[:a.images]
+    noisy = _poisson_gaussian(clean, a.seed)
+    calibration = _poisson_gaussian(clean, a.seed + 1)
+    second = _poisson_gaussian(clean, a.seed + 1000)
+    return Dataset(name, f"{len(clean)} Set12 images (256x256) with {PG_TEXT}; PN2V noise model: GMM fitted to "
+                   f"calibration pairs (clean + an independent draw); peak 255", noisy, clean, 255.0,
+                   methods=("n2v", "n2v2", "pn2v", "pn2v-bootstrap", "n2n"), second=second,
+                   noise_model={"kind": "gmm", "pairs": (calibration, clean),
+                                "what": "simulated calibration pairs (clean + an independent draw)"},
+                   why_not={"care": "no separate clean training images for this noise",
+                            "noise2stack": "independent images, no stack",
+                            "struct-n2v": "noise is pixel-independent"})
+
+
+def _w2s(name: str, a: argparse.Namespace) -> Dataset:
+    folder = common.dataset_dir("w2s_8bit", a.data, "noisy_avg1")
+
+    def pairs(fovs: range) -> tuple[np.ndarray, np.ndarray]:
+        return (np.stack([_read(folder / "noisy_avg1" / f"input_avg1_{f:03d}_{c}.tif") for f in fovs for c in range(3)]),
+                np.stack([_read(folder / "gt_avg400" / f"target_avg400_{f:03d}_{c}.tif") for f in fovs for c in range(3)]))
+
+    noisy, clean = pairs(range(8, 11))
+    if a.images:
+        noisy, clean = noisy[:a.images], clean[:a.images]
+    crop = a.crop or (256 if a.quick else None)
+    if crop and crop < noisy.shape[1]:
+        noisy, clean = (np.ascontiguousarray(_centre(v, (crop, crop))) for v in (noisy, clean))
+    t_noisy, t_clean = pairs(range(1, 8))
+    t_mapped = _onto(t_clean, t_noisy)
+    return Dataset(name, f"W2S widefield FOVs 008-010 x 3 channels ({len(noisy)} images, "
+                   f"{'centre %dx%d crops of the ' % (crop, crop) if crop and crop < 512 else ''}512x512, 8-bit): "
+                   f"single frame vs 400-frame average; every output fitted a*x+b to the ground truth (least "
+                   f"squares) before PSNR/SSIM, peak 255", noisy, clean, 255.0, fit=True,
+                   methods=("n2v", "n2v2", "care", "pn2v", "pn2v-bootstrap"),
+                   care_folds=[CareFold(t_noisy, t_mapped)],
+                   care_note="CARE trained on FOVs 001-007 (21 pairs), each target mapped a*gt+b onto its noisy "
+                             "frame's 8-bit scale (the files were contrast-stretched independently)",
+                   noise_model={"kind": "gmm", "pairs": (t_noisy, t_mapped),
+                                "what": "the 21 training pairs of FOVs 001-007, each GT mapped a*gt+b onto its noisy "
+                                        "frame's 8-bit scale (each test file has its own stretch, so the model is "
+                                        "approximate there)"},
+                   why_not={"n2n": "one noisy frame per field (the 400 raw frames are not in the 8-bit set)",
+                            "noise2stack": "no stack (the 3 channels are different stains)",
+                            "struct-n2v": "not applied"})
+
+
+def _fmd(name: str, a: argparse.Namespace) -> Dataset:
+    folder = common.dataset_dir("fmd_samples", a.data, "*_raw*")
+    noisy = np.concatenate([_read(folder / "Confocal_FISH_3_raw.png")[None],
+                            _read(folder / "Confocal_BPAE_RGB_fov1_raw_3ch.tif")])
+    clean = np.concatenate([_read(folder / "Confocal_FISH_3_gt.png")[None],
+                            _read(folder / "Confocal_BPAE_RGB_fov1_gt_3ch.tif")])
+    half = noisy.shape[2] // 2
+    left = np.zeros(noisy.shape[1:], bool)
+    left[:, :half] = True
+    folds = [CareFold(noisy[..., half:], clean[..., half:], left), CareFold(noisy[..., :half], clean[..., :half], ~left)]
+    return Dataset(name, "FMD confocal: FISH_3 and BPAE field 1 (3 channels), 4 images 512x512: raw capture vs "
+                   "50-frame average; PSNR/SSIM peak 255, no fit (FMD's protocol)", noisy, clean, 255.0,
+                   methods=("n2v", "n2v2", "care"), care_folds=folds,
+                   care_note="2-fold cross-fitting: one model trained on the right halves of the 4 images predicts "
+                             "the left halves, another trained on the left halves the right halves (each the full "
+                             "budget); no training target is ever scored",
+                   why_not={"n2n": "one raw frame per field", "noise2stack": "channels are not a stack",
+                            "pn2v": "no calibration data here", "pn2v-bootstrap": "not wired for these data",
+                            "struct-n2v": "not applied"})
+
+
+def _hagen(name: str, a: argparse.Namespace) -> Dataset:
+    kind = name.split("-", 1)[1]
+    stem = {"mito": "mito-confocal", "nucleus": "nucleus", "membrane": "membrane"}.get(kind)
+    if stem is None:
+        raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
+    folder = common.dataset_dir("hagen_gigadb_8bit", a.data, "*.png")
+    low, high = _read(folder / f"{stem}-lowsnr-sample.png"), _read(folder / f"{stem}-highsnr-sample.png")
+    crop = a.crop or {"mito": 512, "nucleus": None, "membrane": 1024}[kind]
+    box = (slice(0, low.shape[0]), slice(0, low.shape[1]))
+    if crop and crop < low.shape[0]:
+        y0, x0 = (low.shape[0] - crop) // 2, (low.shape[1] - crop) // 2
+        box = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+    noisy, clean = _tiles(low[box], TILE), _tiles(high[box], TILE)
+    if a.images:
+        noisy, clean = noisy[:a.images], clean[:a.images]
+    t_noisy, t_clean = _tiles(low, TILE, skip=box), _tiles(high, TILE, skip=box)
+    folds, care_note = [], "the whole image is scored: no training tiles apart from it (pass --crop)"
+    if len(t_noisy):
+        folds = [CareFold(t_noisy, _onto(t_clean, t_noisy))]
+        care_note = (f"CARE trained on the {len(t_noisy)} tiles of {TILE}x{TILE} outside the scored crop (the same "
+                     f"acquisition), targets mapped a*high+b onto each low-SNR tile")
+    scored = f"central {crop}x{crop}" if box[0].stop - box[0].start < low.shape[0] else "whole image"
+    return Dataset(name, f"Hagen et al. {stem} low vs high SNR ({scored} cut into {len(noisy)} tiles of {TILE}x{TILE}, "
+                   f"the images of the statistics); each tile's output fitted a*x+b to the high-SNR tile before "
+                   f"PSNR/SSIM, peak 255; the high-SNR reference is not noise-free (its noise counts against sharp "
+                   f"outputs) and the low-SNR noise is row-correlated", noisy, clean, 255.0,
+                   fit=True, methods=("n2v", "n2v2", "struct-n2v", "care"), care_folds=folds, care_note=care_note,
+                   paper=PAPERS["hagen"] if kind == "mito" else "",
+                   why_not={"n2n": "one low-SNR frame (N2N needs two noisy acquisitions)", "noise2stack": "no stack",
+                            "pn2v": "no calibration data here", "pn2v-bootstrap": "row-correlated noise: a "
+                            "pixel-wise noise model does not describe it"})
+
+
+def _tirf(name: str, a: argparse.Namespace) -> Dataset:
+    import tifffile
+
+    folder = common.dataset_dir("acsn_scmos_tirf", a.data, "TIRF_200Hz.tif")
+    frames = np.asarray(tifffile.imread(folder / "TIRF_200Hz.tif"), dtype=np.float32)
+    mean = frames.mean(axis=0)
+    swap = np.arange(len(frames)) ^ 1  # 0<->1, 2<->3, ...
+    return Dataset(name, f"ACsN sCMOS TIRF: {len(frames)} repeated 256x256 frames of a static field (uint16 ADU as "
+                   f"float32); reference: the {len(frames)}-frame mean for every frame (it holds 1/{len(frames)} of "
+                   f"each frame's own noise); PSNR/SSIM peak = range of the mean ({float(np.ptp(mean)):.1f} ADU), "
+                   f"no fit; every frame scored; Noise2Stack along the frames (static field: 2 on each side)",
+                   frames, np.broadcast_to(mean, frames.shape).copy(), float(np.ptp(mean)),
+                   methods=("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "noise2stack"),
+                   second=frames[swap], noise_model={"kind": "gmm", "repeats": True}, neighbours=2,
+                   paper=PAPERS["tirf"],
+                   why_not={"care": "the only clean reference is the test frames' own mean"})
+
+
+def _timelapse(name: str, a: argparse.Namespace) -> Dataset:
+    import tifffile
+
+    folder = common.dataset_dir("cell_migration_timelapse", a.data, "*.tif")
+    raw = np.asarray(tifffile.imread(folder / "cancer_cell_migration_crop.tif"), dtype=np.float32)
+    lo, hi = np.percentile(raw, [0.1, 99.9])
+    ref = np.clip((raw - lo) / (hi - lo) * 255, 0, None).astype(np.float32)
+    if a.images:
+        ref = ref[:a.images]
+    own = float(np.mean([haar_sigma(x) for x in ref]))
+    return Dataset(name, f"Cell-migration time-lapse (Tinevez & Jacquemet), {len(ref)} frames 130x130 along T; "
+                   f"reference: the recorded frames mapped to 0..255 (0.1/99.9 percentiles, clipped below at 0); "
+                   f"noisy: {PG_TEXT}; N2N target: a second draw; the reference keeps its own moderate noise "
+                   f"(sigma about {own:.1f} by the MAD estimate, against 20-50 added), which caps the measurable PSNR; "
+                   f"peak 255, no fit; Noise2Stack along T, 1 frame on each side (the cells move: consecutive "
+                   f"frames correlate about 0.87)", _poisson_gaussian(ref, a.seed), ref, 255.0,
+                   methods=("n2v", "n2v2", "n2n", "noise2stack"), second=_poisson_gaussian(ref, a.seed + 1000),
+                   stack_axis="T", neighbours=1, paper=PAPERS["stack"],
+                   why_not={"care": "no clean frames apart from the scored ones",
+                            "pn2v": "not wired for these data", "pn2v-bootstrap": "not wired for these data",
+                            "struct-n2v": "noise is pixel-independent"})
+
+
+def _phantom3d(name: str, a: argparse.Namespace) -> Dataset:
+    shape = (a.images or 32, 256, 256)
+    clean = phantom3d(shape, a.seed)
+    train = phantom3d(shape, a.seed + 1)
+    return Dataset(name, f"generated smooth 3D phantom (quality_data.phantom3d, seed {a.seed}), {shape[0]} planes "
+                   f"{shape[1]}x{shape[2]} along Z: soft ellipsoids, small spots, a faint background, Gaussian PSF "
+                   f"(sigma 1.5 planes in Z, 1 px in YX), 0..255; noisy: {PG_TEXT}; every plane scored, peak 255, no "
+                   f"fit; N2V is 2D on the planes; Noise2Stack along Z, 1 plane on each side; N2N target: a second "
+                   f"draw", _poisson_gaussian(clean, a.seed), clean, 255.0,
+                   methods=("n2v", "n2v2", "n2n", "care", "noise2stack"), second=_poisson_gaussian(clean, a.seed + 1000),
+                   care_folds=[CareFold(_poisson_gaussian(train, a.seed + 2000), train)],
+                   care_note=f"CARE trained on a second phantom (seed {a.seed + 1}) with the same noise",
+                   stack_axis="Z", neighbours=1, paper=PAPERS["stack"],
+                   why_not={"pn2v": "not wired for these data", "pn2v-bootstrap": "not wired for these data",
+                            "struct-n2v": "noise is pixel-independent"})
+
+
+def haar_sigma(x: np.ndarray) -> float:
+    """Gaussian noise sigma by Donoho's MAD of the finest diagonal Haar coefficients."""
+    h, w = (x.shape[0] // 2) * 2, (x.shape[1] // 2) * 2
+    v = np.asarray(x[:h, :w], np.float64)
+    hh = (v[0::2, 0::2] - v[0::2, 1::2] - v[1::2, 0::2] + v[1::2, 1::2]) / 2
+    return float(np.median(np.abs(hh)) / 0.6745)
