@@ -52,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="threads, local, or both as 'threads,local' (default threads)")
     p.add_argument("--workers", type=int, help="worker processes for --cluster local (default: bigdenoise's)")
     p.add_argument("--repeats", type=int, default=3, help="rounds of (a, b) (default 3); medians are reported")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass, both paths (default 4, predict's)")
+    p.add_argument("--batch-size", type=int,
+                   help="tiles per forward pass, both paths (default: predict's choice, infer.forward_batch_size)")
     p.add_argument("--tile", type=parse_shape, help="tile core size (default: the planner's)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -140,7 +141,7 @@ def main(argv=None) -> int:
     import torch
 
     import bigdenoise
-    from bigdenoise.infer import plan_for
+    from bigdenoise.infer import for_inference, forward_batch_size, plan_for
     from bigdenoise.package import load_model
     from bigdenoise.tiling import block_shape_for
     from bigdenoise.train import pick_device
@@ -172,9 +173,10 @@ def main(argv=None) -> int:
         print(f"wrote {vol_path} {shape} {axes} {a.dtype} chunks {chunks} and an untrained U-Net "
               f"(depth {a.depth}, features {a.features}) in {time.perf_counter() - t0:.1f} s", flush=True)
 
-        model = load_model(model_path, device=device)
+        model = for_inference(load_model(model_path, device=device))  # as predict's workers run it
         block = block_shape_for(chunks, shape, 4 * 2**20)  # as predict chooses it
         plan = plan_for(model, shape, axes, tile=a.tile, block=block)
+        a.batch_size = forward_batch_size(model, plan, a.batch_size, a.precision)
         n_tiles = math.prod(plan.n_tiles)
         voxels = math.prod(shape)
         spatial = [i for i, r in enumerate(plan.roles) if r == "spatial"]

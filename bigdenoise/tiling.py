@@ -110,7 +110,7 @@ def make_plan(
         multiples of it.
     channel_halo : neighbouring planes on each side along a channel axis.
     tile : core size along spatial axes (one value for all, or one per spatial axis);
-        default 256 in 2D and 64 in 3D, shrunk to the volume.
+        default 512 in 2D and 64 in 3D, shrunk to the volume.
     overlap : blend overlap along spatial axes; 0 (the default) blends nothing, which is exact
         whenever the halo covers the receptive field.
     block : the block shape of the run; tiles are no larger than a block along any axis, so a
@@ -120,7 +120,7 @@ def make_plan(
     """
     spatial = [i for i, r in enumerate(roles) if r == "spatial"]
     if tile is None:
-        tile = 256 if len(spatial) <= 2 else 64
+        tile = 512 if len(spatial) <= 2 else 64
     tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
     if len(tiles) != len(spatial):
         raise ValueError(f"tile {tiles} needs one entry per spatial axis ({len(spatial)})")

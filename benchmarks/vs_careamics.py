@@ -1,0 +1,366 @@
+"""CPU speed against CAREamics 0.3.5 on the same network (U-Net depth 2, 32 features), in one run.
+
+Rounds are interleaved (CAREamics, bigdenoise, CAREamics, bigdenoise, ...) and every number is
+a ratio of two measurements taken side by side, because this machine's speed drifts:
+
+- 2D predict on a 2048x2048 image and 3D predict on a 32x256x256 volume: CAREamics's tiled
+  ``CAREamist.predict`` on the in-memory array vs ``bigdenoise.predict`` Zarr to Zarr (Dask
+  threads), Mvox/s each and the ratio (goal >= 2);
+- the compute limit: the network's multiply-accumulates per voxel (counted from the model's
+  convolutions) x our output voxels/s / the matmul peak measured in the same round (goal >= 0.7);
+- blockwise predict vs the pure forward of the same (folded) network on in-memory tiles of the
+  planner's input shape (``throughput.py``'s measurement, goal >= 0.9);
+- N2V training patches/s at patch 64x64, batch 16: ``bigdenoise.train`` reading lazily from a
+  Zarr array vs ``CAREamist.train`` on the in-memory array, over a fixed number of steps after
+  as many warm-up steps (goal >= 1.2).
+
+Usage: python benchmarks/vs_careamics.py [--quick] [--rounds 2] [--record]
+Needs CAREamics 0.3.5 beside the CPU torch (benchmarks/README.md); the networks are untrained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+import common
+import throughput
+
+PATCH, BATCH = (64, 64), 16
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes to check the script in a few minutes (512x512, 16x64x64, 3+3 steps)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of every comparison (default 2)")
+    p.add_argument("--size-2d", type=int, help="side of the 2D image (default 2048)")
+    p.add_argument("--shape-3d", type=throughput.parse_shape, help="3D volume ZYX (default 32,256,256)")
+    p.add_argument("--steps", type=int, help="measured training steps, after as many warm-up steps (default 20)")
+    p.add_argument("--tile-2d", type=throughput.parse_shape, help="bigdenoise tile in 2D (default: the planner's)")
+    p.add_argument("--tile-3d", type=throughput.parse_shape, help="bigdenoise tile in 3D (default: the planner's)")
+    p.add_argument("--careamics-tile-2d", type=throughput.parse_shape, default=(256, 256))
+    p.add_argument("--careamics-overlap-2d", type=throughput.parse_shape, default=(48, 48))
+    p.add_argument("--careamics-tile-3d", type=throughput.parse_shape, default=(32, 128, 128))
+    p.add_argument("--careamics-overlap-3d", type=throughput.parse_shape, default=(8, 48, 48))
+    p.add_argument("--only", default="2d,3d,train", help="comparisons to run (default 2d,3d,train)")
+    p.add_argument("--work", help="working folder (default: a temporary folder, removed)")
+    p.add_argument("--record", action="store_true", help="write the result into benchmarks/RESULTS.md")
+    a = p.parse_args(argv)
+    a.size_2d = a.size_2d or (512 if a.quick else 2048)
+    a.shape_3d = a.shape_3d or ((16, 64, 64) if a.quick else (32, 256, 256))
+    a.steps = a.steps or (3 if a.quick else 20)
+    a.only = {x.strip() for x in a.only.split(",") if x.strip()}
+    if a.rounds < 1:
+        p.error("--rounds must be >= 1")
+    a.careamics_tile_3d = tuple(min(t, n) for t, n in zip(a.careamics_tile_3d, a.shape_3d))
+    return a
+
+
+# --------------------------------------------------------------------------- the network's cost
+
+
+def macs_per_voxel(net, ndim: int) -> float:
+    """Multiply-accumulates of one forward pass per input voxel, counted over the convolutions
+    of ``net`` (biases, norms, pooling and activations left out) on a 1-channel input."""
+    import torch
+
+    total = [0]
+
+    def count(module, inputs, output) -> None:
+        k = math.prod(module.kernel_size) * module.in_channels // module.groups
+        total[0] += output.numel() * k
+
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+    hooks = [m.register_forward_hook(count) for m in convs]
+    shape = (1, 1) + ((64, 64) if ndim == 2 else (16, 32, 32))
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total[0] / math.prod(shape)
+
+
+# --------------------------------------------------------------------------- CAREamics
+
+
+def step_timer():
+    """A Lightning callback recording, in ``.times``, the time at the end of every training batch."""
+    from lightning.pytorch import Callback
+
+    class StepTimes(Callback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.times.append(time.perf_counter())
+
+    return StepTimes()
+
+
+def careamist(work: Path, axes: str, patch, batch: int, steps: int, callbacks=(), n_val: int = 8):
+    """A CAREamist for N2V with the default U-Net (depth 2, 32 features), ``steps`` batches per
+    epoch, ``n_val`` validation patches (CAREamics's default 8)."""
+    from careamics import CAREamist
+    from careamics.config import create_n2v_config
+
+    config = create_n2v_config(experiment_name="bench", data_type="array", axes=axes, patch_size=list(patch),
+                               batch_size=batch, num_epochs=1, num_steps=steps, n_val_patches=n_val)
+    model = config.algorithm_config.model
+    assert model.depth == 2 and model.num_channels_init == 32, model
+    return CAREamist(config, work_dir=str(work), callbacks=list(callbacks), enable_progress_bar=False)
+
+
+def careamics_net(work: Path):
+    """CAREamics's own U-Net module for the 2D N2V configuration (to count its MACs)."""
+    return careamist(work, "YX", PATCH, BATCH, 1).model.model.eval()
+
+
+def careamics_predictor(work: Path, data: np.ndarray, axes: str):
+    """A CAREamist whose normalisation was measured on ``data`` (one training step: CAREamics
+    predicts only with a trained configuration); its weights stay essentially untrained."""
+    patch = PATCH if axes == "YX" else (min(16, data.shape[0]), 64, 64)
+    engine = careamist(work, axes, patch, BATCH if axes == "YX" else 2, 1, n_val=1)
+    engine.train(train_data=data)
+    return engine
+
+
+def careamics_predict(engine, data: np.ndarray, axes: str, tile, overlap) -> float:
+    t0 = time.perf_counter()
+    out, _ = engine.predict(data, axes=axes, tile_size=tuple(tile), tile_overlap=tuple(overlap), data_type="array")
+    seconds = time.perf_counter() - t0
+    if np.squeeze(out[0]).shape != data.shape:
+        raise SystemExit(f"CAREamics predicted shape {np.shape(out[0])}, expected {data.shape}")
+    return seconds
+
+
+def careamics_train_rate(work: Path, data: np.ndarray, steps: int) -> float:
+    """CAREamics N2V patches/s over ``steps`` batches after ``steps`` warm-up batches."""
+    timer = step_timer()
+    engine = careamist(work, "SYX", PATCH, BATCH, 2 * steps, callbacks=[timer])
+    engine.train(train_data=data)
+    t = timer.times
+    if len(t) < 2 * steps:
+        raise SystemExit(f"CAREamics ran {len(t)} training steps, expected {2 * steps}: give it more data")
+    return steps * BATCH / (t[2 * steps - 1] - t[steps - 1])
+
+
+# --------------------------------------------------------------------------- bigdenoise
+
+
+def our_train_rate(zarr_path: Path, out: Path, steps: int) -> float:
+    """bigdenoise N2V patches/s over ``steps`` steps after ``steps`` warm-up steps: the second
+    window of ``history.csv`` (it includes one validation batch and one checkpoint)."""
+    import csv
+
+    import bigdenoise
+
+    bigdenoise.train(zarr_path, out, method="n2v", axes="SYX", patch=PATCH, batch_size=BATCH, steps=2 * steps,
+                     val_every=steps, val_patches=BATCH, net={"depth": 2, "features": 32}, overwrite=True,
+                     progress=False)
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    return float(rows[1]["patches_per_s"])
+
+
+class Predict:
+    """bigdenoise's side of one predict comparison: a Zarr volume, an untrained model package,
+    its plan and in-memory forward tiles (``throughput.py``'s measurement)."""
+
+    def __init__(self, work: Path, shape, axes: str, chunks, tile) -> None:
+        from bigdenoise.infer import for_inference, forward_batch_size, plan_for
+        from bigdenoise.package import load_model
+        from bigdenoise.tiling import block_shape_for
+
+        self.work, self.axes, self.tile = work, axes, tile
+        shutil.rmtree(work, ignore_errors=True)
+        self.volume, self.model_path, self.out = work / "volume.zarr", work / "model", work / "out.zarr"
+        stats = throughput.write_volume(self.volume, shape, chunks, axes, "uint16")
+        throughput.make_model(self.model_path, axes, 2, 32, stats)
+        self.model = for_inference(load_model(self.model_path))  # what predict's workers run
+        block = block_shape_for(chunks, shape, 4 * 2**20)
+        self.plan = plan_for(self.model, shape, axes, tile=tile, block=block)
+        self.voxels = math.prod(shape)
+        self.n_tiles = math.prod(self.plan.n_tiles)
+        self.input_voxels = self.n_tiles * math.prod(self.plan.input_shape)
+        self.batch = forward_batch_size(self.model, self.plan)
+        rng = np.random.default_rng(1)
+        net_input = (1, *(self.plan.input_shape[i] for i, r in enumerate(self.plan.roles) if r == "spatial"))
+        self.pool = [rng.standard_normal((self.batch, *net_input)).astype(np.float32)]
+        throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32", lambda: None)  # warm-up
+
+    def data(self) -> np.ndarray:
+        import zarr
+
+        return zarr.open_array(str(self.volume), mode="r")[...].astype(np.float32)
+
+    def predict(self) -> float:
+        import bigdenoise
+
+        throughput.fresh_worker_state()
+        t0 = time.perf_counter()
+        summary = bigdenoise.predict(self.volume, self.model_path, self.out, cluster="threads", overwrite=True,
+                                     tile=self.tile, progress=False)
+        seconds = time.perf_counter() - t0
+        if summary["voxels"] != self.voxels:
+            raise SystemExit(f"predict wrote {summary['voxels']} voxels, expected {self.voxels}")
+        return seconds
+
+    def forward(self) -> float:
+        return throughput.forward_once(self.model, self.pool, self.n_tiles, self.batch, "fp32", lambda: None)
+
+    def describe(self) -> str:
+        return (f"tile {self.plan.tile}, halo {self.plan.halo}, tile input {self.plan.input_shape}, "
+                f"{self.n_tiles} tiles, batch {self.batch}; input tile voxels / output voxels "
+                f"{self.input_voxels / self.voxels:.3f}")
+
+
+# --------------------------------------------------------------------------- the comparisons
+
+
+def compare_predict(a, name: str, ours: Predict, cm_tile, cm_overlap, macs: float, rounds: int) -> dict:
+    """Interleaved rounds: CAREamics predict, bigdenoise predict, forward; one probe per round."""
+    data = ours.data()
+    engine = careamics_predictor(ours.work / "careamics", data, ours.axes)
+    careamics_predict(engine, data, ours.axes, cm_tile, cm_overlap)  # warm-up
+    rows = []
+    for r in range(rounds):
+        cm = careamics_predict(engine, data, ours.axes, cm_tile, cm_overlap)
+        gflops = common.matmul_gflops()
+        bd = ours.predict()
+        fwd = ours.forward()
+        row = {"careamics_s": cm, "ours_s": bd, "forward_s": fwd, "gflops": gflops}
+        row["ratio"] = cm / bd
+        row["limit_fraction"] = ours.voxels / bd * 2 * macs / (gflops * 1e9)
+        row["forward_fraction"] = ours.input_voxels / fwd * 2 * macs / (gflops * 1e9)
+        row["blockwise"] = fwd / bd
+        rows.append(row)
+        print(f"{name} round {r + 1}: CAREamics {ours.voxels / cm / 1e6:.3f} Mvox/s ({cm:.2f} s), bigdenoise "
+              f"{ours.voxels / bd / 1e6:.3f} Mvox/s ({bd:.2f} s), forward {ours.voxels / fwd / 1e6:.3f} Mvox/s "
+              f"({fwd:.2f} s); matmul {gflops:.0f} GFLOP/s; ratio {row['ratio']:.2f}, compute limit "
+              f"{row['limit_fraction']:.2f}, blockwise/forward {row['blockwise']:.2f}", flush=True)
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    return {"name": name, "rows": rows, "median": med, "voxels": ours.voxels, "macs": macs,
+            "plan": ours.describe(), "careamics_tiles": f"tile {tuple(cm_tile)}, overlap {tuple(cm_overlap)}"}
+
+
+def compare_train(work: Path, steps: int, rounds: int) -> dict:
+    n_images = math.ceil(2 * steps * BATCH / ((512 // PATCH[0]) * (512 // PATCH[1]))) + 1
+    chunks = (1, 512, 512)
+    zarr_path = work / "train.zarr"
+    shutil.rmtree(zarr_path, ignore_errors=True)
+    throughput.write_volume(zarr_path, (n_images, 512, 512), chunks, "SYX", "uint16", seed=2)
+    import zarr
+
+    data = zarr.open_array(str(zarr_path), mode="r")[...].astype(np.float32)
+    rows = []
+    for r in range(rounds):
+        cm = careamics_train_rate(work / f"careamics-train-{r}", data, steps)
+        bd = our_train_rate(zarr_path, work / f"model-train-{r}", steps)
+        rows.append({"careamics": cm, "ours": bd, "ratio": bd / cm})
+        print(f"train round {r + 1}: CAREamics {cm:.1f} patches/s, bigdenoise {bd:.1f} patches/s, "
+              f"ratio {bd / cm:.2f}", flush=True)
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    return {"rows": rows, "median": med, "shape": (n_images, 512, 512), "chunks": chunks}
+
+
+def goal(value: float, target: float) -> str:
+    return f"**{value:.2f}** ({'met' if value >= target else 'NOT met'}, goal >= {target:g})"
+
+
+def report(a, results: list[dict], train: dict | None, macs: dict, machine, probes) -> str:
+    lines = [f"- Date: {common.now()}",
+             f"- Machine: {common.format_machine(machine, probes)}",
+             f"- Reproduce: `{common.this_command()}` (with CAREamics 0.3.5 installed, benchmarks/README.md)",
+             f"- Network: U-Net depth 2, 32 features, batch norm, untrained, in both libraries "
+             f"(CAREamics up-samples bilinearly, bigdenoise nearest). Convolution MACs counted from the models: "
+             + ", ".join(f"{k} {v / 1e3:.1f} k/voxel" for k, v in macs.items()) + ".",
+             f"- {a.rounds} interleaved rounds, medians; the compute limit of a round is its matmul probe "
+             f"(fp32 GFLOP/s, taken just before our predict) / (2 x MACs per voxel).", ""]
+    if results:
+        lines += ["| predict | CAREamics Mvox/s | bigdenoise Mvox/s | ratio | fraction of the compute limit "
+                  "| blockwise / forward |", "|---|---|---|---|---|---|"]
+        for res in results:
+            m, v = res["median"], res["voxels"]
+            lines.append(f"| {res['name']} | {v / m['careamics_s'] / 1e6:.3f} | {v / m['ours_s'] / 1e6:.3f} | "
+                         f"{goal(m['ratio'], 2)} | {goal(m['limit_fraction'], 0.7)} | {goal(m['blockwise'], 0.9)} |")
+        lines.append("")
+        for res in results:
+            per_round = "; ".join(f"{r['careamics_s']:.2f} / {r['ours_s']:.2f} / {r['forward_s']:.2f} s at "
+                                  f"{r['gflops']:.0f} GFLOP/s" for r in res["rows"])
+            lines.append(f"- {res['name']}: CAREamics `predict` {res['careamics_tiles']}; bigdenoise "
+                         f"{res['plan']}. Forward alone reaches {res['median']['forward_fraction']:.2f} of the "
+                         f"limit over its input tile voxels. Per round (CAREamics / bigdenoise / forward): "
+                         f"{per_round}.")
+    if train is not None:
+        m = train["median"]
+        lines += ["", "| N2V training, patch 64x64, batch 16 | CAREamics patches/s | bigdenoise patches/s | ratio |",
+                  "|---|---|---|---|",
+                  f"| {a.steps} steps after {a.steps} warm-up | {m['careamics']:.1f} | {m['ours']:.1f} | "
+                  f"{goal(m['ratio'], 1.2)} |", "",
+                  f"- Data: {train['shape']} SYX, uint16; bigdenoise reads it lazily from Zarr (chunks "
+                  f"{train['chunks']}), CAREamics from the in-memory array. Per round: "
+                  + "; ".join(f"{r['careamics']:.1f} / {r['ours']:.1f}" for r in train["rows"]) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if common.import_careamics() is None:
+        raise SystemExit(f"careamics is not installed: {common.CAREAMICS_INSTALL}")
+    import torch
+
+    from bigdenoise.nets import build_unet
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(os.cpu_count() or 1)  # as predict's in-process worker
+    machine = common.machine_info()
+    probes = [common.probe("before")]
+    macs = {"2D": macs_per_voxel(build_unet(2, 1, 1).eval(), 2), "3D": macs_per_voxel(build_unet(3, 1, 1).eval(), 3)}
+    tmp = None
+    work = Path(a.work) if a.work else Path(tmp := tempfile.mkdtemp(prefix="bigdenoise-vs-careamics-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        macs["CAREamics 2D"] = macs_per_voxel(careamics_net(work / "count"), 2)
+        print("U-Net MACs per voxel: " + ", ".join(f"{k} {v:,.0f}" for k, v in macs.items()), flush=True)
+        results = []
+        if "2d" in a.only:
+            n = a.size_2d
+            ours = Predict(work / "2d", (n, n), "YX", (min(512, n), min(512, n)), a.tile_2d)
+            results.append(compare_predict(a, f"2D {n}x{n}", ours, a.careamics_tile_2d, a.careamics_overlap_2d,
+                                           macs["2D"], a.rounds))
+        if "3d" in a.only:
+            shape = tuple(a.shape_3d)
+            ours = Predict(work / "3d", shape, "ZYX", tuple(min(c, s) for c, s in zip((64, 128, 128), shape)),
+                           a.tile_3d)
+            results.append(compare_predict(a, f"3D {'x'.join(map(str, shape))}", ours, a.careamics_tile_3d,
+                                           a.careamics_overlap_3d, macs["3D"], a.rounds))
+        train = compare_train(work, a.steps, a.rounds) if "train" in a.only else None
+        probes.append(common.probe("after"))
+        text = report(a, results, train, macs, machine, probes)
+        print("\n" + text)
+        if a.record:
+            common.replace_section(common.RESULTS, "vs_careamics", "## CPU speed against CAREamics 0.3.5\n\n" + text)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
