@@ -183,7 +183,8 @@ def run_careamics(ds: Dataset, work: Path, a: argparse.Namespace) -> tuple[np.nd
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(a.device, "auto")
     config = create_advanced_n2v_config(
         experiment_name="quality", data_type="array", axes="SYX", patch_size=[64, 64], batch_size=16,
-        num_epochs=1_000_000, n_val_patches=val_patches, model_params={"depth": 2, "num_channels_init": 32}, seed=a.seed + 1,  # it needs > 0
+        num_epochs=1_000_000, n_val_patches=val_patches, model_params={"depth": 2, "num_channels_init": 32},
+        seed=a.seed + 1,  # it needs a seed > 0
         trainer_params={"max_time": {"seconds": a.budget}, "accelerator": accelerator, "devices": 1,
                         "enable_model_summary": False})
     folder = work / "careamics"
