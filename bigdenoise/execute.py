@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from .clusters import gpu_for_worker
 from .errors import BigDenoiseError
 from .geometry import Block
-from .infer import denoise_block, for_inference
+from .infer import denoise_block, for_inference, model_device
 from .package import Model, load_model
 from .runtime import tune_allocator
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
@@ -78,10 +79,14 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
     background = settings.skip_background is not None and bool(
         np.nanmax(data[block.write.relative_to(rbox.offset).slices]) < settings.skip_background)
     if not background:
-        # One forward pass at a time per process (torch already uses every core, or the GPU);
-        # the other task thread reads, normalises and blends meanwhile.
-        y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
-                          precision=settings.precision, compute_lock=_compute_lock)
+        # One block in compute at a time per process while the other task thread reads the next.
+        # CPU: the whole of denoise_block, whose numpy work would otherwise take cores from torch's
+        # threads mid-convolution; GPU: only the forward passes, so tiling and blending of one
+        # block overlap the device's work on another.
+        gpu = model_device(model).type == "cuda"
+        with nullcontext() if gpu else _compute_lock:
+            y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
+                              precision=settings.precision, compute_lock=_compute_lock if gpu else None)
     t2 = time.perf_counter()
     if not background:
         write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))
