@@ -72,8 +72,11 @@ def to_device(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def free_device_memory(device: torch.device) -> int | None:
-    """Bytes free on a CUDA ``device`` (what ``cudaMemGetInfo`` reports), None elsewhere."""
+    """Bytes a CUDA ``device`` can still give this process's tensors, None elsewhere: what
+    ``cudaMemGetInfo`` reports free plus what torch's caching allocator holds unused (after a
+    first block, most of the memory a forward pass needs sits in that cache)."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     free, _total = torch.cuda.mem_get_info(device)
-    return int(free)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return int(free + max(0, cached))
