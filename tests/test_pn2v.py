@@ -55,7 +55,7 @@ def test_loss_is_the_negative_log_mean_likelihood_on_masked_pixels():
     batch = {k: torch.from_numpy(v[None]) for k, v in example.items()}
     loss = pn2v.loss(nets, batch, options)
     with torch.no_grad():
-        samples = nets["unet"](batch["input"])[0]  # (K, 16, 16)
+        samples = pn2v.samples(nets, batch["input"])[0]  # (K, 16, 16)
         terms = []
         for y, xx in zip(*np.nonzero(example["mask"][0])):
             p = nets["noise_model"].log_likelihood(batch["target"][0, 0, y, xx], samples[:, y, xx]).exp()
@@ -72,7 +72,7 @@ def test_prediction_is_the_formula_whatever_the_sample_slicing(monkeypatch, pred
         net.eval()
     x = torch.randn(3, 1, 16, 24)
     with torch.no_grad():
-        samples = nets["unet"](x)
+        samples = pn2v.samples(nets, x)
         if prediction == "mmse":
             w = torch.softmax(nets["noise_model"].log_likelihood(x, samples), dim=1)
             expected = (w * samples).sum(1, keepdim=True)
@@ -113,7 +113,10 @@ def test_blockwise_equals_whole(tmp_path, pn2v_model, in_chunks, out_chunks, til
                block_voxels=2000, progress=False)
     out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
     ref = predict_whole(data, bd.load_model(root / "model"))
-    assert np.abs(out - ref).max() <= 1e-4
+    # Intensities here are ~300, where 1e-4 is 3 float32 steps; the MMSE weights exp(ln p(x|s^k))
+    # amplify the last-bit differences of convolutions over other tile shapes about tenfold.
+    # A tiling error (a wrong halo, padding or blend) shows up orders of magnitude larger.
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-4)
 
 
 def test_resume_keeps_the_noise_model(tmp_path, pn2v_model):

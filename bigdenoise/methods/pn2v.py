@@ -4,6 +4,7 @@ The U-Net predicts ``K`` samples ``s^k`` of each pixel's signal (a sample-based 
 sees the pixel's surroundings only, thanks to N2V masking); a noise model ``p(x|s)``
 (:mod:`bigdenoise.noise_models`) links them to the observed noisy value ``x``.
 
+- Samples: ``s^k = centre(f) + offset_k(f)`` for the U-Net's features ``f`` (see :func:`_head`).
 - Training (paper eq. 7): N2V masking (:func:`bigdenoise.masking.n2v_mask`); on the masked
   pixels only, loss ``-ln((1/K) sum_k p(x_i | s_i^k))``, computed as
   ``-(logsumexp_k ln p(x_i|s_i^k) - ln K)`` for stability.
@@ -60,6 +61,8 @@ class PN2VOptions(BaseModel):
     masked_fraction: float = Field(64 / 4096, gt=0, lt=0.5)
     window: int = Field(5, ge=3)
     replacement: Literal["uniform", "median"] = "uniform"
+    initial_spread: float = Field(
+        1.0, ge=0, description="the K samples start evenly spread over +-this around their centre (normalised units)")
     prediction: Literal["mmse", "prior_mean"] = Field(
         "mmse", description="mmse: likelihood-weighted mean of the samples; prior_mean: their plain mean")
 
@@ -67,10 +70,38 @@ class PN2VOptions(BaseModel):
 def build(net, ndim: int, options: PN2VOptions) -> Nets:
     if net.residual:
         raise ConfigError("pn2v predicts K samples per pixel and has no residual U-Net; drop residual")
+    unet = build_unet(ndim, 1, options.samples, **net.model_dump())
+    centre = type(unet.head)(unet.head.in_channels, 1, 1)
+    with torch.no_grad():
+        centre.bias.zero_()
+        unet.head.weight.zero_()
+        unet.head.bias.copy_(torch.linspace(-options.initial_spread, options.initial_spread, options.samples))
     return {
-        "unet": build_unet(ndim, 1, options.samples, **net.model_dump()),
+        "unet": unet,
+        "centre": centre,
         "noise_model": NoiseModelSlot(),  # placeholder: N(x; s, 1) until setup loads the measured model
     }
+
+
+def _head(nets: Nets) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight ``(K, F, 1, ...)`` and bias ``(K,)`` of the 1x1 conv from features to the K samples.
+
+    Sample ``k`` is ``centre(f) + head_k(f)``: one linear map from the features to K values, as
+    in the paper, written as a shared centre plus per-sample offsets. The centre receives the
+    gradient of every sample (responsibilities sum to one); the offsets start as a comb of
+    ``initial_spread`` (normalised units) around it (zero weights), so no sample starts far from
+    the data, where its likelihood, and so its gradient, would vanish. A plain K-output head with
+    random weights leaves most samples stranded hundreds of intensity levels away after a short
+    training (measured on Poisson-Gaussian Set12).
+    """
+    head, centre = nets["unet"].head, nets["centre"]
+    return head.weight + centre.weight, head.bias + centre.bias
+
+
+def samples(nets: Nets, x: torch.Tensor) -> torch.Tensor:
+    """The K signal samples (normalised units) for a batch ``x`` ``(N, 1, *spatial)`` -> ``(N, K, *spatial)``."""
+    weight, bias = _head(nets)
+    return (F.conv2d if x.ndim == 4 else F.conv3d)(nets["unet"].trunk(x), weight, bias)
 
 
 def setup(nets: Nets, options: PN2VOptions, stats) -> None:
@@ -94,9 +125,8 @@ def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: PN
 
 def loss(nets: Nets, batch: dict[str, torch.Tensor], options: PN2VOptions) -> torch.Tensor:
     """Mean over the masked pixels of ``-ln((1/K) sum_k p(x | s^k))``."""
-    samples = nets["unet"](batch["input"])  # (B, K, *spatial)
     mask = batch["mask"][:, 0] > 0  # (B, *spatial)
-    s = samples.movedim(1, -1)[mask].float()  # (M, K)
+    s = samples(nets, batch["input"]).movedim(1, -1)[mask].float()  # (M, K)
     x = batch["target"][:, 0][mask].float()  # (M,)
     log_p = nets["noise_model"].log_likelihood(x[:, None], s)
     return -(torch.logsumexp(log_p, dim=1) - math.log(s.shape[1])).mean()
@@ -113,7 +143,7 @@ def _estimate(nets: Nets, x: torch.Tensor, prediction: str) -> torch.Tensor:
     conv = F.conv2d if x.ndim == 4 else F.conv3d
     k_total = unet.out_channels
     step = max(1, min(k_total, SAMPLE_BUDGET // math.prod(x.shape[2:])))
-    weight, bias = unet.head.weight, unet.head.bias
+    weight, bias = _head(nets)
     peak = num = den = None
     for k0 in range(0, k_total, step):
         s = conv(features, weight[k0:k0 + step], bias[k0:k0 + step]).float()  # (1, c, *spatial)
@@ -141,7 +171,7 @@ METHOD = Method(
     inputs=("input",),
     build=build,
     prepare=prepare,
-    stages=lambda options: (Stage("pn2v", ("unet",), loss),),
+    stages=lambda options: (Stage("pn2v", ("unet", "centre"), loss),),
     predict=predict,
     receptive_radius=lambda nets, options: nets["unet"].receptive_radius,
     factor=lambda nets, options: nets["unet"].factor,
