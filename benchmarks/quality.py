@@ -53,7 +53,7 @@ from quality_data import ALL_DATASETS, Dataset, haar_sigma, load_dataset
 
 FIGURES = common.BENCH_DIR / "figures"
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v")
-LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack")
+LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy")
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 # --quick: what each data set runs (BM3D and CAREamics where the issues need them: they are slow on a CPU)
 QUICK_PLAN = {
@@ -262,10 +262,14 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
         note = "mask line +-2 px along X (row-correlated noise)"
     elif key == "n2n":
         kw["target"] = str(write_zarr(folder / "second.zarr", ds.second))
-    elif key == "noise2stack":
-        axis = ds.stack_axis
-        kw.update(axes=f"{axis}YX", options={"stack_axis": axis, "neighbours": ds.neighbours, "mode": "self"})
-        note = f"self-supervised along {axis}, {ds.neighbours} plane{'s' * (ds.neighbours > 1)} on each side"
+    elif key in ("noise2stack", "noise2stack-copy"):
+        axis, k = ds.stack_axis, ds.neighbours
+        mode = "copy" if key == "noise2stack-copy" else "self"
+        kw.update(method="noise2stack", axes=f"{axis}YX", options={"stack_axis": axis, "neighbours": k, "mode": mode})
+        note = (f"{'self' if mode == 'self' else 'copy'}-supervised along {axis}, {k} plane{'s' * (k > 1)} on each side"
+                + ("" if mode == "self" else ", the plane itself too; target: its second draw"))
+        if mode == "copy":
+            kw["target"] = str(write_zarr(folder / "second.zarr", ds.second))
     elif key in ("pn2v", "pn2v-bootstrap"):
         path, note = _pn2v_noise_model(key, ds, noisy_path, folder, a, trained)
         kw.update(method="pn2v", options={"noise_model": str(path), "samples": 64})
@@ -385,8 +389,8 @@ def _cell(values: list[float], digits: int) -> str:
 
 
 NOT_PLANNED = "not in the quick plan"
-HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("noise2stack", "n2v"), ("n2n", "n2v"), ("care", "n2v"), ("pn2v", "n2v"),
-                ("pn2v-bootstrap", "n2v"))
+HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"),
+                ("noise2stack-copy", "n2n"), ("n2n", "n2v"), ("care", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"))
 
 
 def head_to_head(results: dict) -> list[str]:

@@ -316,7 +316,9 @@ def _tirf(name: str, a: argparse.Namespace) -> Dataset:
                    methods=("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "noise2stack"),
                    second=frames[swap], noise_model={"kind": "gmm", "repeats": True}, neighbours=2,
                    paper=PAPERS["tirf"],
-                   why_not={"care": "the only clean reference is the test frames' own mean"})
+                   why_not={"care": "the only clean reference is the test frames' own mean",
+                            "noise2stack-copy": "a frame's second acquisition is its neighbour in the stack (the "
+                                                "input would hold the target's noise)"})
 
 
 def _timelapse(name: str, a: argparse.Namespace) -> Dataset:
@@ -333,9 +335,12 @@ def _timelapse(name: str, a: argparse.Namespace) -> Dataset:
                    f"reference: the recorded frames mapped to 0..255 (0.1/99.9 percentiles, clipped below at 0); "
                    f"noisy: {PG_TEXT}; N2N target: a second draw; the reference keeps its own moderate noise "
                    f"(sigma about {own:.1f} by the MAD estimate, against 20-50 added), which caps the measurable PSNR; "
-                   f"peak 255, no fit; Noise2Stack along T, 1 frame on each side (the cells move: consecutive "
-                   f"frames correlate about 0.87)", _poisson_gaussian(ref, a.seed), ref, 255.0,
-                   methods=("n2v", "n2v2", "n2n", "noise2stack"), second=_poisson_gaussian(ref, a.seed + 1000),
+                   f"peak 255, no fit; Noise2Stack along T, 1 frame on each side (the cells move: the mean of a "
+                   f"frame's two clean neighbours matches it at only {neighbour_ceiling(ref):.1f} dB, a ceiling "
+                   f"for self-supervised Noise2Stack; copy-supervised Noise2Stack also sees the frame and learns "
+                   f"from its second draw)", _poisson_gaussian(ref, a.seed), ref, 255.0,
+                   methods=("n2v", "n2v2", "n2n", "noise2stack", "noise2stack-copy"),
+                   second=_poisson_gaussian(ref, a.seed + 1000),
                    stack_axis="T", neighbours=1, paper=PAPERS["stack"],
                    why_not={"care": "no clean frames apart from the scored ones",
                             "pn2v": "not wired for these data", "pn2v-bootstrap": "not wired for these data",
@@ -349,14 +354,24 @@ def _phantom3d(name: str, a: argparse.Namespace) -> Dataset:
     return Dataset(name, f"generated smooth 3D phantom (quality_data.phantom3d, seed {a.seed}), {shape[0]} planes "
                    f"{shape[1]}x{shape[2]} along Z: soft ellipsoids, small spots, a faint background, Gaussian PSF "
                    f"(sigma 1.5 planes in Z, 1 px in YX), 0..255; noisy: {PG_TEXT}; every plane scored, peak 255, no "
-                   f"fit; N2V is 2D on the planes; Noise2Stack along Z, 1 plane on each side; N2N target: a second "
+                   f"fit; N2V is 2D on the planes; Noise2Stack along Z, 1 plane on each side (the mean of a plane's "
+                   f"two clean neighbours matches it at {neighbour_ceiling(clean):.1f} dB); N2N target: a second "
                    f"draw", _poisson_gaussian(clean, a.seed), clean, 255.0,
-                   methods=("n2v", "n2v2", "n2n", "care", "noise2stack"), second=_poisson_gaussian(clean, a.seed + 1000),
+                   methods=("n2v", "n2v2", "n2n", "care", "noise2stack", "noise2stack-copy"),
+                   second=_poisson_gaussian(clean, a.seed + 1000),
                    care_folds=[CareFold(_poisson_gaussian(train, a.seed + 2000), train)],
                    care_note=f"CARE trained on a second phantom (seed {a.seed + 1}) with the same noise",
                    stack_axis="Z", neighbours=1, paper=PAPERS["stack"],
                    why_not={"pn2v": "not wired for these data", "pn2v-bootstrap": "not wired for these data",
                             "struct-n2v": "noise is pixel-independent"})
+
+
+def neighbour_ceiling(clean: np.ndarray) -> float:
+    """Mean PSNR (peak 255) of each inner clean plane against the mean of its two clean
+    neighbours: what a prediction from the neighbours alone (self-supervised Noise2Stack) can
+    reach at best when the planes differ."""
+    return float(np.mean([metrics.psnr((clean[t - 1] + clean[t + 1]) / 2, clean[t], 255.0)
+                          for t in range(1, len(clean) - 1)]))
 
 
 def haar_sigma(x: np.ndarray) -> float:
