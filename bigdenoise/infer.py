@@ -58,7 +58,7 @@ def plan_for(model: Model, shape: tuple[int, ...], axes: str, *, tile=None, over
     return make_plan(
         tuple(shape), roles,
         receptive_radius=model.receptive_radius, factor=model.factor, channel_halo=model.channel_halo,
-        tile=tile, overlap=overlap, halo=halo, block=block,
+        tile=tile, overlap=overlap, halo=halo, block=block, max_input_voxels=MAX_BATCH_VOXELS,
     )
 
 
@@ -219,7 +219,9 @@ def predict_array(array: np.ndarray, model: Model, axes: str | None = None, *, t
 
 
 def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> np.ndarray:
-    """Reference prediction: one network pass per image over the whole (mirror-padded) array.
+    """Reference prediction: one network pass per image over the whole array, mirror-padded at
+    the far end of each spatial axis to a multiple of the network's factor (``tiling``'s
+    reference).
 
     For a stack model, one pass per plane of the stack axis, its neighbourhood built with the
     end-plane rule (``reflect_indices`` mode ``"stack"``) independently of the tiling code.
@@ -228,7 +230,6 @@ def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> n
     axes = axes or model.axes
     array = np.asarray(array)
     roles = axis_roles(model, axes)
-    halo = -(-model.receptive_radius // model.factor) * model.factor
     spatial = [i for i, r in enumerate(roles) if r == "spatial"]
     samples = [i for i, r in enumerate(roles) if r in ("sample", "channel")]
     x = normalize(subtract_background(array, Box.from_shape(array.shape), model.background), model.stats)
@@ -237,8 +238,7 @@ def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> n
     stack = [j for j, i in enumerate(samples) if roles[i] == "channel"]
     k = model.channel_halo
     sizes = x.shape[len(samples):]
-    padded = [n + 2 * halo for n in sizes]
-    pads = [(halo, math.ceil(p / model.factor) * model.factor - p + halo) for p in padded]
+    pads = [(0, -n % model.factor) for n in sizes]
     out = np.empty(x.shape, np.float32)
     for pos in np.ndindex(*lead):
         if stack:
@@ -249,5 +249,5 @@ def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> n
             xi = x[pos][None]
         xi = np.pad(xi, [(0, 0)] + pads, mode="reflect")
         y = run_model(model, xi[None])[0, 0]
-        out[pos] = y[tuple(slice(halo, halo + n) for n in sizes)]
+        out[pos] = y[tuple(slice(0, n) for n in sizes)]
     return denormalize(np.transpose(out, np.argsort(samples + spatial)), model.out_stats)

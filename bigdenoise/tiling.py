@@ -11,15 +11,23 @@ Every axis of the volume has one of three roles:
   tiles one plane thick with ``halo`` neighbouring planes on both sides; the network itself
   reduces the neighbourhood to the one output plane.
 
-Outside the volume, voxels are mirrored (numpy's ``reflect`` mode), computed from the volume's
-own edges, so the value a tile sees never depends on which block it belongs to. Along a
-channel axis, planes outside the volume follow Noise2Stack's end-plane rule instead
+The reference a tiled prediction reproduces is one network pass over the whole volume, padded
+at its far end along each spatial axis to a multiple of ``factor`` (the *padded extent*), with
+the network's own (zero) padding at the volume's edges. A tile's input box therefore never
+reaches outside ``[0, padded extent)``: where the halo would cross a volume edge, the box is
+shifted inwards instead (it keeps its shape, so tiles still batch), and the network sees the
+edge exactly as the whole-volume pass does. No voxel is computed for a mirrored margin, which
+matters in 3D, where the halo is a large part of a tile, and for volumes thinner than a tile.
+The alignment padding ``[n, padded extent)`` mirrors the volume (numpy's ``reflect`` mode),
+computed from the volume's own edge, so the value a tile sees never depends on which block it
+belongs to. Along a channel axis, planes outside the volume follow Noise2Stack's end-plane rule
 (``reflect_indices`` mode ``"stack"``): an absent neighbour is a copy of the existing plane
 nearest to it other than the target plane itself.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +50,8 @@ class TilePlan:
     tile : core tile size per axis (1 for sample and channel axes).
     halo : context read on each side (0 for sample axes).
     overlap : blend overlap on each side of a core (0 for sample and channel axes).
+    factor : the network's down-sampling factor; spatial axes are padded at their far end to a
+        multiple of it (:attr:`padded_shape`).
     """
 
     shape: tuple[int, ...]
@@ -49,6 +59,7 @@ class TilePlan:
     tile: tuple[int, ...]
     halo: tuple[int, ...]
     overlap: tuple[int, ...]
+    factor: int = 1
 
     def __post_init__(self) -> None:
         n = len(self.shape)
@@ -62,9 +73,18 @@ class TilePlan:
                 raise ValueError(f"tile {t} and overlap {o} must satisfy tile >= 1 and 2 * overlap <= tile")
 
     @property
+    def padded_shape(self) -> tuple[int, ...]:
+        """The volume's shape with every spatial axis rounded up to a multiple of ``factor``."""
+        return tuple(_round_up(n, self.factor) if r == "spatial" else n for n, r in zip(self.shape, self.roles))
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of every tile's input box (all tiles have the same, so they batch)."""
-        return tuple(t + 2 * (o + h) for t, o, h in zip(self.tile, self.overlap, self.halo))
+        """Shape of every tile's input box (all tiles have the same, so they batch): core,
+        overlap and halo on both sides, at most the padded extent along spatial axes."""
+        return tuple(
+            min(t + 2 * (o + h), p) if r == "spatial" else t + 2 * (o + h)
+            for t, o, h, p, r in zip(self.tile, self.overlap, self.halo, self.padded_shape, self.roles)
+        )
 
     @property
     def n_tiles(self) -> tuple[int, ...]:
@@ -74,8 +94,8 @@ class TilePlan:
 @dataclass(frozen=True)
 class Tile:
     """One tile: ``core`` partitions the volume, ``window`` (core + overlap, clipped to the
-    volume) is where its prediction is blended in, ``input`` (window + halo, not clipped) is
-    what the network sees."""
+    volume) is where its prediction is blended in, ``input`` (window + halo, shifted inside the
+    padded extent along spatial axes, see the module docstring) is what the network sees."""
 
     index: tuple[int, ...]
     core: Box
@@ -98,6 +118,7 @@ def make_plan(
     overlap: int = 0,
     halo: int | None = None,
     block: tuple[int, ...] | None = None,
+    max_input_voxels: int | None = None,
 ) -> TilePlan:
     """Choose tile, halo and overlap for a volume and a network.
 
@@ -109,18 +130,22 @@ def make_plan(
     factor : the network's down-sampling factor; spatial tiles, halos and overlaps are
         multiples of it.
     channel_halo : neighbouring planes on each side along a channel axis.
-    tile : core size along spatial axes (one value for all, or one per spatial axis);
-        default 512 in 2D and 64 in 3D, shrunk to the volume.
+    tile : core size along spatial axes (one value for all, or one per spatial axis). Default:
+        as large as the volume and the block allow (at most ``DEFAULT_TILE_2D`` in 2D), then
+        shrunk until one tile's input holds at most ``max_input_voxels`` voxels: fewer, larger
+        tiles spend less of their input on halos.
     overlap : blend overlap along spatial axes; 0 (the default) blends nothing, which is exact
         whenever the halo covers the receptive field.
     block : the block shape of the run; tiles are no larger than a block along any axis, so a
         block never computes tiles mostly outside it.
     halo : override the spatial halo (smaller than the receptive field trades exactness for
         speed; use an overlap then to hide seams).
+    max_input_voxels : bound on one tile's input voxels when ``tile`` is None (None: unbounded).
     """
     spatial = [i for i, r in enumerate(roles) if r == "spatial"]
-    if tile is None:
-        tile = 512 if len(spatial) <= 2 else 64
+    auto = tile is None
+    if auto:
+        tile = DEFAULT_TILE_2D if len(spatial) <= 2 else max(shape)
     tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
     if len(tiles) != len(spatial):
         raise ValueError(f"tile {tiles} needs one entry per spatial axis ({len(spatial)})")
@@ -139,7 +164,47 @@ def make_plan(
             t_out.append(1)
             h_out.append(channel_halo if role == "channel" else 0)
             o_out.append(0)
-    return TilePlan(tuple(shape), tuple(roles), tuple(t_out), tuple(h_out), tuple(o_out))
+    plan = TilePlan(tuple(shape), tuple(roles), tuple(t_out), tuple(h_out), tuple(o_out), factor)
+    if auto and max_input_voxels is not None:
+        plan = _shrink_to_fit(plan, max_input_voxels)
+    return plan
+
+
+DEFAULT_TILE_2D = 512
+"""Default largest core tile side in 2D (a 3D tile is bounded by ``max_input_voxels`` alone)."""
+
+
+def _shrink_to_fit(plan: TilePlan, max_input_voxels: int) -> TilePlan:
+    """``plan`` with its spatial tiles shrunk until one tile's input holds ``max_input_voxels``
+    voxels at most, or no tile can shrink further.
+
+    Greedy: the spatial axis with the longest input that can get shorter is cut into more
+    tiles (of equal size, so no thin tile is left at the volume's end)."""
+    spatial = [i for i, r in enumerate(plan.roles) if r == "spatial"]
+    while math.prod(plan.input_shape) > max_input_voxels:
+        for axis in sorted(spatial, key=lambda i: -plan.input_shape[i]):
+            shorter = _shorter_tile(plan, axis)
+            if shorter is not None:
+                plan = dataclasses.replace(plan, tile=tuple(shorter if i == axis else t for i, t in enumerate(plan.tile)))
+                break
+        else:
+            break
+    return plan
+
+
+def _shorter_tile(plan: TilePlan, axis: int) -> int | None:
+    """The largest tile along ``axis`` whose input is shorter than the current one, or None."""
+    n, t, extent = plan.shape[axis], plan.tile[axis], plan.input_shape[axis]
+    margin = 2 * (plan.overlap[axis] + plan.halo[axis])
+    smallest = max(plan.factor, 2 * plan.overlap[axis])
+    count = -(-n // t)
+    while True:
+        count += 1
+        shorter = max(smallest, _round_up(-(-n // count), plan.factor))
+        if min(shorter + margin, plan.padded_shape[axis]) < extent:
+            return shorter
+        if shorter == smallest:
+            return None
 
 
 def _tile_at(plan: TilePlan, index: tuple[int, ...]) -> Tile:
@@ -147,7 +212,10 @@ def _tile_at(plan: TilePlan, index: tuple[int, ...]) -> Tile:
     core_hi = tuple(min(lo + t, n) for lo, t, n in zip(core_lo, plan.tile, plan.shape))
     win_lo = tuple(max(lo - o, 0) for lo, o in zip(core_lo, plan.overlap))
     win_hi = tuple(min(lo + t + o, n) for lo, t, o, n in zip(core_lo, plan.tile, plan.overlap, plan.shape))
-    in_lo = tuple(lo - o - h for lo, o, h in zip(core_lo, plan.overlap, plan.halo))
+    in_lo = tuple(
+        min(max(lo - o - h, 0), p - e) if r == "spatial" else lo - o - h
+        for lo, o, h, p, e, r in zip(core_lo, plan.overlap, plan.halo, plan.padded_shape, plan.input_shape, plan.roles)
+    )
     return Tile(
         index=index,
         core=Box(core_lo, tuple(h - l for l, h in zip(core_lo, core_hi))),

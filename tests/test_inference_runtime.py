@@ -59,7 +59,7 @@ def test_workspace_estimate_scales_with_features_and_precision():
 def test_cpu_batch_is_bounded_by_voxels(model_3d):
     model_dir, _, data = model_3d
     model = bd.load_model(model_dir)
-    plan = plan_for(model, data.shape, "ZYX", tile=(8, 16, 16))
+    plan = plan_for(model, (96, 160, 160), "ZYX", tile=(8, 16, 16))
     assert free_device_memory(torch.device("cpu")) is None
     bound = infer.MAX_BATCH_VOXELS // math.prod(plan.input_shape)  # 72x80x80 input voxels: 4 tiles
     assert forward_batch_size(model, plan) == min(infer.CPU_BATCH, bound)

@@ -103,3 +103,37 @@ def test_plan_shrinks_tiles_to_small_volumes():
     plan = make_plan((3, 10, 13), ("sample", "spatial", "spatial"), receptive_radius=2, factor=4)
     assert plan.tile == (1, 12, 16)
     assert list(itertools.islice(tiles_for(plan, Box.from_shape((3, 10, 13))), 5))
+
+
+@pytest.mark.parametrize("shape, tile, overlap", [((45, 29), 12, 4), ((37, 53), 16, 0), ((9, 61), 8, 4)])
+def test_input_boxes_stay_inside_the_padded_volume_and_keep_the_halo(shape, tile, overlap):
+    """Where the halo would cross a volume edge the input box shifts inwards (same shape, on the
+    pooling grid), so every window still has a full halo towards the volume's interior."""
+    plan = make_plan(shape, ("spatial", "spatial"), receptive_radius=7, factor=4, tile=tile, overlap=overlap)
+    padded = plan.padded_shape
+    assert all(p % 4 == 0 and p - 4 < n <= p for p, n in zip(padded, shape))
+    for t in tiles_for(plan, Box.from_shape(shape)):
+        assert t.input.shape == plan.input_shape
+        for axis in range(2):
+            lo, hi = t.input.offset[axis], t.input.stop[axis]
+            assert 0 <= lo and hi <= padded[axis] and lo % 4 == 0
+            assert lo == 0 or t.window.offset[axis] - lo >= plan.halo[axis]
+            assert hi == padded[axis] or hi - t.window.stop[axis] >= plan.halo[axis]
+
+
+def test_a_thin_volume_is_one_tile_without_mirrored_margins():
+    """A 32x256x256 volume under a 2 Mi voxel budget: one tile whose input is the volume itself."""
+    shape = (32, 256, 256)
+    plan = make_plan(shape, ("spatial",) * 3, receptive_radius=30, factor=4, max_input_voxels=2 * 2**20)
+    assert plan.tile == shape and plan.input_shape == shape
+    assert [t.input for t in tiles_for(plan, Box.from_shape(shape))] == [Box((0, 0, 0), shape)]
+
+
+@pytest.mark.parametrize("shape, block", [((512, 1024, 1024), (64, 256, 256)), ((20, 300, 700), None)])
+def test_default_3d_tiles_fit_the_voxel_budget(shape, block):
+    budget = 2 * 2**20
+    plan = make_plan(shape, ("spatial",) * 3, receptive_radius=30, factor=4, block=block, max_input_voxels=budget)
+    assert np.prod(plan.input_shape) <= budget
+    assert all(t % 4 == 0 for t in plan.tile)
+    if block:
+        assert all(t <= b for t, b in zip(plan.tile, block))
