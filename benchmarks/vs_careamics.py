@@ -9,8 +9,7 @@ a ratio of two measurements taken side by side, because this machine's speed dri
 - the compute limit: the network's multiply-accumulates per voxel (counted from the model's
   convolutions) x our output voxels/s / the matmul peak measured in the same round (goal >= 0.7);
 - blockwise predict vs the pure forward of the same (folded) network on in-memory tiles of the
-  planner's input shape (``throughput.py``'s measurement, goal >= 0.9), in 2D (in 3D too with
-  ``--only 2d,3d,3d-forward,train``; it doubles the 3D time);
+  planner's input shape (``throughput.py``'s measurement, goal >= 0.9), in 2D and 3D;
 - N2V training patches/s at patch 64x64, batch 16: ``bigdenoise.train`` reading lazily from a
   Zarr array vs ``CAREamist.train`` on the in-memory array, over a fixed number of steps after
   as many warm-up steps (goal >= 1.2).
@@ -46,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="small sizes to check the script in a few minutes (512x512, 16x64x64, 3+3 steps)")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the 2D and training comparisons (default 2)")
-    p.add_argument("--rounds-3d", type=int, default=1,
-                   help="interleaved rounds of the 3D comparison (default 1: our 3D predict takes minutes, see README)")
+    p.add_argument("--rounds-3d", type=int, default=2,
+                   help="interleaved rounds of the 3D comparison (default 2)")
     p.add_argument("--size-2d", type=int, help="side of the 2D image (default 2048)")
     p.add_argument("--shape-3d", type=throughput.parse_shape, help="3D volume ZYX (default 32,256,256)")
     p.add_argument("--steps", type=int, help="measured training steps, after as many warm-up steps (default 20)")
@@ -57,8 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--careamics-overlap-2d", type=throughput.parse_shape, default=(48, 48))
     p.add_argument("--careamics-tile-3d", type=throughput.parse_shape, default=(32, 128, 128))
     p.add_argument("--careamics-overlap-3d", type=throughput.parse_shape, default=(8, 48, 48))
-    p.add_argument("--only", default="2d,3d,train",
-                   help="comparisons to run (default 2d,3d,train; add 3d-forward to time the 3D forward too)")
+    p.add_argument("--only", default="2d,3d,3d-forward,train",
+                   help="comparisons to run (default 2d,3d,3d-forward,train; without 3d-forward the 3D forward is not timed)")
     p.add_argument("--work", help="working folder (default: a temporary folder, removed)")
     p.add_argument("--record", action="store_true", help="write the result into benchmarks/RESULTS.md")
     a = p.parse_args(argv)
