@@ -11,17 +11,22 @@ on 0..255; the noisy stack is ``x = g * Poisson(s / g) + N(0, read^2)`` with ``g
 - ``pn2v-bootstrap``: PN2V with a gmm noise model bootstrapped from the ``n2v`` model's
   prediction of the noisy stack itself (no calibration data, Prakash et al. 2020).
 
-Prints the mean PSNR (peak 255) of each. Check the script quickly with
+Prints the mean PSNR (peak 255) of each; for a PN2V model also that of its prior's mean
+(``prediction="prior_mean"``, the same trained model), which tells an undertrained prior centre
+from a wrong spread. Check the script quickly with
 ``--steps 5 --features 8 --samples 16`` (that does not denoise well); the paper's setting
 (U-Net depth 3, 64 features, K = 800, long training) needs a GPU.
 
 Usage: python benchmarks/pn2v_vs_n2v.py [--data DIR] [--steps 400] [--peak 30] [--read 10]
-        [--features 32] [--samples 64] [--runs n2v,pn2v-histogram,pn2v-gmm,pn2v-bootstrap] [--work DIR]
+        [--features 32] [--samples 64] [--images 12] [--lr 4e-4] [--option KEY=VALUE ...]
+        [--runs n2v,pn2v-histogram,pn2v-gmm,pn2v-bootstrap] [--work DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -36,12 +41,12 @@ SIZE = 256
 RUNS = ("n2v", "pn2v-histogram", "pn2v-gmm", "pn2v-bootstrap")
 
 
-def load_set12(folder: Path) -> np.ndarray:
-    """(12, 256, 256) float32 on 0..255; 512x512 images centre-cropped."""
+def load_set12(folder: Path, count: int = 12) -> np.ndarray:
+    """(count, 256, 256) float32 on 0..255: the first ``count`` images, 512x512 ones centre-cropped."""
     import imageio.v3 as iio
 
     images = []
-    for f in sorted(folder.glob("*.png")):
+    for f in sorted(folder.glob("*.png"))[:count]:
         image = np.asarray(iio.imread(f), dtype=np.float32)
         y0, x0 = (image.shape[0] - SIZE) // 2, (image.shape[1] - SIZE) // 2
         images.append(image[y0:y0 + SIZE, x0:x0 + SIZE])
@@ -66,6 +71,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--samples", type=int, default=64, help="PN2V samples per pixel K (default 64; paper 800)")
+    p.add_argument("--images", type=int, default=12, help="use the first N Set12 images (default 12)")
+    p.add_argument("--lr", type=float, default=4e-4, help="learning rate of every model (default 4e-4)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a PN2V option, e.g. warmup=0 or initial_spread=0.5 (value parsed as JSON, else a string)")
     p.add_argument("--peak", type=float, default=30.0, help="photons at intensity 255 (default 30)")
     p.add_argument("--read", type=float, default=10.0, help="read noise sigma on 0..255 (default 10)")
     p.add_argument("--runs", default=",".join(RUNS), help=f"comma-separated subset of {','.join(RUNS)}")
@@ -89,13 +98,20 @@ def main(argv=None) -> int:
         runs.insert(0, "n2v")  # the bootstrap needs the N2V model
     work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / "bigdenoise-bench" / "pn2v_vs_n2v"
     work.mkdir(parents=True, exist_ok=True)
-    clean = load_set12(common.dataset_dir("set12", a.data, "*.png"))
+    pn2v_options = {}
+    for item in a.option:
+        key, _, value = item.partition("=")
+        try:
+            pn2v_options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            pn2v_options[key] = value
+    clean = load_set12(common.dataset_dir("set12", a.data, "*.png"), a.images)
     noisy = poisson_gaussian(clean, a.peak, a.read, a.seed)
     calibration = poisson_gaussian(clean, a.peak, a.read, a.seed + 1)  # an independent acquisition
     print(f"Set12: {clean.shape}, Poisson-Gaussian noise, {a.peak:g} photons at 255 (gain {PEAK / a.peak:.3g}), "
           f"read sigma {a.read:g}; noisy PSNR {common.mean_psnr(noisy, clean, PEAK)[0]:.2f} dB", flush=True)
 
-    common_kw = dict(axes="SYX", steps=a.steps, batch_size=a.batch_size, patch=(a.patch, a.patch), seed=a.seed,
+    common_kw = dict(axes="SYX", steps=a.steps, lr=a.lr, batch_size=a.batch_size, patch=(a.patch, a.patch), seed=a.seed,
                      device=a.device, overwrite=True, progress=False, val_every=max(1, min(100, a.steps)),
                      net={"depth": a.depth, "features": a.features})
     results = {}
@@ -106,8 +122,16 @@ def main(argv=None) -> int:
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         denoised = predict_array(noisy, model)
-        results[name] = (common.mean_psnr(denoised, clean, PEAK)[0], train_s, time.perf_counter() - t0)
-        print(f"{name:<16} {results[name][0]:6.2f} dB  (train {train_s:.0f} s, predict {results[name][2]:.0f} s)",
+        predict_s = time.perf_counter() - t0
+        prior = None
+        if method == "pn2v":  # the same model, predicting its prior's mean
+            config = model.train_config.model_copy(update={"options": {**model.train_config.options,
+                                                                       "prediction": "prior_mean"}})
+            prior = common.mean_psnr(predict_array(noisy, dataclasses.replace(model, train_config=config)), clean,
+                                     PEAK)[0]
+        results[name] = (common.mean_psnr(denoised, clean, PEAK)[0], prior, train_s, predict_s)
+        extra = "" if prior is None else f", prior mean {prior:.2f} dB"
+        print(f"{name:<16} {results[name][0]:6.2f} dB{extra}  (train {train_s:.0f} s, predict {predict_s:.0f} s)",
               flush=True)
 
     for name in runs:
@@ -121,17 +145,18 @@ def main(argv=None) -> int:
             model, info = nm.make_noise_model(calibration, clean=clean, axes="SYX", kind=kind, seed=a.seed)
         nm.save_noise_model(model, work / f"nm-{name}", info=info, overwrite=True)
         try:
-            run(name, "pn2v", {"noise_model": str(work / f"nm-{name}"), "samples": a.samples})
+            run(name, "pn2v", {**pn2v_options, "noise_model": str(work / f"nm-{name}"), "samples": a.samples})
         except BigDenoiseError as exc:  # e.g. a bootstrap from an N2V model trained too briefly
             print(f"{name:<16} failed: {exc}", flush=True)
 
     print()
-    print(f"{'model':<16} {'PSNR dB':>8} {'train s':>8} {'predict s':>10}")
+    print(f"{'model':<16} {'PSNR dB':>8} {'prior mean':>10} {'train s':>8} {'predict s':>10}")
     print(f"{'noisy':<16} {common.mean_psnr(noisy, clean, PEAK)[0]:8.2f}")
-    for name, (psnr, train_s, predict_s) in results.items():
-        print(f"{name:<16} {psnr:8.2f} {train_s:8.0f} {predict_s:10.0f}")
-    print(f"budget: {a.steps} steps, batch {a.batch_size}, patch {a.patch}, U-Net depth {a.depth} / {a.features} "
-          f"features, K = {a.samples}; models and noise models in {work}")
+    for name, (psnr, prior, train_s, predict_s) in results.items():
+        print(f"{name:<16} {psnr:8.2f} {'' if prior is None else f'{prior:.2f}':>10} {train_s:8.0f} {predict_s:10.0f}")
+    print(f"budget: {a.steps} steps, lr {a.lr:g}, batch {a.batch_size}, patch {a.patch}, U-Net depth {a.depth} / "
+          f"{a.features} features, K = {a.samples}, {len(clean)} images; PN2V options {pn2v_options or 'default'}; "
+          f"models and noise models in {work}")
     return 0
 
 

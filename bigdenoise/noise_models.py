@@ -15,7 +15,11 @@ data they were measured on (ADU, counts...), all differentiable in ``s``:
   ISBI 2020): a mixture of ``K`` gaussians whose log-weights, mean offsets and variances are
   polynomials of degree ``D`` in ``u = (s - s_min) / (s_max - s_min)``; variances use
   positive (exponentiated) coefficients, and the means are shifted so the mixture's mean is
-  exactly ``s``. Fitted by maximum likelihood with Adam.
+  exactly ``s``. Outside the calibrated signal range the mixture keeps the shape it has at the
+  range's nearer end (``u`` clamped to [0, 1]) and its mean stays ``s``: extrapolated
+  polynomials would shrink the variance to ``min_variance`` below the range and one PN2V
+  sample there gave a loss of 10^6, whose gradient then stalled Adam for the rest of a short
+  training. Fitted by maximum likelihood with Adam.
 - ``gaussian``: Poisson–Gaussian, ``N(x; s, a + b s)`` (``a`` read-noise variance, ``b``
   gain), fitted by least squares of ``(x - s)^2`` on ``s``. Its default (``a = 1``,
   ``b = 0``) is the placeholder a PN2V model is built with before a measured model is loaded.
@@ -204,7 +208,8 @@ class GaussianMixtureNoiseModel(NoiseModel):
     offset (rows 0..K-1, in units of ``scale``), the log of the variance coefficients (rows
     K..2K-1; variance = ``scale**2 * sum_i exp(w_i) u**i``) and the log-weight (rows 2K..3K-1);
     ``scale`` (): a noise scale of the calibration data; ``min_variance`` (); ``signal_range``
-    (2,); ``x_range`` (2,).
+    (2,); ``x_range`` (2,). For ``s`` outside ``signal_range`` the polynomials are evaluated at
+    the range's nearer end (the mixture's shape there, centred on ``s``).
     """
 
     kind = "gmm"
@@ -255,10 +260,13 @@ def _poly(coeffs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 def _gmm_log_likelihood(weight: torch.Tensor, x: torch.Tensor, s: torch.Tensor, signal_range: torch.Tensor,
                         scale: torch.Tensor, min_variance: torch.Tensor) -> torch.Tensor:
-    """ln p(x|s) of the mixture; one gaussian at a time, so memory stays a few arrays of ``s``'s size."""
+    """ln p(x|s) of the mixture; one gaussian at a time, so memory stays a few arrays of ``s``'s size.
+
+    The polynomials are evaluated at ``u`` clamped to [0, 1] (the calibrated signal range).
+    """
     x, s = torch.broadcast_tensors(x, s)
     k = weight.shape[0] // 3
-    u = (s - signal_range[0]) / (signal_range[1] - signal_range[0])
+    u = ((s - signal_range[0]) / (signal_range[1] - signal_range[0])).clamp(0, 1)
     offsets = [_poly(weight[i], u) for i in range(k)]
     variances = [(_poly(weight[k + i].exp(), u) * scale**2).clamp_min(min_variance) for i in range(k)]
     logits = torch.stack([_poly(weight[2 * k + i], u) for i in range(k)])

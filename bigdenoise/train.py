@@ -308,6 +308,7 @@ def fit(
             sched.load_state_dict(saved["scheduler"])
         elif stage_index != state.stage:
             state.stage, state.stage_step, state.stage_elapsed = stage_index, 0, 0.0
+            state.best_val, best = math.inf, None  # stages' losses differ: keep the last stage's best
         max_steps, max_secs = step_budget[stage_index], time_budget[stage_index]
         stage_elapsed0, stage_t0 = state.stage_elapsed, time.monotonic()
         train_data = PatchBatches(volumes, stats, sampler, method.prepare, options, stream=TRAIN,

@@ -78,6 +78,22 @@ def test_gmm_recovers_poisson_gaussian_parameters():
     assert np.abs(likelihood(model, xs, signals).sum(axis=1) * (xs[1] - xs[0]) - 1).max() < 1e-3
 
 
+def test_gmm_keeps_its_edge_shape_outside_the_signal_range():
+    s, x = poisson_gaussian(20_000)
+    model = nm.fit_gmm(s, x, steps=100)
+    lo, hi = nm._pair(model.signal_range)
+    xs = np.linspace(-300, 1400, 8000)
+    for edge, outside in ((lo, lo - 200.0), (hi, hi + 200.0)):
+        at_edge = likelihood(model, xs, [edge])[0]
+        shifted = likelihood(model, xs + (outside - edge), [outside])[0]  # the edge's density, moved to `outside`
+        np.testing.assert_allclose(shifted, at_edge, rtol=1e-3, atol=1e-12)
+    sig = torch.tensor([lo - 500.0, lo - 100.0], requires_grad=True)
+    ll = model.log_likelihood(torch.tensor(lo), sig)
+    (grad,) = torch.autograd.grad(ll.sum(), sig)
+    assert torch.isfinite(ll).all() and ll.min() > -1e3  # no collapsed variance below the range
+    assert (grad > 0).all()  # samples below the range are pulled back towards the observation
+
+
 def test_poisson_gaussian_least_squares():
     s, x = poisson_gaussian(100_000)
     h = nm.fit_gaussian(s, x).header()

@@ -1,6 +1,6 @@
-"""Probabilistic Noise2Void: loss and MMSE against their formulas, the noise model inside the
-model package, exact blockwise prediction, resume, and errors for a missing or mismatched
-noise model."""
+"""Probabilistic Noise2Void: loss and MMSE against their formulas, the N2V warm-up stage, the
+noise model inside the model package, exact blockwise prediction, resume (also across the
+warm-up's end), and errors for a missing or mismatched noise model."""
 
 import json
 import math
@@ -17,7 +17,7 @@ from bigdenoise.cli import main
 from bigdenoise.config import NetConfig
 from bigdenoise.errors import ConfigError
 from bigdenoise.infer import predict_whole
-from bigdenoise.methods import get_method, pn2v
+from bigdenoise.methods import get_method, n2v, pn2v
 
 from conftest import TINY, smooth_volume, write_zarr
 
@@ -62,6 +62,36 @@ def test_loss_is_the_negative_log_mean_likelihood_on_masked_pixels():
             terms.append(-math.log(float(p.double().mean())))
     assert float(loss.detach()) == pytest.approx(np.mean(terms), rel=1e-5)
     assert example["mask"].sum() == len(terms) > 0
+
+
+def test_warmup_is_a_first_stage_only_when_asked_for():
+    method = get_method("pn2v")
+    (only,) = method.stages(method.options(warmup=0))
+    assert (only.name, only.nets, only.loss, only.fraction) == ("pn2v", ("unet", "centre"), pn2v.loss, 1.0)
+    warm, main = method.stages(method.options(warmup=0.3))
+    assert (warm.name, warm.nets, warm.loss) == ("warmup", ("unet", "centre"), pn2v.warmup_loss)
+    assert (main.name, main.loss) == ("pn2v", pn2v.loss)
+    assert (warm.fraction, main.fraction) == pytest.approx((0.3, 0.7))
+
+
+def test_warmup_loss_is_n2v_mse_of_the_centre_and_leaves_the_offsets_alone():
+    method, options, nets = tiny_nets()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 1, 16, 16)).astype(np.float32)
+    examples = [method.prepare({"input": xi}, rng, options) for xi in x]
+    batch = {k: torch.from_numpy(np.stack([e[k] for e in examples])) for k in examples[0]}
+    loss = pn2v.warmup_loss(nets, batch, options)
+    loss.backward()
+    loss = loss.detach()
+    with torch.no_grad():
+        centre = nets["centre"](nets["unet"].trunk(batch["input"]))  # (2, 1, 16, 16)
+        mask = batch["mask"] > 0
+        expected = ((centre - batch["target"])[mask] ** 2).mean()
+        # with the offsets' initial comb (zero weights, symmetric biases) the centre is the samples' mean
+        assert torch.allclose(pn2v.samples(nets, batch["input"]).mean(1, keepdim=True), centre, atol=1e-5)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss) == pytest.approx(float(n2v.mse_on_mask(centre, batch)), rel=1e-6)
+    assert nets["unet"].head.weight.grad is None and nets["centre"].weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("prediction", ["mmse", "prior_mean"])
@@ -127,6 +157,35 @@ def test_resume_keeps_the_noise_model(tmp_path, pn2v_model):
     model = bd.train(src, tmp_path / "m", method="pn2v", progress=False, options=options, resume=True,
                      **dict(kw, steps=4))
     assert model.info["steps"] == 4 and model.nets["noise_model"].model.kind == "histogram"
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_across_the_end_of_the_warmup_continues_exactly(tmp_path, pn2v_model, monkeypatch):
+    root, src, _ = pn2v_model
+    kw = dict(PN2V, steps=8, val_every=2, progress=False, method="pn2v",
+              options={"noise_model": str(root / "nm"), "samples": 8, "warmup": 0.5})
+    bd.train(src, tmp_path / "a", **kw)
+
+    def stop(*args):
+        raise _Stop  # the PN2V stage's first step: the run ends after the warm-up's last checkpoint
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pn2v, "loss", stop)
+        with pytest.raises(_Stop):
+            bd.train(src, tmp_path / "b", **kw)
+    assert json.loads((tmp_path / "b" / "checkpoint" / "state.json").read_text())["state"]["stage"] == 0
+    model = bd.train(src, tmp_path / "b", resume=True, **kw)
+    assert model.info["steps"] == 8
+    wa, wb = (load_file(str(tmp_path / d / "weights.safetensors")) for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for d in "ab":
+        rows = [r.split(",") for r in (tmp_path / d / "history.csv").read_text().splitlines()[1:]]
+        assert [r[1] for r in rows] == ["warmup", "warmup", "pn2v", "pn2v"]
+        # the model is the PN2V stage's best, never the warm-up's (another loss, not comparable)
+        assert model.info["best_val_loss"] == pytest.approx(min(float(r[3]) for r in rows[2:]))
 
 
 def test_missing_or_mismatched_noise_model_is_a_clear_error(tmp_path, pn2v_model):

@@ -44,11 +44,19 @@ def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: N2
     return {"input": masked, "target": x, "mask": mask[None]}
 
 
-def masked_mse(nets: Nets, batch: dict[str, torch.Tensor], options: N2VOptions) -> torch.Tensor:
-    """Mean squared error over the masked pixels only."""
-    pred = nets["unet"](batch["input"])
+def mse_on_mask(pred: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean squared error between ``pred`` and ``batch["target"]`` over the masked pixels only.
+
+    ``pred``, ``batch["target"]`` and ``batch["mask"]`` (1 at the masked pixels, else 0) are
+    ``(B, 1, *spatial)``; returns a scalar.
+    """
     mask = batch["mask"]
     return ((pred.float() - batch["target"]) ** 2 * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def masked_mse(nets: Nets, batch: dict[str, torch.Tensor], options: N2VOptions) -> torch.Tensor:
+    """N2V's loss: :func:`mse_on_mask` of the U-Net's output for the masked input."""
+    return mse_on_mask(nets["unet"](batch["input"]), batch)
 
 
 def predict(nets: Nets, x: torch.Tensor, options: N2VOptions) -> torch.Tensor:
