@@ -166,7 +166,8 @@ def careamics_train_rate(work: Path, data: np.ndarray, steps: int) -> float:
 
 def our_train_rate(zarr_path: Path, out: Path, steps: int) -> float:
     """bigdenoise N2V patches/s over ``steps`` steps after ``steps`` warm-up steps: the second
-    window of ``history.csv`` (it includes one validation batch and one checkpoint)."""
+    window of ``history.csv`` (training steps with their lazy reads, as CAREamics's batches are
+    timed; the validation and checkpoint between windows are not counted)."""
     import csv
 
     import bigdenoise

@@ -355,6 +355,9 @@ def fit(
                 max_secs is not None and stage_elapsed0 + (time.monotonic() - stage_t0) >= max_secs
             )
             if state.stage_step % config.val_every == 0 or last:
+                # patches/s of the training steps (reading and masking included), without the
+                # validation and checkpoint writes that follow
+                rate = window_patches / max(time.monotonic() - window_t0, 1e-9)
                 val = _validate(nets, stage, options, val_batches, device, amp)
                 for net in nets.values():
                     net.train()
@@ -362,7 +365,6 @@ def fit(
                 now = time.monotonic()
                 state.elapsed = now - run_start
                 state.stage_elapsed = stage_elapsed0 + (now - stage_t0)
-                rate = window_patches / max(now - window_t0, 1e-9)
                 history.append({
                     "step": state.step, "stage": stage.name, "train_loss": float(np.mean(window_losses)),
                     "val_loss": val, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(state.elapsed, 2),
@@ -370,13 +372,13 @@ def fit(
                 })
                 bar.set_postfix(loss=f"{np.mean(window_losses):.4g}", val=f"{val:.4g}", patches_s=f"{rate:.0f}",
                                 step=state.step)
-                window_losses, window_t0, window_patches = [], now, 0
                 if val < state.best_val:
                     state.best_val = val
                     best = {k: v.detach().cpu().clone() for k, v in net_tensors(nets).items()}
                     atomic_save_tensors(best, ckpt_dir / "best.safetensors")
                 _checkpoint(ckpt_dir, config, stats, state, nets, opt, sched)
                 _write_history(out_dir / HISTORY_FILE, history)
+                window_losses, window_t0, window_patches = [], time.monotonic(), 0
         bar.close()
         _checkpoint(ckpt_dir, config, stats, state, nets, opt, sched)
 
