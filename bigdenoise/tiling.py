@@ -107,6 +107,10 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+DEFAULT_TILE_2D = 512
+"""Default largest core tile side in 2D (a 3D tile is bounded by ``max_input_voxels`` alone)."""
+
+
 def make_plan(
     shape: tuple[int, ...],
     roles: tuple[str, ...],
@@ -168,10 +172,6 @@ def make_plan(
     if auto and max_input_voxels is not None:
         plan = _shrink_to_fit(plan, max_input_voxels)
     return plan
-
-
-DEFAULT_TILE_2D = 512
-"""Default largest core tile side in 2D (a 3D tile is bounded by ``max_input_voxels`` alone)."""
 
 
 def _shrink_to_fit(plan: TilePlan, max_input_voxels: int) -> TilePlan:
