@@ -142,7 +142,7 @@ def _add_predict(sub) -> None:
                    help="leave blocks whose input is all below THRESHOLD unwritten (they read as --background-value)")
     p.add_argument("--background-value", type=float, default=0.0, help="value of unwritten chunks (default 0)")
     p.add_argument("--tile", type=parse_shape, help="tile core size per spatial axis (default: as large as the "
-                   "block allows, at most 512 in 2D, with at most 2 Mi input voxels per tile)")
+                   "block allows, at most 1024 in 2D, dividing the block, with at most 2 Mi input voxels per tile)")
     p.add_argument("--overlap", type=int, default=0, help="blend overlap between tiles (voxels)")
     p.add_argument("--halo", type=int, help="context per side (default: the receptive field, exact)")
     p.add_argument("--batch-size", type=int,

@@ -107,7 +107,7 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-DEFAULT_TILE_2D = 512
+DEFAULT_TILE_2D = 1024
 """Default largest core tile side in 2D (a 3D tile is bounded by ``max_input_voxels`` alone)."""
 
 
@@ -137,7 +137,8 @@ def make_plan(
     tile : core size along spatial axes (one value for all, or one per spatial axis). Default:
         as large as the volume and the block allow (at most ``DEFAULT_TILE_2D`` in 2D), then
         shrunk until one tile's input holds at most ``max_input_voxels`` voxels: fewer, larger
-        tiles spend less of their input on halos.
+        tiles spend less of their input on halos. Along an axis cut into several blocks, a
+        default tile divides the block, so no tile straddles two blocks (each would compute it).
     overlap : blend overlap along spatial axes; 0 (the default) blends nothing, which is exact
         whenever the halo covers the receptive field.
     block : the block shape of the run; tiles are no larger than a block along any axis, so a
@@ -160,6 +161,8 @@ def make_plan(
     for axis, (n, role) in enumerate(zip(shape, roles)):
         if role == "spatial":
             t = _round_up(min(next(it), n, block[axis] if block else n), factor)
+            if auto and block:
+                t = _block_divisor(t, block[axis], n, factor)
             t = max(t, _round_up(2 * spatial_overlap, factor), factor)
             t_out.append(t)
             h_out.append(spatial_halo)
@@ -170,20 +173,34 @@ def make_plan(
             o_out.append(0)
     plan = TilePlan(tuple(shape), tuple(roles), tuple(t_out), tuple(h_out), tuple(o_out), factor)
     if auto and max_input_voxels is not None:
-        plan = _shrink_to_fit(plan, max_input_voxels)
+        plan = _shrink_to_fit(plan, max_input_voxels, block)
     return plan
 
 
-def _shrink_to_fit(plan: TilePlan, max_input_voxels: int) -> TilePlan:
+def _block_divisor(tile: int, block: int, n: int, factor: int) -> int:
+    """The largest tile ``<= tile`` that divides ``block`` and is a multiple of ``factor``, when
+    the axis (of length ``n``) holds several blocks and such a tile exists; else ``tile``."""
+    if block >= n or block % factor:
+        return tile
+    count = -(-block // tile)
+    while block % count or (block // count) % factor:
+        count += 1
+        if block // count < factor:
+            return tile
+    return block // count
+
+
+def _shrink_to_fit(plan: TilePlan, max_input_voxels: int, block: tuple[int, ...] | None = None) -> TilePlan:
     """``plan`` with its spatial tiles shrunk until one tile's input holds ``max_input_voxels``
     voxels at most, or no tile can shrink further.
 
     Greedy: the spatial axis with the longest input that can get shorter is cut into more
-    tiles (of equal size, so no thin tile is left at the volume's end)."""
+    tiles (of equal size, so no thin tile is left at the volume's end; dividing the block
+    along an axis cut into several blocks)."""
     spatial = [i for i, r in enumerate(plan.roles) if r == "spatial"]
     while math.prod(plan.input_shape) > max_input_voxels:
         for axis in sorted(spatial, key=lambda i: -plan.input_shape[i]):
-            shorter = _shorter_tile(plan, axis)
+            shorter = _shorter_tile(plan, axis, block[axis] if block else plan.shape[axis])
             if shorter is not None:
                 plan = dataclasses.replace(plan, tile=tuple(shorter if i == axis else t for i, t in enumerate(plan.tile)))
                 break
@@ -192,15 +209,22 @@ def _shrink_to_fit(plan: TilePlan, max_input_voxels: int) -> TilePlan:
     return plan
 
 
-def _shorter_tile(plan: TilePlan, axis: int) -> int | None:
-    """The largest tile along ``axis`` whose input is shorter than the current one, or None."""
+def _shorter_tile(plan: TilePlan, axis: int, block: int) -> int | None:
+    """The largest tile along ``axis`` whose input is shorter than the current one, or None.
+    Where ``block`` cuts the axis into several blocks, only tiles that divide it qualify."""
     n, t, extent = plan.shape[axis], plan.tile[axis], plan.input_shape[axis]
     margin = 2 * (plan.overlap[axis] + plan.halo[axis])
     smallest = max(plan.factor, 2 * plan.overlap[axis])
-    count = -(-n // t)
+    aligned = block < n and block % plan.factor == 0
+    length = block if aligned else n
+    count = -(-length // t)
     while True:
         count += 1
-        shorter = max(smallest, _round_up(-(-n // count), plan.factor))
+        if aligned and (length % count or (length // count) % plan.factor):
+            if length // count < smallest:
+                return None
+            continue
+        shorter = max(smallest, _round_up(-(-length // count), plan.factor))
         if min(shorter + margin, plan.padded_shape[axis]) < extent:
             return shorter
         if shorter == smallest:

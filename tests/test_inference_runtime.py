@@ -61,10 +61,10 @@ def test_cpu_batch_is_bounded_by_voxels(model_3d):
     model = bd.load_model(model_dir)
     plan = plan_for(model, (96, 160, 160), "ZYX", tile=(8, 16, 16))
     assert free_device_memory(torch.device("cpu")) is None
-    bound = infer.MAX_BATCH_VOXELS // math.prod(plan.input_shape)  # 72x80x80 input voxels: 4 tiles
+    bound = infer.MAX_BATCH_VOXELS // math.prod(plan.input_shape)  # 56x64x64 input voxels: 9 tiles
     assert forward_batch_size(model, plan) == min(infer.CPU_BATCH, bound)
     assert forward_batch_size(model, plan, 2) == 2
-    assert forward_batch_size(model, plan, 7) == bound < 7
+    assert forward_batch_size(model, plan, 12) == bound < 12
     huge = plan_for(model, (256, 256, 256), "ZYX", tile=(128, 128, 128))
     assert forward_batch_size(model, huge, 8) == max(1, infer.MAX_BATCH_VOXELS // math.prod(huge.input_shape))
 

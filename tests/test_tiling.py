@@ -137,3 +137,23 @@ def test_default_3d_tiles_fit_the_voxel_budget(shape, block):
     assert all(t % 4 == 0 for t in plan.tile)
     if block:
         assert all(t <= b for t, b in zip(plan.tile, block))
+
+
+@pytest.mark.parametrize("shape, chunks, radius", [
+    ((512, 2048, 2048), (64, 256, 256), 23),
+    ((600, 3000, 2900), (64, 256, 256), 23),
+    ((2048, 2048), (512, 512), 23),
+    ((5000, 5000), (1024, 1024), 26),
+    ((40, 3000, 3000), (8, 512, 512), 51),
+])
+def test_default_tiles_divide_the_blocks(shape, chunks, radius):
+    """No default tile straddles two blocks, where it would be computed twice."""
+    ndim = len(shape)
+    block = block_shape_for(chunks, shape, 4 * 2**20)
+    plan = make_plan(shape, ("spatial",) * ndim, receptive_radius=radius, factor=4, block=block,
+                     max_input_voxels=2 * 2**20)
+    assert np.prod(plan.input_shape) <= 2 * 2**20
+    for t, b, n in zip(plan.tile, block, shape):
+        assert t % 4 == 0 and t <= b
+        if b < n:
+            assert b % t == 0, (plan.tile, block)

@@ -28,26 +28,43 @@ _MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
 
 
 def receptive_radius(depth: int, kernel: int, n2v2: bool) -> int:
-    """Upper bound on the receptive-field radius of a :class:`UNet`, in input voxels per axis.
+    """Receptive-field radius of a :class:`UNet`, in input voxels per axis: the farthest input
+    voxel, along any axis, that can influence an output voxel.
 
-    Walks the deepest path (down, bottom, up) tracking the jump ``j`` (product of strides):
-    a conv of size k adds ``(k//2)*j``; a 2-max-pool adds ``j`` and doubles ``j``; with N2V2
-    the stride-1 2-max adds ``j`` and the stride-2 [1,2,1] blur another ``j``, then ``j``
-    doubles; a nearest x2 upsample at coarse jump ``j`` adds ``j`` (conservative) and halves
-    ``j``. The 1x1 head adds nothing. Any input voxel that influences an output voxel lies
-    within this many voxels of it along every axis.
+    Exact for the architecture (a measured gradient footprint equals it): follows, backwards
+    along one axis, the interval of voxels every layer reads, for each output position relative
+    to the pooling grid, and keeps the widest reach. Per layer: a 'same' convolution of size k
+    widens the interval by ``k//2`` on each side; a 2-max-pool maps coarse ``[a, b]`` to fine
+    ``[2a, 2b+1]`` (N2V2's max-blur-pool: ``[2a-1, 2b+2]``); nearest up-sampling maps fine
+    ``[a, b]`` to coarse ``[a//2, b//2]``; a skip connection reads the encoder's features at the
+    decoder's interval. Padding at the volume's edges only narrows the intervals.
     """
     half = kernel // 2
-    radius, jump = 0, 1
-    for _ in range(depth):
-        radius += 2 * half * jump  # two convs
-        radius += 2 * jump if n2v2 else jump  # (max + blur) or max-pool
-        jump *= 2
-    radius += 2 * half * jump  # bottom convs
-    for _ in range(depth):
-        radius += jump  # nearest upsample
-        jump //= 2
-        radius += 2 * half * jump  # two convs
+
+    def two_convs(lo: int, hi: int) -> tuple[int, int]:
+        return lo - 2 * half, hi + 2 * half
+
+    def encoder_input(level: int, lo: int, hi: int) -> tuple[int, int]:
+        """Input voxels read by the input of ``down[level]`` (``level == depth``: the bottom's)."""
+        while level > 0:
+            level -= 1
+            lo, hi = (2 * lo - 1, 2 * hi + 2) if n2v2 else (2 * lo, 2 * hi + 1)
+            lo, hi = two_convs(lo, hi)
+        return lo, hi
+
+    def decoder_output(level: int, lo: int, hi: int) -> tuple[int, int]:
+        """Input voxels read by the output of ``up[level]`` over ``[lo, hi]``."""
+        lo, hi = two_convs(lo, hi)
+        reads = [] if n2v2 and level == 0 else [encoder_input(level, *two_convs(lo, hi))]
+        coarse = (lo // 2, hi // 2)
+        reads.append(encoder_input(depth, *two_convs(*coarse)) if level + 1 == depth
+                     else decoder_output(level + 1, *coarse))
+        return min(r[0] for r in reads), max(r[1] for r in reads)
+
+    radius = 0
+    for q in range(2**depth):
+        lo, hi = decoder_output(0, q, q)
+        radius = max(radius, q - lo, hi - q)
     return radius
 
 
@@ -106,8 +123,7 @@ class UNet(nn.Module):
     factor : int
         ``2**depth``; every spatial size of the input must be a multiple of it.
     receptive_radius : int
-        Upper bound on the receptive-field radius in input voxels per axis
-        (see :func:`receptive_radius`).
+        The receptive-field radius in input voxels per axis (see :func:`receptive_radius`).
     """
 
     def __init__(
