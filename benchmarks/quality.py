@@ -13,7 +13,8 @@ Data sets (``--datasets``; loaders and protocols in ``quality_data.py``; shared 
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
 (Gaussian noise; CARE trained on Train400), ``set12-pg`` (simulated Poisson–Gaussian, PN2V with
 a noise model from calibration pairs), ``w2s`` (FOVs 008-010; CARE and PN2V's noise model from
-FOVs 001-007), ``fmd`` (CARE by 2-fold cross-fitting on image halves), ``hagen-mito|nucleus|
+FOVs 001-007), ``w2s-c0|c1|c2`` (one channel, FOVs 004-010; CARE and the noise model from FOVs
+001-003 of that channel: one acquisition setting per noise model, as PN2V needs), ``fmd`` (CARE by 2-fold cross-fitting on image halves), ``hagen-mito|nucleus|
 membrane`` (256x256 tiles; CARE on the tiles outside the scored crop), ``tirf`` (20 repeated
 sCMOS frames against their mean), ``timelapse`` (nuclei time-lapse as reference + simulated
 Poisson–Gaussian noise) and ``phantom3d`` (a generated 3D phantom + Poisson–Gaussian noise).

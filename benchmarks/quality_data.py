@@ -19,7 +19,7 @@ import common
 from bigdenoise import metrics
 
 ALL_DATASETS = ("bsd68-s15", "bsd68-s25", "bsd68-s50", "set12-s15", "set12-s25", "set12-s50", "set12-pg", "w2s",
-                "fmd", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf", "timelapse", "phantom3d")
+                "w2s-c0", "w2s-c1", "w2s-c2", "fmd", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf", "timelapse", "phantom3d")
 TILE = 256
 PG_PEAK, PG_READ = 30.0, 10.0  # simulated Poisson-Gaussian noise: photons at 255, read-noise sigma (0..255 scale)
 PAPERS = {
@@ -149,6 +149,8 @@ def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
               "phantom3d": _phantom3d}.get(name)
     if loader is None and name.startswith("hagen-"):
         loader = _hagen
+    if loader is None and name in ("w2s-c0", "w2s-c1", "w2s-c2"):
+        loader = _w2s_channel
     if loader is None:
         raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
     return loader(name, a)
@@ -215,25 +217,34 @@ def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
                             "struct-n2v": "noise is pixel-independent"})
 
 
-def _w2s(name: str, a: argparse.Namespace) -> Dataset:
+def _w2s_pairs(a: argparse.Namespace, fovs, channels) -> tuple[np.ndarray, np.ndarray]:
+    """W2S (noisy single frame, 400-frame average) pairs, FOV-major, (N, 512, 512) float32."""
     folder = common.dataset_dir("w2s_8bit", a.data, "noisy_avg1")
+    return (np.stack([_read(folder / "noisy_avg1" / f"input_avg1_{f:03d}_{c}.tif") for f in fovs for c in channels]),
+            np.stack([_read(folder / "gt_avg400" / f"target_avg400_{f:03d}_{c}.tif") for f in fovs for c in channels]))
 
-    def pairs(fovs: range) -> tuple[np.ndarray, np.ndarray]:
-        return (np.stack([_read(folder / "noisy_avg1" / f"input_avg1_{f:03d}_{c}.tif") for f in fovs for c in range(3)]),
-                np.stack([_read(folder / "gt_avg400" / f"target_avg400_{f:03d}_{c}.tif") for f in fovs for c in range(3)]))
 
-    noisy, clean = pairs(range(8, 11))
+def _w2s_test_images(noisy: np.ndarray, clean: np.ndarray, a: argparse.Namespace):
+    """The test images cut to ``--images`` and ``--crop`` (256 in quick mode); the crop's text."""
     if a.images:
         noisy, clean = noisy[:a.images], clean[:a.images]
     crop = a.crop or (256 if a.quick else None)
     if crop and crop < noisy.shape[1]:
         noisy, clean = (np.ascontiguousarray(_centre(v, (crop, crop))) for v in (noisy, clean))
-    t_noisy, t_clean = pairs(range(1, 8))
+        return noisy, clean, f"centre {crop}x{crop} crops of the "
+    return noisy, clean, ""
+
+
+W2S_SCORING = ("single frame vs 400-frame average; every output fitted a*x+b to the ground truth (least squares) "
+               "before PSNR/SSIM, peak 255")
+
+
+def _w2s(name: str, a: argparse.Namespace) -> Dataset:
+    noisy, clean, cropped = _w2s_test_images(*_w2s_pairs(a, range(8, 11), range(3)), a)
+    t_noisy, t_clean = _w2s_pairs(a, range(1, 8), range(3))
     t_mapped = _onto(t_clean, t_noisy)
     return Dataset(name, f"W2S widefield FOVs 008-010 x 3 channels ({len(noisy)} images, "
-                   f"{'centre %dx%d crops of the ' % (crop, crop) if crop and crop < 512 else ''}512x512, 8-bit): "
-                   f"single frame vs 400-frame average; every output fitted a*x+b to the ground truth (least "
-                   f"squares) before PSNR/SSIM, peak 255", noisy, clean, 255.0, fit=True,
+                   f"{cropped}512x512, 8-bit): {W2S_SCORING}", noisy, clean, 255.0, fit=True,
                    methods=("n2v", "n2v2", "care", "pn2v", "pn2v-bootstrap"),
                    care_folds=[CareFold(t_noisy, t_mapped)],
                    care_note="CARE trained on FOVs 001-007 (21 pairs), each target mapped a*gt+b onto its noisy "
@@ -244,6 +255,27 @@ def _w2s(name: str, a: argparse.Namespace) -> Dataset:
                                         "approximate there)"},
                    why_not={"n2n": "one noisy frame per field (the 400 raw frames are not in the 8-bit set)",
                             "noise2stack": "no stack (the 3 channels are different stains)",
+                            "struct-n2v": "not applied"})
+
+
+def _w2s_channel(name: str, a: argparse.Namespace) -> Dataset:
+    """One W2S channel: its own acquisition setting, hence its own noise model (the channels'
+    noise variance per unit of signal differs about 4x in the 8-bit files)."""
+    channel = int(name[-1])
+    noisy, clean, cropped = _w2s_test_images(*_w2s_pairs(a, range(4, 11), [channel]), a)
+    t_noisy, t_clean = _w2s_pairs(a, range(1, 4), [channel])
+    t_mapped = _onto(t_clean, t_noisy)
+    return Dataset(name, f"W2S widefield channel {channel} alone, FOVs 004-010 ({len(noisy)} images, {cropped}512x512, "
+                   f"8-bit): {W2S_SCORING}", noisy, clean, 255.0, fit=True,
+                   methods=("n2v", "n2v2", "care", "pn2v", "pn2v-bootstrap"),
+                   care_folds=[CareFold(t_noisy, t_mapped)],
+                   care_note=f"CARE trained on FOVs 001-003 of channel {channel} (3 pairs), each target mapped "
+                             "a*gt+b onto its noisy frame's 8-bit scale",
+                   noise_model={"kind": "gmm", "pairs": (t_noisy, t_mapped),
+                                "what": f"the 3 pairs of FOVs 001-003 of channel {channel}, each GT mapped a*gt+b onto "
+                                        "its noisy frame's 8-bit scale"},
+                   why_not={"n2n": "one noisy frame per field (the 400 raw frames are not in the 8-bit set)",
+                            "noise2stack": "no stack",
                             "struct-n2v": "not applied"})
 
 

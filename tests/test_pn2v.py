@@ -151,7 +151,7 @@ def test_blockwise_equals_whole(tmp_path, pn2v_model, in_chunks, out_chunks, til
 
 def test_resume_keeps_the_noise_model(tmp_path, pn2v_model):
     root, src, _ = pn2v_model
-    options = {"noise_model": str(root / "nm"), "samples": 8}
+    options = {"noise_model": str(root / "nm"), "samples": 8, "warmup": 0}
     kw = dict(PN2V, steps=2, val_every=2)
     bd.train(src, tmp_path / "m", method="pn2v", progress=False, options=options, **kw)
     model = bd.train(src, tmp_path / "m", method="pn2v", progress=False, options=options, resume=True,

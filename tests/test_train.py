@@ -115,3 +115,17 @@ def test_invalid_configuration_is_a_clear_error(stack):
         bd.train(src, "unused", progress=False, method="n3v")
     with pytest.raises(ConfigError, match="options"):
         bd.train(src, "unused", progress=False, options={"masked_fraction": 2})
+
+
+def test_a_later_stage_keeps_the_adam_state_of_shared_parameters():
+    import torch
+
+    from bigdenoise.train import _stage_optimizer
+
+    shared, new = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    first = _stage_optimizer(list(shared.parameters()), 1e-3, None)
+    shared(torch.ones(1, 2)).sum().backward()
+    first.step()
+    second = _stage_optimizer([*shared.parameters(), *new.parameters()], 1e-3, first)
+    assert all(second.state[p] is first.state[p] for p in shared.parameters())
+    assert not any(p in second.state for p in new.parameters())
