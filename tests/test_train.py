@@ -117,15 +117,11 @@ def test_invalid_configuration_is_a_clear_error(stack):
         bd.train(src, "unused", progress=False, options={"masked_fraction": 2})
 
 
-def test_a_later_stage_keeps_the_adam_state_of_shared_parameters():
-    import torch
 
-    from bigdenoise.train import _stage_optimizer
+def test_later_stages_ramp_their_learning_rate_up():
+    from bigdenoise.train import STAGE_RAMP_STEPS, stage_lr_ramp
 
-    shared, new = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
-    first = _stage_optimizer(list(shared.parameters()), 1e-3, None)
-    shared(torch.ones(1, 2)).sum().backward()
-    first.step()
-    second = _stage_optimizer([*shared.parameters(), *new.parameters()], 1e-3, first)
-    assert all(second.state[p] is first.state[p] for p in shared.parameters())
-    assert not any(p in second.state for p in new.parameters())
+    assert all(stage_lr_ramp(0, step) == 1.0 for step in range(3))
+    ramp = [stage_lr_ramp(1, step) for step in range(STAGE_RAMP_STEPS + 2)]
+    assert ramp[0] == 1 / STAGE_RAMP_STEPS and ramp[STAGE_RAMP_STEPS - 1:] == [1.0] * 3
+    assert ramp == sorted(ramp)
