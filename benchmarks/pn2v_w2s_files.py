@@ -1,5 +1,5 @@
-"""Why PN2V trails N2V on the W2S 8-bit files: one noise model cannot fit files that were
-contrast-stretched one by one.
+"""PN2V against N2V on the W2S 8-bit files: how far the files' noise differs, and whether PN2V
+wins where its noise model fits the file.
 
 Two measurements on W2S (``../shared/data/w2s_8bit``):
 

@@ -365,13 +365,15 @@ def blend_weights(plan: TilePlan, tile: Tile) -> np.ndarray:
 
 def block_shape_for(chunks: tuple[int, ...], shape: tuple[int, ...], target_voxels: int) -> tuple[int, ...]:
     """A block shape that is a whole number of ``chunks`` per axis, grown (last axes first)
-    until it holds about ``target_voxels`` voxels, never beyond the volume."""
+    by one chunk at a time while it holds at most ``target_voxels`` voxels, never beyond the
+    volume (a single chunk may hold more)."""
     block = [min(c, n) for c, n in zip(chunks, shape)]
     for axis in reversed(range(len(shape))):
-        while math.prod(block) * 2 <= target_voxels and block[axis] < shape[axis]:
-            block[axis] = min(block[axis] + chunks[axis], shape[axis])
-            if math.prod(block) >= target_voxels:
+        while block[axis] < shape[axis]:
+            grown = min(block[axis] + chunks[axis], shape[axis])
+            if math.prod(block) // block[axis] * grown > target_voxels:
                 break
+            block[axis] = grown
     return tuple(block)
 
 

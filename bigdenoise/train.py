@@ -38,7 +38,6 @@ from .volume import Volume, check_finite_sample, sample_chunk_boxes
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.csv"
-STAGE_RAMP_STEPS = 20  # LR warm-up of every stage after the first (see stage_lr_ramp)
 HISTORY_FIELDS = ("step", "stage", "train_loss", "val_loss", "lr", "elapsed_s", "patches_per_s")
 
 
@@ -135,21 +134,6 @@ def _stage_budgets(config: TrainConfig, stages: tuple[Stage, ...], volume: Volum
     step_b = [None if steps is None else max(1, round(steps * s.fraction / total)) for s in stages]
     time_b = [None if config.max_time is None else config.max_time * s.fraction / total for s in stages]
     return step_b, time_b
-
-
-def stage_lr_ramp(stage_index: int, stage_step: int) -> float:
-    """Factor on the LR of a stage's step: a linear ramp over the first ``STAGE_RAMP_STEPS`` steps
-    of every stage after the first, else 1.
-
-    Each stage starts a fresh Adam, whose first steps move every weight by about the full LR in
-    the sign of its gradient; on a network an earlier stage has trained, a dozen such steps undo
-    much of it (measured on PN2V after its N2V warm-up: -3 dB on W2S channel 0). Keeping the
-    earlier stage's moment estimates instead fails when the new loss's gradients are larger:
-    its second moments are too small and the first steps far too long.
-    """
-    if stage_index == 0 or stage_step >= STAGE_RAMP_STEPS:
-        return 1.0
-    return (stage_step + 1) / STAGE_RAMP_STEPS
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -354,10 +338,6 @@ def fit(
             if isinstance(sched, CosineLR):
                 sched.set_progress(max(0.0 if max_steps is None else state.stage_step / max_steps,
                                        0.0 if max_secs is None else stage_secs / max_secs))
-            if state.stage_step < STAGE_RAMP_STEPS:
-                ramp = stage_lr_ramp(stage_index, state.stage_step)
-                for group in opt.param_groups:
-                    group["lr"] = (group["lr"] if isinstance(sched, CosineLR) else config.lr) * ramp
             batch = {k: to_fast_layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
             with amp():
                 loss = stage.loss(nets, batch, options)

@@ -115,13 +115,3 @@ def test_invalid_configuration_is_a_clear_error(stack):
         bd.train(src, "unused", progress=False, method="n3v")
     with pytest.raises(ConfigError, match="options"):
         bd.train(src, "unused", progress=False, options={"masked_fraction": 2})
-
-
-
-def test_later_stages_ramp_their_learning_rate_up():
-    from bigdenoise.train import STAGE_RAMP_STEPS, stage_lr_ramp
-
-    assert all(stage_lr_ramp(0, step) == 1.0 for step in range(3))
-    ramp = [stage_lr_ramp(1, step) for step in range(STAGE_RAMP_STEPS + 2)]
-    assert ramp[0] == 1 / STAGE_RAMP_STEPS and ramp[STAGE_RAMP_STEPS - 1:] == [1.0] * 3
-    assert ramp == sorted(ramp)

@@ -11,13 +11,12 @@ sees the pixel's surroundings only, thanks to N2V masking); a noise model ``p(x|
   while the offsets keep their initial comb, so the prior starts centred where N2V would predict.
   Then PN2V (paper eq. 7): loss ``-ln((1/K) sum_k p(x_i | s_i^k))``, computed as
   ``-(logsumexp_k ln p(x_i|s_i^k) - ln K)`` for stability, trains everything. The offsets
-  start as a narrow comb (``initial_spread`` 0.05): eq. 7 widens a too-narrow prior quickly
+  start as a narrow comb (``initial_spread`` 0.25): eq. 7 widens a too-narrow prior quickly
   but shrinks a too-wide one slowly, and a wide prior makes the MMSE lean on the noisy pixel.
   Measured with benchmarks/pn2v_vs_n2v.py (Set12, 300 steps): gmm noise model 25.38 dB
   without warm-up and with a +-1 comb, 25.73 dB with both (N2V 25.07); histogram 21.99 ->
   24.44 dB (its samples get no gradient outside its signal range, so a centre already near
-  the data matters more). On W2S channel 0 (90 s): comb 0.25 -> 0.05 with warm-up 0.3 gave
-  30.67 -> 31.40 dB, warm-up 0.7 31.94 dB (N2V 32.20).
+  the data matters more).
 - Prediction (eq. 10): on the unmasked input, the MMSE estimate
   ``sum_k p(x|s^k) s^k / sum_k p(x|s^k)`` (``prediction="mmse"``), or the prior's mean
   ``(1/K) sum_k s^k`` (``prediction="prior_mean"``). Tiles are processed one at a time and
@@ -73,9 +72,9 @@ class PN2VOptions(BaseModel):
     window: int = Field(5, ge=3)
     replacement: Literal["uniform", "median"] = "uniform"
     initial_spread: float = Field(
-        0.05, ge=0, description="the K samples start evenly spread over +-this around their centre (normalised units)")
+        0.25, ge=0, description="the K samples start evenly spread over +-this around their centre (normalised units)")
     warmup: float = Field(
-        0.5, ge=0, lt=1, description="fraction of the training budget first spent training the samples' shared "
+        0.3, ge=0, lt=1, description="fraction of the training budget first spent training the samples' shared "
         "centre with N2V's loss, before PN2V's loss (0: PN2V's loss from the start)")
     prediction: Literal["mmse", "prior_mean"] = Field(
         "mmse", description="mmse: likelihood-weighted mean of the samples; prior_mean: their plain mean")
