@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 import common
+import quality
+from quality_data import w2s_pairs
 
 FOVS = range(4, 11)
 
@@ -41,13 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", action="store_true", help="write the section pn2v-w2s-files of RESULTS.md")
     return p.parse_args(argv)
-
-
-def read_pair(folder: Path, fov: int, channel: int) -> tuple[np.ndarray, np.ndarray]:
-    import tifffile
-
-    return (tifffile.imread(folder / "noisy_avg1" / f"input_avg1_{fov:03d}_{channel}.tif").astype(np.float32),
-            tifffile.imread(folder / "gt_avg400" / f"target_avg400_{fov:03d}_{channel}.tif").astype(np.float32))
 
 
 def noise_slope(noisy: np.ndarray, signal: np.ndarray) -> float:
@@ -67,9 +62,7 @@ def matched_run(noisy: np.ndarray, clean: np.ndarray, mapped: np.ndarray, work: 
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    z = zarr.create_array(store=str(work / "noisy.zarr"), shape=(1, *noisy.shape), chunks=(1, *noisy.shape),
-                          dtype="float32", zarr_format=3)
-    z[...] = noisy[None]
+    quality.write_zarr(work / "noisy.zarr", noisy[None])
     model, info = nm.make_noise_model(noisy[None], clean=mapped[None], axes="SYX", kind="gmm", seed=a.seed)
     nm.save_noise_model(model, work / "nm", info=info, overwrite=True)
     row = {}
@@ -91,21 +84,20 @@ def main(argv=None) -> int:
     from bigdenoise import metrics
 
     a = parse_args(argv)
-    folder = common.dataset_dir("w2s_8bit", a.data, "noisy_avg1")
     machine, probes = common.machine_info(), [common.probe("before")]
     t_start = time.perf_counter()
 
     slopes = {c: [] for c in range(3)}
     for c in range(3):
         for fov in FOVS:
-            noisy, clean = read_pair(folder, fov, c)
+            (noisy,), (clean,) = w2s_pairs(a, [fov], [c])
             slopes[c].append(noise_slope(noisy, metrics.apply_affine_fit(clean, noisy)))
         print(f"channel {c}: alpha per file " + ", ".join(f"{s:.1f}" for s in slopes[c]), flush=True)
 
     rows = []
     for item in a.files.split(","):
         c, fov = (int(v) for v in item.split(":"))
-        noisy, clean = read_pair(folder, fov, c)
+        (noisy,), (clean,) = w2s_pairs(a, [fov], [c])
         mapped = metrics.apply_affine_fit(clean, noisy).astype(np.float32)
         print(f"file FOV {fov:03d} channel {c}:", flush=True)
         rows.append({"channel": c, "fov": fov, **matched_run(noisy, clean, mapped, a.work / f"c{c}-{fov:03d}", a)})

@@ -217,7 +217,7 @@ def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
                             "struct-n2v": "noise is pixel-independent"})
 
 
-def _w2s_pairs(a: argparse.Namespace, fovs, channels) -> tuple[np.ndarray, np.ndarray]:
+def w2s_pairs(a: argparse.Namespace, fovs, channels) -> tuple[np.ndarray, np.ndarray]:
     """W2S (noisy single frame, 400-frame average) pairs, FOV-major, (N, 512, 512) float32."""
     folder = common.dataset_dir("w2s_8bit", a.data, "noisy_avg1")
     return (np.stack([_read(folder / "noisy_avg1" / f"input_avg1_{f:03d}_{c}.tif") for f in fovs for c in channels]),
@@ -240,8 +240,8 @@ W2S_SCORING = ("single frame vs 400-frame average; every output fitted a*x+b to 
 
 
 def _w2s(name: str, a: argparse.Namespace) -> Dataset:
-    noisy, clean, cropped = _w2s_test_images(*_w2s_pairs(a, range(8, 11), range(3)), a)
-    t_noisy, t_clean = _w2s_pairs(a, range(1, 8), range(3))
+    noisy, clean, cropped = _w2s_test_images(*w2s_pairs(a, range(8, 11), range(3)), a)
+    t_noisy, t_clean = w2s_pairs(a, range(1, 8), range(3))
     t_mapped = _onto(t_clean, t_noisy)
     return Dataset(name, f"W2S widefield FOVs 008-010 x 3 channels ({len(noisy)} images, "
                    f"{cropped}512x512, 8-bit): {W2S_SCORING}", noisy, clean, 255.0, fit=True,
@@ -262,8 +262,8 @@ def _w2s_channel(name: str, a: argparse.Namespace) -> Dataset:
     """One W2S channel: its own acquisition setting, hence its own noise model (the channels'
     noise variance per unit of signal differs about 4x in the 8-bit files)."""
     channel = int(name[-1])
-    noisy, clean, cropped = _w2s_test_images(*_w2s_pairs(a, range(4, 11), [channel]), a)
-    t_noisy, t_clean = _w2s_pairs(a, range(1, 4), [channel])
+    noisy, clean, cropped = _w2s_test_images(*w2s_pairs(a, range(4, 11), [channel]), a)
+    t_noisy, t_clean = w2s_pairs(a, range(1, 4), [channel])
     t_mapped = _onto(t_clean, t_noisy)
     return Dataset(name, f"W2S widefield channel {channel} alone, FOVs 004-010 ({len(noisy)} images, {cropped}512x512, "
                    f"8-bit): {W2S_SCORING}", noisy, clean, 255.0, fit=True,

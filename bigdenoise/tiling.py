@@ -177,17 +177,17 @@ def make_plan(
     return plan
 
 
+def _block_tiles(block: int, factor: int) -> list[int]:
+    """Tile sizes that cut ``block`` into equal parts and are multiples of ``factor``, largest first."""
+    return [block // c for c in range(1, block // factor + 1) if block % c == 0 and (block // c) % factor == 0]
+
+
 def _block_divisor(tile: int, block: int, n: int, factor: int) -> int:
     """The largest tile ``<= tile`` that divides ``block`` and is a multiple of ``factor``, when
     the axis (of length ``n``) holds several blocks and such a tile exists; else ``tile``."""
     if block >= n or block % factor:
         return tile
-    count = -(-block // tile)
-    while block % count or (block // count) % factor:
-        count += 1
-        if block // count < factor:
-            return tile
-    return block // count
+    return next((d for d in _block_tiles(block, factor) if d <= tile), tile)
 
 
 def _shrink_to_fit(plan: TilePlan, max_input_voxels: int, block: tuple[int, ...] | None = None) -> TilePlan:
@@ -215,16 +215,19 @@ def _shorter_tile(plan: TilePlan, axis: int, block: int) -> int | None:
     n, t, extent = plan.shape[axis], plan.tile[axis], plan.input_shape[axis]
     margin = 2 * (plan.overlap[axis] + plan.halo[axis])
     smallest = max(plan.factor, 2 * plan.overlap[axis])
-    aligned = block < n and block % plan.factor == 0
-    length = block if aligned else n
-    count = -(-length // t)
+    if block < n and block % plan.factor == 0:
+        for shorter in _block_tiles(block, plan.factor):
+            if shorter >= t:
+                continue
+            if shorter < smallest:
+                return None
+            if min(shorter + margin, plan.padded_shape[axis]) < extent:
+                return shorter
+        return None
+    count = -(-n // t)
     while True:
         count += 1
-        if aligned and (length % count or (length // count) % plan.factor):
-            if length // count < smallest:
-                return None
-            continue
-        shorter = max(smallest, _round_up(-(-length // count), plan.factor))
+        shorter = max(smallest, _round_up(-(-n // count), plan.factor))
         if min(shorter + margin, plan.padded_shape[axis]) < extent:
             return shorter
         if shorter == smallest:
