@@ -9,12 +9,17 @@ a ratio of two measurements taken side by side, because this machine's speed dri
 - the compute limit: the network's multiply-accumulates per voxel (counted from the model's
   convolutions) x our output voxels/s / the matmul peak measured in the same round (goal >= 0.7);
 - blockwise predict vs the pure forward of the same (folded) network on in-memory tiles of the
-  planner's input shape (``throughput.py``'s measurement, goal >= 0.9), in 2D and 3D;
+  planner's input shape (``throughput.py``'s measurement, goal >= 0.9), in 2D and 3D, and, free
+  of the machine's drift, the share of our predict's wall time spent in forward passes;
 - N2V training patches/s at patch 64x64, batch 16: ``bigdenoise.train`` reading lazily from a
   Zarr array vs ``CAREamist.train`` on the in-memory array, over a fixed number of steps after
   as many warm-up steps (goal >= 1.2).
 
-Usage: python benchmarks/vs_careamics.py [--quick] [--rounds 2] [--record]
+With ``--compiled`` our predict and forward run the network through ``torch.compile``: the
+worker compiles once in a warm-up predict and keeps the compiled model across rounds, as a large
+job's workers do (the compile time is reported apart); recorded in its own section.
+
+Usage: python benchmarks/vs_careamics.py [--quick] [--rounds 2] [--compiled] [--record]
 Needs CAREamics 0.3.5 beside the CPU torch (benchmarks/README.md); the networks are untrained.
 """
 
@@ -58,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--careamics-overlap-3d", type=throughput.parse_shape, default=(8, 48, 48))
     p.add_argument("--only", default="2d,3d,3d-forward,train",
                    help="comparisons to run (default 2d,3d,3d-forward,train; without 3d-forward the 3D forward is not timed)")
+    p.add_argument("--compiled", action="store_true",
+                   help="our predict and forward through torch.compile, compiled once before the rounds")
     p.add_argument("--work", help="working folder (default: a temporary folder, removed)")
     p.add_argument("--record", action="store_true", help="write the result into benchmarks/RESULTS.md")
     a = p.parse_args(argv)
@@ -184,17 +191,17 @@ class Predict:
     """bigdenoise's side of one predict comparison: a Zarr volume, an untrained model package,
     its plan and in-memory forward tiles (``throughput.py``'s measurement)."""
 
-    def __init__(self, work: Path, shape, axes: str, chunks, tile) -> None:
+    def __init__(self, work: Path, shape, axes: str, chunks, tile, compiled: bool = False) -> None:
         from bigdenoise.infer import for_inference, forward_batch_size, plan_for
         from bigdenoise.package import load_model
         from bigdenoise.tiling import block_shape_for
 
-        self.work, self.axes, self.tile = work, axes, tile
+        self.work, self.axes, self.tile, self.compiled = work, axes, tile, compiled
         shutil.rmtree(work, ignore_errors=True)
         self.volume, self.model_path, self.out = work / "volume.zarr", work / "model", work / "out.zarr"
         stats = throughput.write_volume(self.volume, shape, chunks, axes, "uint16")
         throughput.make_model(self.model_path, axes, 2, 32, stats)
-        self.model = for_inference(load_model(self.model_path))  # what predict's workers run
+        self.model = for_inference(load_model(self.model_path), compiled)  # what predict's workers run
         block = block_shape_for(chunks, shape, 4 * 2**20)
         self.plan = plan_for(self.model, shape, axes, tile=tile, block=block)
         self.voxels = math.prod(shape)
@@ -204,7 +211,13 @@ class Predict:
         rng = np.random.default_rng(1)
         net_input = (1, *(self.plan.input_shape[i] for i, r in enumerate(self.plan.roles) if r == "spatial"))
         self.pool = [rng.standard_normal((self.batch, *net_input)).astype(np.float32)]
-        throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32", lambda: None)  # warm-up
+        first = throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32", lambda: None)
+        self.compile_s = first - throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32",
+                                                         lambda: None)
+        self.forward_share = math.nan
+        if compiled:  # the worker compiles its own copy (from inductor's cache) and keeps it for the rounds
+            throughput.fresh_worker_state()
+            self.predict()
 
     def data(self) -> np.ndarray:
         import zarr
@@ -214,20 +227,24 @@ class Predict:
     def predict(self) -> float:
         import bigdenoise
 
-        throughput.fresh_worker_state()
+        if not self.compiled:
+            throughput.fresh_worker_state()
         t0 = time.perf_counter()
         summary = bigdenoise.predict(self.volume, self.model_path, self.out, cluster="threads", overwrite=True,
-                                     tile=self.tile, progress=False)
+                                     tile=self.tile, compiled=self.compiled, progress=False)
         seconds = time.perf_counter() - t0
         if summary["voxels"] != self.voxels:
             raise SystemExit(f"predict wrote {summary['voxels']} voxels, expected {self.voxels}")
+        self.forward_share = summary["forward_s"] / seconds
         return seconds
 
     def forward(self) -> float:
         return throughput.forward_once(self.model, self.pool, self.n_tiles, self.batch, "fp32", lambda: None)
 
     def describe(self) -> str:
-        return (f"tile {self.plan.tile}, halo {self.plan.halo}, tile input {self.plan.input_shape}, "
+        compiled = (f"torch.compile (compiling took {self.compile_s:.1f} s in the first forward pass of this "
+                    f"process; a worker's copy then compiles from inductor's cache), " if self.compiled else "")
+        return (f"{compiled}tile {self.plan.tile}, halo {self.plan.halo}, tile input {self.plan.input_shape}, "
                 f"{self.n_tiles} tiles, batch {self.batch}; input tile voxels / output voxels "
                 f"{self.input_voxels / self.voxels:.3f}")
 
@@ -253,11 +270,13 @@ def compare_predict(a, name: str, ours: Predict, cm_tile, cm_overlap, macs: floa
         row["limit_fraction"] = ours.voxels / bd * 2 * macs / (gflops * 1e9)
         row["input_fraction"] = ours.input_voxels / bd * 2 * macs / (gflops * 1e9)
         row["blockwise"] = fwd / bd
+        row["forward_share"] = ours.forward_share
         rows.append(row)
         print(f"{name} round {r + 1}: CAREamics {ours.voxels / cm / 1e6:.3f} Mvox/s ({cm:.2f} s), bigdenoise "
               f"{ours.voxels / bd / 1e6:.3f} Mvox/s ({bd:.2f} s), forward {fwd:.2f} s; matmul {gflops:.0f} "
               f"GFLOP/s; ratio {row['ratio']:.2f}, compute limit {row['limit_fraction']:.2f}, "
-              f"blockwise/forward {row['blockwise']:.2f}", flush=True)
+              f"blockwise/forward {row['blockwise']:.2f}, forward share of predict {row['forward_share']:.2f}",
+              flush=True)
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     med["with_forward"] = with_forward
     return {"name": name, "rows": rows, "median": med, "voxels": ours.voxels, "macs": macs,
@@ -296,15 +315,20 @@ def report(a, results: list[dict], train: dict | None, macs: dict, machine, prob
              f"(CAREamics up-samples bilinearly, bigdenoise nearest). Convolution MACs counted from the models: "
              + ", ".join(f"{k} {v / 1e3:.1f} k/voxel" for k, v in macs.items()) + ".",
              f"- {a.rounds} interleaved rounds in 2D and training, {a.rounds_3d} in 3D, medians; the compute limit of a round is its matmul probe "
-             f"(fp32 GFLOP/s, taken just before our predict) / (2 x MACs per voxel).", ""]
+             f"(fp32 GFLOP/s, taken just before our predict) / (2 x MACs per voxel).",
+             "- Blockwise / forward divides two runs taken one after the other, so it carries the machine's drift; "
+             "the last column is drift-free: the seconds our predict spent inside forward passes (timed by the "
+             "engine, `forward_s` of its summary) over its whole wall time (cluster start, model load, reads, "
+             "tiling, blending and writes included).", ""]
     if results:
         lines += ["| predict | CAREamics Mvox/s | bigdenoise Mvox/s | ratio | fraction of the compute limit "
-                  "| blockwise / forward |", "|---|---|---|---|---|---|"]
+                  "| blockwise / forward | forward passes' share of predict |", "|---|---|---|---|---|---|---|"]
         for res in results:
             m, v = res["median"], res["voxels"]
             blockwise = goal(m["blockwise"], 0.9) if m["with_forward"] else "not measured"
             lines.append(f"| {res['name']} | {v / m['careamics_s'] / 1e6:.3f} | {v / m['ours_s'] / 1e6:.3f} | "
-                         f"{goal(m['ratio'], 2)} | {goal(m['limit_fraction'], 0.7)} | {blockwise} |")
+                         f"{goal(m['ratio'], 2)} | {goal(m['limit_fraction'], 0.7)} | {blockwise} | "
+                         f"{m['forward_share']:.2f} |")
         lines.append("")
         for res in results:
             per_round = "; ".join(f"{r['careamics_s']:.2f} / {r['ours_s']:.2f} / {r['forward_s']:.2f} s at "
@@ -349,13 +373,13 @@ def main(argv=None) -> int:
         results = []
         if "2d" in a.only:
             n = a.size_2d
-            ours = Predict(work / "2d", (n, n), "YX", (min(512, n), min(512, n)), a.tile_2d)
+            ours = Predict(work / "2d", (n, n), "YX", (min(512, n), min(512, n)), a.tile_2d, a.compiled)
             results.append(compare_predict(a, f"2D {n}x{n}", ours, a.careamics_tile_2d, a.careamics_overlap_2d,
                                            macs["2D"], a.rounds, with_forward=True))
         if "3d" in a.only:
             shape = tuple(a.shape_3d)
             ours = Predict(work / "3d", shape, "ZYX", tuple(min(c, s) for c, s in zip((64, 128, 128), shape)),
-                           a.tile_3d)
+                           a.tile_3d, a.compiled)
             results.append(compare_predict(a, f"3D {'x'.join(map(str, shape))}", ours, a.careamics_tile_3d,
                                            a.careamics_overlap_3d, macs["3D"], a.rounds_3d,
                                            with_forward="3d-forward" in a.only))
@@ -364,7 +388,8 @@ def main(argv=None) -> int:
         text = report(a, results, train, macs, machine, probes)
         print("\n" + text)
         if a.record:
-            common.replace_section(common.RESULTS, "vs_careamics", "## CPU speed against CAREamics 0.3.5\n\n" + text)
+            section, title = ("vs_careamics_compiled", " (torch.compile)") if a.compiled else ("vs_careamics", "")
+            common.replace_section(common.RESULTS, section, f"## CPU speed against CAREamics 0.3.5{title}\n\n" + text)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -151,6 +151,9 @@ def _add_predict(sub) -> None:
                    help="voxels per Dask task: blocks are whole output chunks grown to about this size")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--compile", action="store_true",
+                   help="run the network through torch.compile on each worker: seconds of compilation per worker "
+                   "process, then faster forward passes (for large volumes; a CPU needs a C++ compiler, g++ or $CXX)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -238,7 +241,8 @@ def run(a: argparse.Namespace) -> int:
                         dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, tile=a.tile, overlap=a.overlap,
                         halo=a.halo, batch_size=a.batch_size, precision=a.precision, device=a.device,
                         skip_background=a.skip_background, background_value=a.background_value,
-                        block_voxels=a.block_voxels, jobs=_job_options(a), progress=not a.quiet)
+                        block_voxels=a.block_voxels, jobs=_job_options(a), compiled=a.compile,
+                        progress=not a.quiet)
         extra = f"; skipped {s['skipped']} blocks already done" if s["skipped"] else ""
         if s["background_blocks"]:
             extra += f"; {s['background_blocks']} background blocks left unwritten"

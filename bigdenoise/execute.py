@@ -41,9 +41,10 @@ class BlockSettings:
     precision: str = "fp32"
     torch_threads: int = 0
     skip_background: float | None = None
+    compiled: bool = False  # torch.compile the networks on each worker (infer.for_inference)
 
 
-_models: dict[tuple[str, str, str], Model] = {}
+_models: dict[tuple[str, str, str, bool], Model] = {}
 _outputs: dict[OutputSpec, object] = {}
 _lock = threading.Lock()
 _compute_lock = threading.Lock()
@@ -52,13 +53,14 @@ _compute_lock = threading.Lock()
 def worker_model(settings: BlockSettings) -> Model:
     """The model of ``settings``, loaded once per process (batch norms folded for inference,
     ``infer.for_inference``) and kept for later tasks."""
-    key = (settings.model_path, settings.model_digest, settings.device)
+    key = (settings.model_path, settings.model_digest, settings.device, settings.compiled)
     with _lock:
         if key not in _models:
             if settings.torch_threads > 0:
                 torch.set_num_threads(settings.torch_threads)
             tune_allocator()
-            _models[key] = for_inference(load_model(settings.model_path, device=gpu_for_worker(settings.device)))
+            model = load_model(settings.model_path, device=gpu_for_worker(settings.device))
+            _models[key] = for_inference(model, compiled=settings.compiled)
         return _models[key]
 
 
@@ -78,6 +80,7 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
     t1 = time.perf_counter()
     background = settings.skip_background is not None and bool(
         np.nanmax(data[block.write.relative_to(rbox.offset).slices]) < settings.skip_background)
+    timings = {"forward_s": 0.0}
     if not background:
         # One block in compute at a time per process while the other task thread reads the next.
         # CPU: the whole of denoise_block, whose numpy work would otherwise take cores from torch's
@@ -86,14 +89,15 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
         gpu = model_device(model).type == "cuda"
         with nullcontext() if gpu else _compute_lock:
             y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
-                              precision=settings.precision, compute_lock=_compute_lock if gpu else None)
+                              precision=settings.precision, compute_lock=_compute_lock if gpu else None,
+                              timings=timings)
     t2 = time.perf_counter()
     if not background:
         write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))
     mark_done(out, block.index)
     t3 = time.perf_counter()
     return {"index": block.index, "voxels": block.write.size, "background": background, "read_s": t1 - t0,
-            "compute_s": t2 - t1, "write_s": t3 - t2}
+            "compute_s": t2 - t1, "write_s": t3 - t2, **timings}
 
 
 def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings,
@@ -103,6 +107,8 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
 
     ``skip`` is a boolean array over the block grid of blocks already done (resume). Failed
     blocks do not stop the others; at the end a BlockFailed names each failed block.
+    The summary's ``read_s``, ``compute_s`` (``forward_s`` of it in forward passes) and
+    ``write_s`` are task seconds summed over the blocks.
     """
     from distributed import as_completed
 
@@ -128,7 +134,7 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
     failures: list[str] = []
     voxels = background = 0
     t0 = time.perf_counter()
-    timing = {"read_s": 0.0, "compute_s": 0.0, "write_s": 0.0}
+    timing = {"read_s": 0.0, "compute_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
     with tqdm(total=done, unit="block", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
         for future in pending:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 
@@ -66,17 +67,19 @@ def model_device(model: Model) -> torch.device:
     return next(iter(model.nets.values())).parameters().__next__().device
 
 
-def for_inference(model: Model) -> Model:
+def for_inference(model: Model, compiled: bool = False) -> Model:
     """``model`` with every U-Net's batch norms folded into the convolutions before them.
 
     Prediction then skips one pass over every feature map per convolution; the outputs equal
-    the unfolded model's up to float rounding. ``model`` itself is not changed.
+    the unfolded model's up to float rounding. ``compiled=True`` also wraps every network in
+    ``torch.compile`` (``runtime.check_compiler`` first): the first forward pass of each input
+    shape compiles (seconds), later ones run fused kernels. ``model`` itself is not changed.
     """
     nets = {}
     for name, net in model.nets.items():
         if isinstance(net, UNet) and net.batch_norm:
             net = fold_batch_norm(net).to(memory_format=memory_format(net.ndim))
-        nets[name] = net
+        nets[name] = torch.compile(net) if compiled else net
     return dataclasses.replace(model, nets=nets)
 
 
@@ -170,7 +173,7 @@ def _batches(tiles: Iterator[Tile], size: int) -> Iterator[list[Tile]]:
 
 def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePlan, model: Model, *,
                   batch_size: int | None = None, precision: str = "fp32",
-                  compute_lock: AbstractContextManager | None = None) -> np.ndarray:
+                  compute_lock: AbstractContextManager | None = None, timings: dict | None = None) -> np.ndarray:
     """Denoise ``write_box`` of a volume.
 
     Parameters
@@ -185,6 +188,7 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
     precision : ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast.
     compute_lock : held around each forward pass only (a worker's lock shared by its task
         threads), so that another thread's reads, normalisation and blending overlap it.
+    timings : when given, ``timings["forward_s"]`` grows by the seconds spent in forward passes.
 
     Returns
     -------
@@ -198,7 +202,10 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
     for batch in _batches(tiles_for(plan, write_box), batch_size):
         inputs = np.stack([_to_net(gather(x, data_box, t.input, plan.shape, modes), plan.roles) for t in batch])
         with lock:
+            t0 = time.perf_counter()
             outputs = run_model(model, inputs, precision)
+            if timings is not None:
+                timings["forward_s"] = timings.get("forward_s", 0.0) + time.perf_counter() - t0
         for tile, y in zip(batch, outputs):
             y = _crop_to_window(y, tile, plan) * blend_weights(plan, tile)
             part = tile.window.intersect(write_box)

@@ -7,11 +7,15 @@ NDHWC) than with PyTorch's default layout, and so is cuDNN with tensor cores.
 from __future__ import annotations
 
 import ctypes
+import os
+import shutil
 import sys
 import threading
 
 import numpy as np
 import torch
+
+from .errors import ConfigError
 
 
 def memory_format(ndim: int) -> torch.memory_format:
@@ -80,3 +84,18 @@ def free_device_memory(device: torch.device) -> int | None:
     free, _total = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return int(free + max(0, cached))
+
+
+def check_compiler(device: str) -> None:
+    """Raise a ConfigError when ``torch.compile`` cannot build kernels for ``device`` here.
+
+    On a CPU, TorchInductor compiles C++ with ``$CXX`` or ``g++``; a missing compiler would
+    otherwise surface as a failure of every block. Workers of a remote cluster need one too.
+    """
+    if device.startswith("cuda"):
+        return
+    compiler = os.environ.get("CXX") or "g++"
+    if shutil.which(compiler) is None:
+        raise ConfigError(f"--compile needs a C++ compiler on a CPU ({compiler} was not found on PATH): install "
+                          f"g++ (e.g. apt install g++, or module load gcc on a cluster), set CXX to another "
+                          f"compiler, or drop --compile")
