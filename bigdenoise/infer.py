@@ -72,8 +72,10 @@ def for_inference(model: Model, compiled: bool = False) -> Model:
 
     Prediction then skips one pass over every feature map per convolution; the outputs equal
     the unfolded model's up to float rounding. ``compiled=True`` also wraps every network in
-    ``torch.compile`` (``runtime.check_compiler`` first): the first forward pass of each input
-    shape compiles (seconds), later ones run fused kernels. ``model`` itself is not changed.
+    ``torch.compile`` (``runtime.check_compiler`` first): the first call of a network's forward
+    with a new input shape compiles (seconds), later ones run fused kernels; methods that call
+    other methods of a network (PN2V's ``trunk``) run those eagerly. ``model`` itself is not
+    changed.
     """
     nets = {}
     for name, net in model.nets.items():
