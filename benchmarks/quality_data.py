@@ -239,44 +239,45 @@ W2S_SCORING = ("single frame vs 400-frame average; every output fitted a*x+b to 
                "before PSNR/SSIM, peak 255")
 
 
-def _w2s(name: str, a: argparse.Namespace) -> Dataset:
-    noisy, clean, cropped = _w2s_test_images(*w2s_pairs(a, range(8, 11), range(3)), a)
-    t_noisy, t_clean = w2s_pairs(a, range(1, 8), range(3))
+def _w2s_dataset(name: str, a: argparse.Namespace, scope: str, test_fovs, train_fovs, channels, *,
+                 care_note: str, noise_what: str, why_no_stack: str) -> Dataset:
+    """A W2S data set: test pairs of ``test_fovs``, CARE and PN2V's noise model from the pairs of
+    ``train_fovs`` (ground truth mapped a*gt+b onto each noisy frame's 8-bit scale)."""
+    noisy, clean, cropped = _w2s_test_images(*w2s_pairs(a, test_fovs, channels), a)
+    t_noisy, t_clean = w2s_pairs(a, train_fovs, channels)
     t_mapped = _onto(t_clean, t_noisy)
-    return Dataset(name, f"W2S widefield FOVs 008-010 x 3 channels ({len(noisy)} images, "
-                   f"{cropped}512x512, 8-bit): {W2S_SCORING}", noisy, clean, 255.0, fit=True,
+    return Dataset(name, f"W2S widefield {scope} ({len(noisy)} images, {cropped}512x512, 8-bit): {W2S_SCORING}",
+                   noisy, clean, 255.0, fit=True,
                    methods=("n2v", "n2v2", "care", "pn2v", "pn2v-bootstrap"),
-                   care_folds=[CareFold(t_noisy, t_mapped)],
-                   care_note="CARE trained on FOVs 001-007 (21 pairs), each target mapped a*gt+b onto its noisy "
-                             "frame's 8-bit scale (the files were contrast-stretched independently)",
-                   noise_model={"kind": "gmm", "pairs": (t_noisy, t_mapped),
-                                "what": "the 21 training pairs of FOVs 001-007, each GT mapped a*gt+b onto its noisy "
-                                        "frame's 8-bit scale (each test file has its own stretch, so the model is "
-                                        "approximate there)"},
+                   care_folds=[CareFold(t_noisy, t_mapped)], care_note=care_note,
+                   noise_model={"kind": "gmm", "pairs": (t_noisy, t_mapped), "what": noise_what},
                    why_not={"n2n": "one noisy frame per field (the 400 raw frames are not in the 8-bit set)",
-                            "noise2stack": "no stack (the 3 channels are different stains)",
+                            "noise2stack": why_no_stack,
                             "struct-n2v": "not applied"})
+
+
+def _w2s(name: str, a: argparse.Namespace) -> Dataset:
+    return _w2s_dataset(
+        name, a, "FOVs 008-010 x 3 channels", range(8, 11), range(1, 8), range(3),
+        care_note="CARE trained on FOVs 001-007 (21 pairs), each target mapped a*gt+b onto its noisy "
+                  "frame's 8-bit scale (the files were contrast-stretched independently)",
+        noise_what="the 21 training pairs of FOVs 001-007, each GT mapped a*gt+b onto its noisy "
+                   "frame's 8-bit scale (each test file has its own stretch, so the model is "
+                   "approximate there)",
+        why_no_stack="no stack (the 3 channels are different stains)")
 
 
 def _w2s_channel(name: str, a: argparse.Namespace) -> Dataset:
     """One W2S channel: its own acquisition setting, hence its own noise model (the channels'
     noise variance per unit of signal differs about 4x in the 8-bit files)."""
     channel = int(name[-1])
-    noisy, clean, cropped = _w2s_test_images(*w2s_pairs(a, range(4, 11), [channel]), a)
-    t_noisy, t_clean = w2s_pairs(a, range(1, 4), [channel])
-    t_mapped = _onto(t_clean, t_noisy)
-    return Dataset(name, f"W2S widefield channel {channel} alone, FOVs 004-010 ({len(noisy)} images, {cropped}512x512, "
-                   f"8-bit): {W2S_SCORING}", noisy, clean, 255.0, fit=True,
-                   methods=("n2v", "n2v2", "care", "pn2v", "pn2v-bootstrap"),
-                   care_folds=[CareFold(t_noisy, t_mapped)],
-                   care_note=f"CARE trained on FOVs 001-003 of channel {channel} (3 pairs), each target mapped "
-                             "a*gt+b onto its noisy frame's 8-bit scale",
-                   noise_model={"kind": "gmm", "pairs": (t_noisy, t_mapped),
-                                "what": f"the 3 pairs of FOVs 001-003 of channel {channel}, each GT mapped a*gt+b onto "
-                                        "its noisy frame's 8-bit scale"},
-                   why_not={"n2n": "one noisy frame per field (the 400 raw frames are not in the 8-bit set)",
-                            "noise2stack": "no stack",
-                            "struct-n2v": "not applied"})
+    return _w2s_dataset(
+        name, a, f"channel {channel} alone, FOVs 004-010", range(4, 11), range(1, 4), [channel],
+        care_note=f"CARE trained on FOVs 001-003 of channel {channel} (3 pairs), each target mapped "
+                  "a*gt+b onto its noisy frame's 8-bit scale",
+        noise_what=f"the 3 pairs of FOVs 001-003 of channel {channel}, each GT mapped a*gt+b onto "
+                   "its noisy frame's 8-bit scale",
+        why_no_stack="no stack")
 
 
 def _fmd(name: str, a: argparse.Namespace) -> Dataset:
