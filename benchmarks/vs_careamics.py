@@ -211,11 +211,12 @@ class Predict:
         rng = np.random.default_rng(1)
         net_input = (1, *(self.plan.input_shape[i] for i, r in enumerate(self.plan.roles) if r == "spatial"))
         self.pool = [rng.standard_normal((self.batch, *net_input)).astype(np.float32)]
-        first = throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32", lambda: None)
-        self.compile_s = first - throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32",
-                                                         lambda: None)
+        first = throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32", lambda: None)  # warm-up
         self.forward_share = math.nan
-        if compiled:  # the worker compiles its own copy (from inductor's cache) and keeps it for the rounds
+        if compiled:
+            self.compile_s = first - throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32",
+                                                             lambda: None)
+            # the worker compiles its own copy (from inductor's cache) and keeps it for the rounds
             throughput.fresh_worker_state()
             self.predict()
 
