@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bigdenoise.nets import UNet, build_unet, fold_batch_norm, param_count, receptive_radius
+from bigdenoise.nets import UNet, build_unet, fold_batch_norm, param_count, receptive_radius, with_coarse_decoder
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -130,3 +130,36 @@ def test_fold_batch_norm():
         plain.load_state_dict(folded.state_dict())
         with torch.no_grad():
             torch.testing.assert_close(plain(x), folded(x))
+
+
+@pytest.mark.parametrize("ndim,depth,n2v2,residual", [(2, 2, False, False), (2, 3, True, False), (3, 2, False, True), (3, 1, True, False)])
+def test_coarse_decoder_computes_the_same_function(ndim, depth, n2v2, residual):
+    """The inference copy equals the original net, borders included, on non-square inputs and
+    for every phase of the up-sampling grid (odd and even positions hold different kernels)."""
+    torch.manual_seed(1)
+    net = build_unet(ndim, 2 if residual else 1, 2 if residual else 3, depth=depth, features=8,
+                     n2v2=n2v2, residual=residual, batch_norm=False).eval()
+    for p in net.parameters():  # break any symmetry between the taps a phase sums
+        nn.init.uniform_(p, -0.5, 0.5)
+    fast = with_coarse_decoder(net)
+    assert net.coarse_up is None and fast.coarse_up is not None  # the original is kept
+    assert not any(p.requires_grad for p in fast.parameters())
+    spatial = (16, 24) if ndim == 2 else (8, 16, 24)
+    spatial = tuple(s * 2 ** max(0, depth - 2) for s in spatial)
+    x = torch.randn(3, net.in_channels, *spatial)
+    with torch.no_grad():
+        # In float64, so that only a wrong tap or phase could make a difference.
+        expected = net.double()(x.double())
+        fast64 = with_coarse_decoder(net)
+        torch.testing.assert_close(fast64(x.double()), expected, atol=1e-12 * expected.abs().max().item(), rtol=0)
+        torch.testing.assert_close(fast64.trunk(x.double()), net.trunk(x.double()), atol=1e-12 * expected.abs().max().item(), rtol=0)
+        # In float32 and channels-last, as prediction runs it.
+        layout = torch.channels_last if ndim == 2 else torch.channels_last_3d
+        fast_cl = fast.to(memory_format=layout)
+        got = fast_cl(x.contiguous(memory_format=layout)).double()
+        torch.testing.assert_close(got, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+
+
+def test_coarse_decoder_needs_folded_batch_norm():
+    with pytest.raises(ValueError, match="fold_batch_norm"):
+        with_coarse_decoder(build_unet(2, 1, 1, depth=1, features=4))

@@ -1,5 +1,5 @@
 """Network architectures (no training logic)."""
 
-from bigdenoise.nets.unet import UNet, build_unet, fold_batch_norm, param_count, receptive_radius
+from bigdenoise.nets.unet import UNet, build_unet, fold_batch_norm, param_count, receptive_radius, with_coarse_decoder
 
-__all__ = ["UNet", "build_unet", "fold_batch_norm", "param_count", "receptive_radius"]
+__all__ = ["UNet", "build_unet", "fold_batch_norm", "param_count", "receptive_radius", "with_coarse_decoder"]
