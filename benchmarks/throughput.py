@@ -143,9 +143,12 @@ def main(argv=None) -> int:
     import bigdenoise
     from bigdenoise.infer import for_inference, forward_batch_size, plan_for
     from bigdenoise.package import load_model
+    from bigdenoise.runtime import tune_allocator
     from bigdenoise.tiling import block_shape_for
     from bigdenoise.train import pick_device
 
+    # As predict does in its process and in every worker; first, before any thread allocates.
+    tune_allocator()
     machine = common.machine_info()
     probes = [common.probe("before")]
     device = str(pick_device(a.device))
@@ -215,7 +218,7 @@ def main(argv=None) -> int:
                 predict_s[c].append(s)
                 print(f"round {r + 1}: (b) predict --cluster {c} {s:.2f} s = {voxels / s / 1e6:.3f} Mvox/s "
                       f"(its own summary: {summary['seconds']:.2f} s in blocks; read {summary['read_s']:.2f}, "
-                      f"compute {summary['compute_s']:.2f}, write {summary['write_s']:.2f} s summed over tasks)",
+                      f"compute {summary['compute_s']:.2f} (forward passes {summary['forward_s']:.2f}), write {summary['write_s']:.2f} s summed over tasks)",
                       flush=True)
         probes.append(common.probe("after"))
 

@@ -352,6 +352,11 @@ def report(a, results: list[dict], train: dict | None, macs: dict, machine, prob
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    from bigdenoise.runtime import tune_allocator
+
+    # First, before any thread allocates: the allocator settings predict gives its process and
+    # workers; CAREamics, in this process too, runs under them as well.
+    tune_allocator()
     if common.import_careamics() is None:
         raise SystemExit(f"careamics is not installed: {common.CAREAMICS_INSTALL}")
     import torch

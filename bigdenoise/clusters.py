@@ -8,9 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import dask
 import torch
+from distributed import WorkerPlugin
 
 from .errors import ConfigError
+from .runtime import ALLOCATOR_ENV, tune_allocator
 
 LOCAL = ("threads", "local")
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
@@ -67,7 +70,8 @@ def jobqueue_cluster(kind: str, options: JobOptions):
     cls = getattr(dask_jobqueue, JOBQUEUE[kind])
     kwargs = dict(cores=options.cores, memory=options.memory, processes=options.worker_processes,
                   walltime=options.walltime, queue=options.queue, job_extra_directives=directives,
-                  job_script_prologue=list(options.prologue))
+                  job_script_prologue=[f"export {k}={v}" for k, v in ALLOCATOR_ENV.items()]
+                  + list(options.prologue))
     if options.account:
         kwargs["account"] = options.account
     return cls(**kwargs)
@@ -75,6 +79,14 @@ def jobqueue_cluster(kind: str, options: JobOptions):
 
 def torch_threads_per_worker(cores: int, workers: int) -> int:
     return max(1, cores // max(1, workers))
+
+
+class AllocatorSettings(WorkerPlugin):
+    """Worker plugin: ``runtime.tune_allocator`` in every worker process as it joins (for
+    workers this module did not start with ``runtime.ALLOCATOR_ENV``)."""
+
+    def setup(self, worker) -> None:
+        tune_allocator()
 
 
 @contextmanager
@@ -86,8 +98,19 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
     ``threads``: one in-process worker; ``local``: worker processes on this machine (one per GPU
     with dask-cuda's LocalCUDACluster when installed and ``device`` is cuda, else one per 4
     cores); ``slurm|pbs|lsf``: batch jobs through dask-jobqueue; ``tcp://HOST:PORT``: an
-    existing scheduler.
+    existing scheduler. Every worker, present and joining later, gets the allocator settings of
+    ``runtime.tune_allocator``: from its start where this module starts it (``local``, batch
+    jobs), else as it joins; so does this process, whose threads run the ``threads`` worker.
     """
+    tune_allocator()
+    with _client(cluster, workers, threads_per_worker, device, jobs) as (client, torch_threads):
+        client.register_plugin(AllocatorSettings(), name="bigdenoise-allocator")
+        yield client, torch_threads
+
+
+@contextmanager
+def _client(cluster: str, workers: int | None, threads_per_worker: int | None, device: str,
+            jobs: JobOptions | None) -> Iterator[tuple[object, int]]:
     from distributed import Client, LocalCluster
 
     check_cluster(cluster)
@@ -109,7 +132,8 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
         except ImportError:
             LocalCUDACluster = None
         if LocalCUDACluster is not None:
-            with LocalCUDACluster(threads_per_worker=threads, dashboard_address=":0") as lc, Client(lc) as client:
+            with _worker_environ(), LocalCUDACluster(threads_per_worker=threads, dashboard_address=":0") as lc, \
+                    Client(lc) as client:
                 yield client, torch_threads_per_worker(cores, len(lc.workers))
             return
     processes = cluster == "local"
@@ -118,9 +142,16 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
         n_workers = workers or default or 1
     else:
         n_workers = 1
-    with LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=processes,
-                      dashboard_address=":0", silence_logs=40) as lc, Client(lc) as client:
+    with _worker_environ(), LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=processes,
+                                         dashboard_address=":0", silence_logs=40) as lc, Client(lc) as client:
         yield client, torch_threads_per_worker(cores, n_workers)
+
+
+def _worker_environ():
+    """dask config under which worker processes start with ``runtime.ALLOCATOR_ENV`` (on top of
+    dask's own pre-spawn environment)."""
+    environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **ALLOCATOR_ENV}
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
 
 
 def gpu_for_worker(device: str) -> str:

@@ -2,8 +2,11 @@
 
 import pytest
 
-from bigdenoise.clusters import JobOptions, check_cluster, jobqueue_cluster
+import os
+
+from bigdenoise.clusters import JobOptions, check_cluster, dask_client, jobqueue_cluster
 from bigdenoise.errors import ConfigError
+from bigdenoise.runtime import ALLOCATOR_ENV
 
 
 @pytest.mark.parametrize("kind, expect", [
@@ -23,9 +26,19 @@ def test_job_scripts_carry_the_options(kind, expect):
     for line in expect:
         assert line in script, script
     assert "module load cuda" in script and "source ~/venv/bin/activate" in script
+    for name, value in ALLOCATOR_ENV.items():  # workers start with the allocator settings
+        assert f"export {name}={value}" in script
     assert "--nworkers 2" in script or "--nprocs 2" in script  # one worker per GPU
 
 
 def test_unknown_cluster_names_the_choices():
     with pytest.raises(ConfigError, match="slurm"):
         check_cluster("kubernetes")
+
+
+def test_local_workers_start_with_the_allocator_settings():
+    with dask_client("local", workers=1) as (client, _):
+        environ = client.run(lambda: {name: os.environ.get(name) for name in ALLOCATOR_ENV})
+        plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert list(environ.values()) == [ALLOCATOR_ENV]
+    assert all("bigdenoise-allocator" in names for names in plugins.values())

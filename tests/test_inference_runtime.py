@@ -1,6 +1,9 @@
-"""Forward-pass sizing (CPU and GPU), batch norms folded for inference, host->device staging."""
+"""Forward-pass sizing (CPU and GPU), the inference copy of a model, host->device staging, the
+allocator settings."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -92,6 +95,8 @@ def test_for_inference_folds_batch_norm_and_keeps_predictions(model_2d):
     assert any(has_bn)  # the fixture's U-Net has batch norm; folding must leave the original alone
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm)
                    for net in folded.nets.values() for m in net.modules())
+    assert all(net.coarse_up is not None for net in folded.nets.values())  # the coarse decoder
+    assert all(net.coarse_up is None for net in model.nets.values())
     x = np.random.default_rng(0).standard_normal((2, 1, 32, 32)).astype(np.float32)
     np.testing.assert_allclose(run_model(folded, x), run_model(model, x), atol=1e-5, rtol=0)
     tiled = infer.predict_array(data, model, tile=16)  # folds internally
@@ -113,3 +118,28 @@ def test_to_device_on_cuda_goes_through_a_reused_pinned_buffer():
         torch.cuda.synchronize()
         assert t.device.type == "cuda" and np.array_equal(t.cpu().numpy(), x)
     assert free_device_memory(device) > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings are Linux-only")
+def test_tuned_allocator_keeps_large_buffers_mapped():
+    """After tune_allocator a freed 64 MiB buffer is reused without faulting its pages in again
+    (glibc's default maps and unmaps it each time: 16384 page faults per allocation)."""
+    code = """
+import resource, torch
+from bigdenoise.runtime import tune_allocator
+if TUNE:
+    tune_allocator()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(2):
+    a = torch.ones(2**24); del a
+f0 = faults()
+for _ in range(5):
+    a = torch.ones(2**24); del a
+print(faults() - f0)
+"""
+    faults = {tune: int(subprocess.run([sys.executable, "-c", code.replace("TUNE", str(tune))], check=True,
+                                       capture_output=True, text=True).stdout)
+              for tune in (False, True)}
+    assert faults[False] > 5 * 10000, faults  # the default: every allocation faults again
+    assert faults[True] < 1000, faults
