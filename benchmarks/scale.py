@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import signal
 import socket
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import common
+from bigdenoise.runtime import ALLOCATOR_ENV
 
 CHUNKS = (64, 256, 256)
 YX = 1024
@@ -90,7 +92,8 @@ def run_size(work: Path, gbytes: float, workers: int, threads: int, tile: int) -
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker_procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
                                       str(threads), "--no-nanny", "--no-dashboard", "--memory-limit", "0"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, **ALLOCATOR_ENV})  # as the README says
                     for _ in range(workers)]
     monitors = [common.TreeRSS(p.pid) for p in [scheduler, *worker_procs]]
     for m in monitors:

@@ -13,7 +13,7 @@ import torch
 from distributed import WorkerPlugin
 
 from .errors import ConfigError
-from .runtime import ALLOCATOR_ENV, tune_allocator
+from .runtime import ALLOCATOR_ENV, release_memory, tune_allocator, tune_worker_allocator
 
 LOCAL = ("threads", "local")
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
@@ -82,11 +82,10 @@ def torch_threads_per_worker(cores: int, workers: int) -> int:
 
 
 class AllocatorSettings(WorkerPlugin):
-    """Worker plugin: ``runtime.tune_allocator`` in every worker process as it joins (for
-    workers this module did not start with ``runtime.ALLOCATOR_ENV``)."""
+    """Worker plugin: ``runtime.tune_worker_allocator`` in every worker process as it joins."""
 
     def setup(self, worker) -> None:
-        tune_allocator()
+        tune_worker_allocator()
 
 
 @contextmanager
@@ -98,14 +97,19 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
     ``threads``: one in-process worker; ``local``: worker processes on this machine (one per GPU
     with dask-cuda's LocalCUDACluster when installed and ``device`` is cuda, else one per 4
     cores); ``slurm|pbs|lsf``: batch jobs through dask-jobqueue; ``tcp://HOST:PORT``: an
-    existing scheduler. Every worker, present and joining later, gets the allocator settings of
-    ``runtime.tune_allocator``: from its start where this module starts it (``local``, batch
-    jobs), else as it joins; so does this process, whose threads run the ``threads`` worker.
+    existing scheduler. Worker processes this module starts (``local``, batch jobs) start with
+    ``runtime.ALLOCATOR_ENV``, the settings of ``runtime.tune_allocator``, which this process
+    takes too (its threads run the ``threads`` worker); workers of an existing scheduler get
+    ``runtime.tune_worker_allocator`` as they join (start them with ``ALLOCATOR_ENV`` for the
+    full settings).
     """
     tune_allocator()
-    with _client(cluster, workers, threads_per_worker, device, jobs) as (client, torch_threads):
-        client.register_plugin(AllocatorSettings(), name="bigdenoise-allocator")
-        yield client, torch_threads
+    try:
+        with _client(cluster, workers, threads_per_worker, device, jobs) as (client, torch_threads):
+            client.register_plugin(AllocatorSettings(), name="bigdenoise-allocator")
+            yield client, torch_threads
+    finally:
+        release_memory()  # what the in-process worker's forward passes kept in this heap
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from .errors import InputError
 from .geometry import Box
 from .normalize import denormalize, normalize
 from .package import Model
-from .nets import UNet, fold_batch_norm, with_coarse_decoder
+from .nets import UNet, fold_batch_norm, inference_copy
 from .runtime import free_device_memory, memory_format, to_device, to_fast_layout
 from .tiling import TilePlan, Tile, axis_modes, blend_weights, gather, make_plan, read_box, reflect_indices, tiles_for
 
@@ -74,7 +74,7 @@ def for_inference(model: Model, compiled: bool = False) -> Model:
     Batch norms are folded into the convolutions before them (one pass over every feature map
     less per convolution). Unless ``compiled``, each decoder level's first convolution then reads
     the coarse features directly instead of an up-sampled, concatenated map
-    (``nets.unet.with_coarse_decoder``: 12 % fewer multiply-adds in 2D, 17 % in 3D, and no
+    (``nets.unet.inference_copy``: 12 % fewer multiply-adds in 2D, 17 % in 3D, and no
     up-sampled or concatenated map written). The outputs equal the original model's up to float
     rounding. ``compiled=True`` instead wraps every network in ``torch.compile``
     (``runtime.check_compiler`` first): the first call of a network's forward with a new input
@@ -88,7 +88,7 @@ def for_inference(model: Model, compiled: bool = False) -> Model:
             # Inductor runs the coarse decoder's strided phase sums slower than the plain
             # decoder (3D: 3.5 s vs 2.5 s per forward on the benchmark CPU), so compiled
             # nets keep the plain one.
-            net = net if compiled else with_coarse_decoder(net)
+            net = net if compiled else inference_copy(net)
             net = net.to(memory_format=memory_format(net.ndim))
         nets[name] = torch.compile(net) if compiled else net
     return dataclasses.replace(model, nets=nets)

@@ -40,6 +40,24 @@ def nets_to_fast_layout(nets: dict, ndim: int) -> None:
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**60)}
 
 
+_full_settings = False
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    for option, value in settings:
+        libc.mallopt(option, value)
+    return True
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -3, -4, -8
+
+
 def tune_allocator() -> None:
     """Keep freed feature maps in the process's heap instead of returning them to the OS.
 
@@ -50,32 +68,37 @@ def tune_allocator() -> None:
     heap is never trimmed (``M_TRIM_THRESHOLD`` -1: a forward pass that frees more than the
     threshold at the heap's top would fault it in again on the next pass), and threads started
     from now on allocate from the main heap (``M_ARENA_MAX`` 1): a thread's own arena would
-    still map large buffers. Threads that allocated before this call may keep their own arenas
-    (and hand them on to later threads), so call it first thing in a process, or start the
-    process with :data:`ALLOCATOR_ENV`. The process keeps its peak heap until it exits or calls
-    :func:`release_memory`. Linux with glibc only; elsewhere a no-op.
+    still map large buffers. Threads that allocated before this call keep their own arenas
+    (and hand them on to later threads), which then grow untrimmed, so call it first thing in a
+    process, or start the process with :data:`ALLOCATOR_ENV`; for a process that may already
+    have such threads, use :func:`tune_worker_allocator`. The process keeps its peak heap until
+    it exits or calls :func:`release_memory`. Linux with glibc only; elsewhere a no-op.
     """
-    if not sys.platform.startswith("linux"):
+    global _full_settings
+    _full_settings = _mallopt((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
+
+
+def tune_worker_allocator() -> None:
+    """The allocator settings for a worker process, which may already run threads.
+
+    Nothing to do when it started with :data:`ALLOCATOR_ENV` or is this process after
+    :func:`tune_allocator`. Otherwise only the safe part: ``mmap`` for allocations above 32 MiB
+    (glibc's maximum threshold) and a 1 GiB trim threshold. :func:`tune_allocator`'s settings
+    applied late doubled a worker's peak memory in ``benchmarks/scale.py`` (2.5 GB vs 1.4 GB).
+    """
+    if _full_settings or all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
         return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
-    libc.mallopt(m_arena_max, 1)
-    libc.mallopt(m_mmap_max, 0)
-    libc.mallopt(m_trim_threshold, -1)
+    _mallopt((M_MMAP_THRESHOLD, 32 * 2**20), (M_TRIM_THRESHOLD, 2**30))
 
 
 def release_memory() -> None:
     """Return the free memory of this process's heap to the OS (glibc's ``malloc_trim``);
     for a process that goes on after prediction with :func:`tune_allocator`'s settings."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        return
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
 
 
 _staging = threading.local()

@@ -2,6 +2,7 @@
 allocator settings."""
 
 import math
+import os
 import subprocess
 import sys
 
@@ -138,8 +139,10 @@ for _ in range(5):
     a = torch.ones(2**24); del a
 print(faults() - f0)
 """
+    # Without the MALLOC_ variables a LocalCluster's nanny leaves in this process's environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     faults = {tune: int(subprocess.run([sys.executable, "-c", code.replace("TUNE", str(tune))], check=True,
-                                       capture_output=True, text=True).stdout)
+                                       capture_output=True, text=True, env=env).stdout)
               for tune in (False, True)}
     assert faults[False] > 5 * 10000, faults  # the default: every allocation faults again
-    assert faults[True] < 1000, faults
+    assert faults[True] < faults[False] / 4, faults  # at most one of the five grows the heap

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bigdenoise.nets import UNet, build_unet, fold_batch_norm, param_count, receptive_radius, with_coarse_decoder
+from bigdenoise.nets import UNet, build_unet, fold_batch_norm, param_count, receptive_radius, inference_copy
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -133,7 +133,7 @@ def test_fold_batch_norm():
 
 
 @pytest.mark.parametrize("ndim,depth,n2v2,residual", [(2, 2, False, False), (2, 3, True, False), (3, 2, False, True), (3, 1, True, False)])
-def test_coarse_decoder_computes_the_same_function(ndim, depth, n2v2, residual):
+def test_inference_copy_computes_the_same_function(ndim, depth, n2v2, residual):
     """The inference copy equals the original net, borders included, on non-square inputs and
     for every phase of the up-sampling grid (odd and even positions hold different kernels)."""
     torch.manual_seed(1)
@@ -141,7 +141,7 @@ def test_coarse_decoder_computes_the_same_function(ndim, depth, n2v2, residual):
                      n2v2=n2v2, residual=residual, batch_norm=False).eval()
     for p in net.parameters():  # break any symmetry between the taps a phase sums
         nn.init.uniform_(p, -0.5, 0.5)
-    fast = with_coarse_decoder(net)
+    fast = inference_copy(net)
     assert net.coarse_up is None and fast.coarse_up is not None  # the original is kept
     assert not any(p.requires_grad for p in fast.parameters())
     spatial = (16, 24) if ndim == 2 else (8, 16, 24)
@@ -150,7 +150,7 @@ def test_coarse_decoder_computes_the_same_function(ndim, depth, n2v2, residual):
     with torch.no_grad():
         # In float64, so that only a wrong tap or phase could make a difference.
         expected = net.double()(x.double())
-        fast64 = with_coarse_decoder(net)
+        fast64 = inference_copy(net)
         torch.testing.assert_close(fast64(x.double()), expected, atol=1e-12 * expected.abs().max().item(), rtol=0)
         torch.testing.assert_close(fast64.trunk(x.double()), net.trunk(x.double()), atol=1e-12 * expected.abs().max().item(), rtol=0)
         # In float32 and channels-last, as prediction runs it.
@@ -158,8 +158,22 @@ def test_coarse_decoder_computes_the_same_function(ndim, depth, n2v2, residual):
         fast_cl = fast.to(memory_format=layout)
         got = fast_cl(x.contiguous(memory_format=layout)).double()
         torch.testing.assert_close(got, expected, atol=1e-5 * expected.abs().max().item(), rtol=0)
+        # Under autocast the conv blocks leave oneDNN's fused ReLU for autocast's convolutions.
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = fast(x).double()
+        torch.testing.assert_close(low, expected, atol=0.05 * expected.abs().max().item(), rtol=0)
 
 
-def test_coarse_decoder_needs_folded_batch_norm():
+def test_inference_copy_of_a_net_with_5_tap_kernels():
+    """Only 3-tap decoders run on the coarse features; every conv block still fuses its ReLU."""
+    net = build_unet(2, 1, 1, depth=2, features=4, kernel=5, batch_norm=False).eval()
+    fast = inference_copy(net)
+    assert fast.coarse_up is None
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+def test_inference_copy_needs_folded_batch_norm():
     with pytest.raises(ValueError, match="fold_batch_norm"):
-        with_coarse_decoder(build_unet(2, 1, 1, depth=1, features=4))
+        inference_copy(build_unet(2, 1, 1, depth=1, features=4))

@@ -11,7 +11,7 @@ Layout (``depth`` levels, ``f = features``)::
 Every conv is 'same' padded and followed by batch norm (optional) then ReLU. With ``n2v2=True``
 (Höck et al. 2022) pooling is max-blur-pool (Zhang 2019) and the level-0 skip is dropped.
 
-For prediction, :func:`fold_batch_norm` and :func:`with_coarse_decoder` give copies of a trained
+For prediction, :func:`fold_batch_norm` and :func:`inference_copy` give copies of a trained
 net that compute the same function with less work (see :class:`CoarseUpConv`).
 """
 
@@ -147,6 +147,34 @@ def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat(kernels)
 
 
+def _fused_relu_ok(x: torch.Tensor) -> bool:
+    """Whether oneDNN's convolution with a fused ReLU applies: CPU, float32, no autocast."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+class ConvReLU(nn.Module):
+    """``relu(conv(x))`` of a conv block without batch norm: an inference-only stand-in.
+
+    On the CPU in float32 it is one oneDNN call with the ReLU applied as the convolution writes
+    its output (the fused operator torch.compile's CPU backend emits), which saves a pass over
+    the feature map; elsewhere the convolution, then an in-place ReLU.
+    """
+
+    def __init__(self, block: nn.Sequential) -> None:
+        super().__init__()
+        if not isinstance(block[1], nn.Identity):
+            raise ValueError("ConvReLU needs a conv block without batch norm (fold it first)")
+        self.conv = block[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if _fused_relu_ok(x):
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups, "relu", [], "")
+        return torch.relu_(c(x))
+
+
 class CoarseUpConv(nn.Module):
     """``relu(conv(cat(upsample(h), skip)))`` of a decoder level, computed without up-sampling or
     concatenating: an inference-only stand-in for ``up[level][0]`` of a net without batch norm.
@@ -270,7 +298,7 @@ class UNet(nn.Module):
             skip = 0 if self._drops_skip(level) else f
             self.up.append(_double_conv(ndim, f + skip, f, features * 2 ** max(0, level - 1), kernel, batch_norm))
         self.head = _CONV[ndim](features, out_channels, 1)
-        # Set only on inference copies (with_coarse_decoder): stand-ins for each up[level][0].
+        # Set only on inference copies (inference_copy): stand-ins for each up[level][0].
         self.coarse_up: nn.ModuleList | None = None
 
     def _drops_skip(self, level: int) -> bool:
@@ -400,23 +428,28 @@ def fold_batch_norm(net: UNet) -> UNet:
     return folded
 
 
-def with_coarse_decoder(net: UNet) -> UNet:
-    """Inference copy of ``net`` (no batch norm: fold it first) whose decoder convolutions read
-    the coarse features directly (:class:`CoarseUpConv`); same outputs up to float rounding.
+def inference_copy(net: UNet) -> UNet:
+    """Copy of ``net`` (no batch norm: fold it first) that computes the same function faster,
+    for prediction only: each decoder level's first convolution reads the coarse features
+    directly (:class:`CoarseUpConv`) and every other conv block applies its ReLU as the
+    convolution writes (:class:`ConvReLU`). Same outputs up to float rounding.
 
     The copy is frozen: its stand-ins hold copies of the weights, so training it, or loading a
     state dict into it, would leave them stale. ``net`` itself is not changed.
     """
     if net.batch_norm:
-        raise ValueError("with_coarse_decoder needs a net without batch norm; apply fold_batch_norm first")
-    if net.kernel != 3:
-        return copy.deepcopy(net).eval()
+        raise ValueError("inference_copy needs a net without batch norm; apply fold_batch_norm first")
     fast = copy.deepcopy(net).eval()
-    fast.coarse_up = nn.ModuleList(
-        CoarseUpConv(fast.up[level][0], fast.features * 2**level, not fast._drops_skip(level))
-        for level in range(fast.depth)
-    )
-    for level in range(fast.depth):
-        fast.up[level][0] = nn.Identity()  # the stand-in replaces it; drop the unused weights
+    if net.kernel == 3:
+        fast.coarse_up = nn.ModuleList(
+            CoarseUpConv(fast.up[level][0], fast.features * 2**level, not fast._drops_skip(level))
+            for level in range(fast.depth)
+        )
+        for level in range(fast.depth):
+            fast.up[level][0] = nn.Identity()  # the stand-in replaces it; drop the unused weights
+    for pair in [*fast.down, fast.bottom, *fast.up]:
+        for i, block in enumerate(pair):
+            if isinstance(block, nn.Sequential):
+                pair[i] = ConvReLU(block)
     fast.requires_grad_(False)
     return fast
