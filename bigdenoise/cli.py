@@ -153,7 +153,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--compile", action="store_true",
                    help="run the network through torch.compile on each worker: seconds of compilation per worker "
-                   "process, then faster forward passes (for large volumes; a CPU needs a C++ compiler, g++ or $CXX)")
+                   "process; on a CPU the default eager path is faster (benchmarks/RESULTS.md); meant for GPUs "
+                   "(a CPU needs a C++ compiler, g++ or $CXX)")
     p.add_argument("--quiet", action="store_true")
 
 
