@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import dask
 import torch
-from distributed import WorkerPlugin
+from distributed import Client, LocalCluster, WorkerPlugin
 
 from .errors import ConfigError
 from .runtime import ALLOCATOR_ENV, release_memory, tune_allocator, tune_worker_allocator
@@ -115,8 +115,6 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
 @contextmanager
 def _client(cluster: str, workers: int | None, threads_per_worker: int | None, device: str,
             jobs: JobOptions | None) -> Iterator[tuple[object, int]]:
-    from distributed import Client, LocalCluster
-
     check_cluster(cluster)
     cores = os.cpu_count() or 1
     threads = threads_per_worker or 2  # two task threads: one block is read while another computes

@@ -40,22 +40,28 @@ def nets_to_fast_layout(nets: dict, ndim: int) -> None:
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**60)}
 
 
+# glibc's mallopt options (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -3, -4, -8
 _full_settings = False
 
 
-def _mallopt(*settings: tuple[int, int]) -> bool:
+def _libc():
+    """glibc, or None off Linux or where it cannot be loaded."""
     if not sys.platform.startswith("linux"):
-        return False
+        return None
     try:
-        libc = ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6")
     except OSError:
+        return None
+
+
+def _mallopt(*settings: tuple[int, int]) -> bool:
+    libc = _libc()
+    if libc is None:
         return False
     for option, value in settings:
         libc.mallopt(option, value)
     return True
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -3, -4, -8
 
 
 def tune_allocator() -> None:
@@ -94,11 +100,9 @@ def tune_worker_allocator() -> None:
 def release_memory() -> None:
     """Return the free memory of this process's heap to the OS (glibc's ``malloc_trim``);
     for a process that goes on after prediction with :func:`tune_allocator`'s settings."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 _staging = threading.local()
