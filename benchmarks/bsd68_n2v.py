@@ -172,7 +172,7 @@ def main(argv=None) -> int:
   - `{train_text}`
   - `{predict_text}`
 - Training: {steps} steps, {train_loop_s} s in the training loop ({train_run['seconds']:.1f} s wall for the command, peak RSS {train_run['peak_rss_mb']:.0f} MB).
-- Validation loss (N2V masked-pixel MSE, normalised units) by step: {curve}; still falling at the end means more training would help.
+- Validation loss (N2V masked-pixel MSE, normalised units) by step: {curve} (whether it still falls at the end says whether a longer budget would help).
 - Prediction: {predict_run['seconds']:.1f} s wall for the command (peak RSS of its process tree {predict_run['peak_rss_mb']:.0f} MB).
 - **Mean PSNR (peak 255, over {len(names)} images): noisy {p_noisy:.2f} dB -> denoised {p_den:.2f} dB** (denoised clipped to 0..255: {p_den_clip:.2f} dB). Goal >= {GOAL_DB} dB: {'met' if met else 'not met'}.
 - Reference: {PAPER}
