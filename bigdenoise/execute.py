@@ -21,7 +21,6 @@ from .errors import BigDenoiseError
 from .geometry import Block
 from .infer import denoise_block, for_inference, model_device
 from .package import Model, load_model
-from .runtime import tune_worker_allocator
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
 from .writer import OutputSpec, mark_done, to_dtype, write_block
@@ -58,7 +57,6 @@ def worker_model(settings: BlockSettings) -> Model:
         if key not in _models:
             if settings.torch_threads > 0:
                 torch.set_num_threads(settings.torch_threads)
-            tune_worker_allocator()
             model = load_model(settings.model_path, device=gpu_for_worker(settings.device))
             _models[key] = for_inference(model, compiled=settings.compiled)
         return _models[key]

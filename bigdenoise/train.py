@@ -329,36 +329,33 @@ def fit(
             net.train()
         window_losses: list[float] = []
         window_t0, window_patches = time.monotonic(), 0
-        for batch in loader:
-            stage_secs = stage_elapsed0 + (time.monotonic() - stage_t0)
-            # The time budget can run out between a step's end and the next batch: then record the
-            # steps not yet recorded (the history and its plot need at least one point) and stop.
-            spent = (max_steps is not None and state.stage_step >= max_steps) or (
-                max_secs is not None and stage_secs >= max_secs
+
+        def spent() -> bool:
+            return (max_steps is not None and state.stage_step >= max_steps) or (
+                max_secs is not None and stage_elapsed0 + (time.monotonic() - stage_t0) >= max_secs
             )
-            if spent and not window_losses:
-                break
-            last = spent
-            if not spent:
-                if isinstance(sched, CosineLR):
-                    sched.set_progress(max(0.0 if max_steps is None else state.stage_step / max_steps,
-                                           0.0 if max_secs is None else stage_secs / max_secs))
-                batch = {k: to_fast_layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
-                with amp():
-                    loss = stage.loss(nets, batch, options)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"training diverged at step {state.step} (loss {float(loss)}); lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                state.step += 1
-                state.stage_step += 1
-                window_losses.append(float(loss.detach()))
-                window_patches += config.batch_size
-                bar.update(1 if by_steps else max(0, min(int(stage_secs), bar.total) - bar.n))
-                last = (max_steps is not None and state.stage_step >= max_steps) or (
-                    max_secs is not None and stage_elapsed0 + (time.monotonic() - stage_t0) >= max_secs
-                )
+
+        # The budget is checked right after each step, so that the stage's last step is always
+        # recorded (history, validation, checkpoint); a resumed stage may have none left.
+        for batch in [] if spent() else loader:
+            stage_secs = stage_elapsed0 + (time.monotonic() - stage_t0)
+            if isinstance(sched, CosineLR):
+                sched.set_progress(max(0.0 if max_steps is None else state.stage_step / max_steps,
+                                       0.0 if max_secs is None else stage_secs / max_secs))
+            batch = {k: to_fast_layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
+            with amp():
+                loss = stage.loss(nets, batch, options)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"training diverged at step {state.step} (loss {float(loss)}); lower --lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.step += 1
+            state.stage_step += 1
+            window_losses.append(float(loss.detach()))
+            window_patches += config.batch_size
+            bar.update(1 if by_steps else max(0, min(int(stage_secs), bar.total) - bar.n))
+            last = spent()
             if state.stage_step % config.val_every == 0 or last:
                 # patches/s of the training steps (reading and masking included), without the
                 # validation and checkpoint writes that follow

@@ -1,8 +1,8 @@
 """Cluster creation: batch-system job scripts (dask-jobqueue) and option checks."""
 
-import pytest
-
 import os
+
+import pytest
 
 from bigdenoise.clusters import JobOptions, check_cluster, dask_client, jobqueue_cluster
 from bigdenoise.errors import ConfigError

@@ -18,6 +18,7 @@ net that compute the same function with less work (see :class:`CoarseUpConv`).
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 
 import torch
@@ -147,10 +148,15 @@ def _phase_kernels(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat(kernels)
 
 
+@functools.cache
+def _fused_relu_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
 def _fused_relu_ok(x: torch.Tensor) -> bool:
     """Whether oneDNN's convolution with a fused ReLU applies: CPU, float32, no autocast."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+            and _fused_relu_available())
 
 
 class ConvReLU(nn.Module):
