@@ -17,9 +17,18 @@ Two measurements on W2S (``../shared/data/w2s_8bit``):
    as wide as its error, the estimate's error variance is ``e^2 var_n / (e^2 + var_n)`` per
    pixel (Gaussian prior error ``e^2``, noise variance ``var_n`` at that signal): the ceiling of
    PN2V's gain over N2V, in dB, when N2V's error is much smaller than the noise.
+4. **Whether eq. 7 fixes the prior's width** (:func:`spread_scan`, first seed's PN2V model): the
+   K samples are stretched about their mean by a factor; for each factor, PN2V's loss on masked
+   pixels of the file (N2V masking, as in training) and the PSNR of the MMSE estimate. Where the
+   loss is flat in the factor but the PSNR is not, the training objective cannot tell the width
+   the MMSE needs.
 
-Usage: python benchmarks/pn2v_w2s_files.py [--files 0:9,1:9,2:9] [--budget 90] [--data DIR]
-        [--work DIR] [--seed 0] [--record]
+``--seeds N`` trains every model with seeds ``seed .. seed+N-1`` (the spread from run to run);
+``--schedule cosine`` anneals the learning rate to zero over the budget.
+
+Usage: python benchmarks/pn2v_w2s_files.py [--files 0:9,1:9,2:9] [--budget 90] [--seeds 1]
+        [--schedule plateau|cosine] [--kind gmm|histogram] [--data DIR] [--work DIR] [--seed 0]
+        [--record [--section NAME]]
 """
 
 from __future__ import annotations
@@ -45,8 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=90.0, help="seconds of training per model (default 90)")
     p.add_argument("--data", help="shared data folder (default $BIGDENOISE_DATA or ../shared/data)")
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bigdenoise-bench" / "pn2v-w2s-files")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--record", action="store_true", help="write the section pn2v-w2s-files of RESULTS.md")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per model (default 1)")
+    p.add_argument("--schedule", choices=("plateau", "cosine"), help="LR schedule (default: the methods' own)")
+    p.add_argument("--kind", choices=("gmm", "histogram"), default="gmm", help="PN2V's noise model (default gmm)")
+    p.add_argument("--record", action="store_true", help="write the section (--section) of RESULTS.md")
+    p.add_argument("--section", default="pn2v-w2s-files", help="RESULTS.md section to record (default pn2v-w2s-files)")
     return p.parse_args(argv)
 
 
@@ -71,8 +84,61 @@ def mmse_ceiling(noisy: np.ndarray, signal: np.ndarray, n2v: np.ndarray) -> floa
     return float(10 * np.log10(e2 / np.mean(e2 * var / (e2 + var))))
 
 
+SCALES = (0.5, 0.75, 1.0, 1.25)
+
+
+def spread_scan(model_dir: Path, noisy: np.ndarray, clean: np.ndarray, seed: int = 0) -> list[tuple[float, float, float]]:
+    """``(factor, loss, PSNR)`` per factor of :data:`SCALES`: the PN2V model's K samples of every
+    pixel of ``noisy`` ``(H, W)`` stretched by ``factor`` about their mean; ``loss`` is eq. 7
+    (mean ``-ln((1/K) sum_k p(x|s^k))``, nats) over 16 N2V-masked draws of the image, ``PSNR``
+    that of the MMSE estimate on the unmasked image (fitted a*x+b to ``clean``, peak 255)."""
+    import torch
+
+    from bigdenoise import metrics
+    from bigdenoise.masking import n2v_mask
+    from bigdenoise.methods import pn2v
+    from bigdenoise.package import load_model
+
+    model = load_model(model_dir)
+    mean, std = model.stats.mean, model.stats.std
+    noise = model.nets["noise_model"]
+    rng = np.random.default_rng(seed)
+    x_norm = ((noisy - mean) / std).astype(np.float32)
+
+    def samples(image: np.ndarray) -> torch.Tensor:
+        with torch.inference_mode():
+            return pn2v.samples(model.nets, torch.from_numpy(image)[None, None])[0]  # (K, H, W)
+
+    def stretch(s: torch.Tensor, factor: float) -> torch.Tensor:
+        centre = s.mean(0, keepdim=True)
+        return centre + factor * (s - centre)
+
+    x = torch.from_numpy(x_norm)
+    losses = {factor: [] for factor in SCALES}
+    for _ in range(16):
+        masked, mask = n2v_mask(x_norm, rng, fraction=model.options.masked_fraction, window=model.options.window,
+                                replacement=model.options.replacement)
+        mask = torch.from_numpy(mask > 0)
+        s_masked = samples(masked)[:, mask]  # (K, M)
+        for factor in SCALES:
+            with torch.inference_mode():
+                log_p = noise.log_likelihood(x[mask][None], stretch(s_masked, factor))
+            losses[factor].append(-(torch.logsumexp(log_p, 0) - np.log(len(s_masked))).double().numpy())
+    s_full = samples(x_norm)
+    rows = []
+    for factor in SCALES:
+        s = stretch(s_full, factor)
+        with torch.inference_mode():
+            w = torch.softmax(noise.log_likelihood(x[None], s), 0)
+        estimate = ((w * s).sum(0) * std + mean).double().numpy()
+        rows.append((factor, float(np.concatenate(losses[factor]).mean()),
+                     metrics.psnr(metrics.apply_affine_fit(estimate, clean), clean, 255.0)))
+    return rows
+
+
 def matched_run(noisy: np.ndarray, clean: np.ndarray, mapped: np.ndarray, work: Path, a) -> dict:
-    """N2V and PN2V (noise model from this file's own pair) trained on one file; PSNR of each."""
+    """N2V and PN2V (noise model from this file's own pair) trained on one file for every seed;
+    PSNR of each, and the first seed's PN2V :func:`spread_scan`."""
     import zarr
 
     import bigdenoise as bd
@@ -81,23 +147,50 @@ def matched_run(noisy: np.ndarray, clean: np.ndarray, mapped: np.ndarray, work: 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     quality.write_zarr(work / "noisy.zarr", noisy[None])
-    model, info = nm.make_noise_model(noisy[None], clean=mapped[None], axes="SYX", kind="gmm", seed=a.seed)
+    model, info = nm.make_noise_model(noisy[None], clean=mapped[None], axes="SYX", kind=a.kind, seed=a.seed)
     nm.save_noise_model(model, work / "nm", info=info, overwrite=True)
-    row = {}
-    for key, kw in (("n2v", {"method": "n2v"}),
-                    ("pn2v", {"method": "pn2v", "options": {"noise_model": str(work / "nm"), "samples": 64}})):
-        t0 = time.perf_counter()
-        trained = bd.train(work / "noisy.zarr", work / key, axes="SYX", max_time=a.budget, seed=a.seed,
-                           overwrite=True, progress=False, **kw)
-        bd.predict(work / "noisy.zarr", work / key, work / f"{key}.zarr", axes="SYX", cluster="threads",
-                   overwrite=True, progress=False)
-        out = np.asarray(zarr.open_array(str(work / f"{key}.zarr"), mode="r")[0], np.float64)
-        row[key] = metrics.psnr(metrics.apply_affine_fit(out, clean), clean, 255.0)
-        row[key + "_steps"] = trained.info["steps"]
-        if key == "n2v":
-            row["ceiling"] = mmse_ceiling(noisy, mapped, out)
-        print(f"  {key:5s} {row[key]:.2f} dB ({trained.info['steps']} steps, {time.perf_counter() - t0:.0f} s)", flush=True)
+    row = {"n2v": [], "pn2v": [], "n2v_steps": [], "pn2v_steps": []}
+    extra = {} if a.schedule is None else {"schedule": a.schedule}
+    for seed in range(a.seed, a.seed + a.seeds):
+        for key, kw in (("n2v", {"method": "n2v"}),
+                        ("pn2v", {"method": "pn2v", "options": {"noise_model": str(work / "nm"), "samples": 64}})):
+            t0 = time.perf_counter()
+            name = f"{key}-{seed}"
+            trained = bd.train(work / "noisy.zarr", work / name, axes="SYX", max_time=a.budget, seed=seed,
+                               overwrite=True, progress=False, **kw, **extra)
+            bd.predict(work / "noisy.zarr", work / name, work / f"{name}.zarr", axes="SYX", cluster="threads",
+                       overwrite=True, progress=False)
+            out = np.asarray(zarr.open_array(str(work / f"{name}.zarr"), mode="r")[0], np.float64)
+            row[key].append(metrics.psnr(metrics.apply_affine_fit(out, clean), clean, 255.0))
+            row[key + "_steps"].append(trained.info["steps"])
+            if key == "n2v" and seed == a.seed:
+                row["ceiling"] = mmse_ceiling(noisy, mapped, out)
+            print(f"  {name:7s} {row[key][-1]:.2f} dB ({trained.info['steps']} steps, "
+                  f"{time.perf_counter() - t0:.0f} s)", flush=True)
+    row["scan"] = spread_scan(work / f"pn2v-{a.seed}", noisy, clean, a.seed)
+    print("  spread " + ", ".join(f"x{f:g}: {loss:.4f} nats {p:.2f} dB" for f, loss, p in row["scan"]), flush=True)
     return row
+
+
+def width_reading(rows: list[dict]) -> str:
+    """What the spread scans of ``rows`` say, in a sentence or two."""
+    at_trained = sum(min(r["scan"], key=lambda t: t[1])[0] == 1.0 for r in rows)
+    narrower = [r for r in rows if max(r["scan"], key=lambda t: t[2])[0] < 1.0]
+    gains = [max(p for _, _, p in r["scan"]) - dict((f, p) for f, _, p in r["scan"])[1.0] for r in rows]
+    text = (f"eq. 7's loss is lowest at the trained width on {at_trained}/{len(rows)} files, while the MMSE "
+            f"estimate is best with a narrower prior on {len(narrower)}/{len(rows)} files, by "
+            f"{', '.join(f'{g:+.2f}' for g in gains)} dB over the trained width.")
+    if at_trained < len(rows):
+        text += (" Where the loss is lowest at another width, training had not reached the likelihood's optimum "
+                 "within the budget.")
+    if narrower and at_trained:
+        span = max(abs(loss - dict((f, v) for f, v, _ in r["scan"])[1.0]) for r in rows for f, loss, _ in r["scan"]
+                   if f < 1.0)
+        text += (" The prior that maximises the likelihood is wider than the one the MMSE needs, and the loss "
+                 f"changes by at most {1000 * span:.1f} millinats over that range: PN2V's own objective cannot "
+                 "choose the narrower "
+                 "width, so its MMSE leans too much on the noisy pixel and gives back the gain its ceiling allows.")
+    return text
 
 
 def main(argv=None) -> int:
@@ -123,54 +216,72 @@ def main(argv=None) -> int:
         rows.append({"channel": c, "fov": fov, **matched_run(noisy, clean, mapped, a.work / f"c{c}-{fov:03d}", a)})
     probes.append(common.probe("after"))
 
-    diffs = np.array([r["pn2v"] - r["n2v"] for r in rows])
+    diffs = np.array([np.mean(r["pn2v"]) - np.mean(r["n2v"]) for r in rows])
+    spread = max(max(r[k]) - min(r[k]) for r in rows for k in ("n2v", "pn2v"))
+    schedule = {None: "each method's own LR schedule (plateau)", "plateau": "LR halved on plateaus",
+                "cosine": "LR annealed to zero over the budget (cosine)"}[a.schedule]
+    seeds = f"seed {a.seed}" if a.seeds == 1 else f"seeds {a.seed}-{a.seed + a.seeds - 1}"
+
+    def values(r: dict, key: str) -> str:
+        text = " / ".join(f"{v:.2f}" for v in r[key])
+        return text + f" ({'/'.join(str(n) for n in r[key + '_steps'])} steps)"
+
     lines = [
-        "## PN2V on single W2S files with a matched noise model (`benchmarks/pn2v_w2s_files.py`)",
+        f"## PN2V on single W2S files with a matched {a.kind} noise model (`benchmarks/pn2v_w2s_files.py`)",
         "",
         f"- Date: {common.now()}; total run time {(time.perf_counter() - t_start) / 60:.1f} min",
         f"- Machine: {common.format_machine(machine, probes)}",
         f"- Reproduce: `{common.this_command()}`",
         f"- Every model: default U-Net (depth 2, 32 features), patch 64x64, batch 16, {a.budget:g} s of training "
-        f"on the one file, seed {a.seed}; PN2V with its defaults (K = 64), its GMM noise model fitted to the same "
-        "file's (noisy, ground truth mapped a*gt+b onto it) pair. PSNR after fitting each output a*x+b to the "
-        "ground truth, peak 255.",
+        f"on the one file, {seeds}, {schedule}; PN2V with its defaults (K = 64), its {a.kind} noise model fitted to "
+        "the same file's (noisy, ground truth mapped a*gt+b onto it) pair. PSNR after fitting each output a*x+b "
+        "to the ground truth, peak 255.",
         "",
         "Noise variance per unit of signal (`alpha` of var(x|s) ~ alpha s + beta) of every file of FOVs 004-010:",
         "",
         "| channel | alpha per file | max / min |",
         "|---|---|---|",
     ]
-    for c, values in slopes.items():
-        lines.append(f"| {c} | {', '.join(f'{v:.1f}' for v in values)} | {max(values) / min(values):.2f} |")
-    lines += ["", "| file | N2V dB | PN2V dB (matched noise model) | PN2V − N2V | ceiling of PN2V − N2V |",
-              "|---|---|---|---|---|"]
+    for c, v in slopes.items():
+        lines.append(f"| {c} | {', '.join(f'{x:.1f}' for x in v)} | {max(v) / min(v):.2f} |")
+    lines += ["", "| file | N2V dB, per seed | PN2V dB, per seed (matched noise model) | PN2V − N2V (means) | "
+              "ceiling of PN2V − N2V |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| FOV {r['fov']:03d}, channel {r['channel']} | {r['n2v']:.2f} ({r['n2v_steps']} steps) | "
-                     f"{r['pn2v']:.2f} ({r['pn2v_steps']} steps) | {r['pn2v'] - r['n2v']:+.2f} | "
-                     f"{r['ceiling']:+.2f} |")
+        lines.append(f"| FOV {r['fov']:03d}, channel {r['channel']} | {values(r, 'n2v')} | {values(r, 'pn2v')} | "
+                     f"{np.mean(r['pn2v']) - np.mean(r['n2v']):+.2f} | {r['ceiling']:+.2f} |")
     lines += [
         "",
+        f"PN2V − N2V: {diffs.mean():+.2f} dB on average, higher on {(diffs > 0).sum()}/{len(diffs)} files; "
+        f"largest spread between seeds of one model: {spread:.2f} dB." if a.seeds > 1 else
         f"PN2V − N2V: {diffs.mean():+.2f} dB on average, higher on {(diffs > 0).sum()}/{len(diffs)} files.",
+        "",
+        f"The prior's width (`spread_scan`, the seed-{a.seed} PN2V model): its K samples "
+        "stretched about their mean by a factor; PN2V's loss (eq. 7) on N2V-masked pixels, relative to the "
+        "trained width, and the MMSE estimate's PSNR:",
+        "",
+        "| file | " + " | ".join(f"x{f:g}: loss (mnats), PSNR" for f in SCALES) + " | loss lowest at | PSNR highest at |",
+        "|---|" + "---|" * (len(SCALES) + 2),
+    ]
+    for r in rows:
+        base = dict((f, loss) for f, loss, _ in r["scan"])[1.0]
+        best_loss, best_psnr = min(r["scan"], key=lambda t: t[1])[0], max(r["scan"], key=lambda t: t[2])[0]
+        lines.append(f"| FOV {r['fov']:03d}, channel {r['channel']} | "
+                     + " | ".join(f"{1000 * (loss - base):+.2f}, {p:.2f}" for _, loss, p in r["scan"])
+                     + f" | x{best_loss:g} | x{best_psnr:g} |")
+    lines += [
         "",
         "**Reading.** Within one channel the files' noise per unit of signal differs by the factor in the last "
         "column of the first table: each 8-bit file was contrast-stretched on its own, so no single noise model "
-        "p(x|s) holds for a channel's files. PN2V's training absorbs noise its model lacks into a wider prior, "
-        "whose MMSE estimate then leans on the noisy pixel (section quality-pn2v-channels: below N2V with one "
-        "model per channel). With a noise model that matches the file, as the paper's calibration assumes, "
-        f"PN2V {'beats' if (diffs > 0).all() else 'does not always beat'} N2V at the same budget "
-        f"({(diffs > 0).sum()}/{len(diffs)} files, this table). Raw W2S data (one camera scale per setting) "
-        "are not in the shared folder.",
-        "",
-        "The last column bounds what PN2V can add on these files: a prior exactly as good as N2V's output and "
-        "exactly as wide as its error, combined with the pixel's value by the MMSE, gains that much over N2V "
-        "(`mmse_ceiling`: Gaussian prior error, noise variance per signal level). Where N2V's error is far below "
-        "the noise, the pixel's own value adds little and the ceiling is a fraction of a dB. A 90 s run's spread "
-        "from run to run is of the same size: the step count follows the machine's speed.",
+        "p(x|s) holds for a channel's files; here every file gets its own. The ceiling column bounds what PN2V "
+        "can add on these files: a prior exactly as good as N2V's output and exactly as wide as its error, "
+        "combined with the pixel's value by the MMSE, gains that much over N2V (`mmse_ceiling`: Gaussian prior "
+        "error, noise variance per signal level). The last table shows whether training can find that width: "
+        + width_reading(rows),
     ]
     text = "\n".join(lines)
     print("\n" + text)
     if a.record:
-        common.replace_section(common.RESULTS, "pn2v-w2s-files", text)
+        common.replace_section(common.RESULTS, a.section, text)
     return 0
 
 

@@ -14,7 +14,8 @@ DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set1
 (Gaussian noise; CARE trained on Train400), ``set12-pg`` (simulated Poisson–Gaussian, PN2V with
 a noise model from calibration pairs), ``w2s`` (FOVs 008-010; CARE and PN2V's noise model from
 FOVs 001-007), ``w2s-c0|c1|c2`` (one channel, FOVs 004-010; CARE and the noise model from FOVs
-001-003 of that channel: one acquisition setting per noise model, as PN2V needs), ``fmd`` (CARE by 2-fold cross-fitting on image halves), ``hagen-mito|nucleus|
+001-003 of that channel: one acquisition setting per noise model, as PN2V needs), ``fmd`` (CARE by 2-fold cross-fitting on image halves), ``fmd-fish`` (FMD's Confocal_FISH_3 alone,
+the PN2V paper's Confocal Zebrafish at NR1: N2V and PN2V, matched and bootstrapped), ``hagen-mito|nucleus|
 membrane`` (256x256 tiles; CARE on the tiles outside the scored crop), ``tirf`` (20 repeated
 sCMOS frames against their mean), ``timelapse`` (nuclei time-lapse as reference + simulated
 Poisson–Gaussian noise) and ``phantom3d`` (a generated 3D phantom + Poisson–Gaussian noise).
@@ -227,7 +228,7 @@ def _pn2v_noise_model(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: 
     ``n2v`` row's model when this run trained one, else trains one with the same budget."""
     from bigdenoise import noise_models as nm
 
-    kind = "gmm"
+    kind = a.noise_kind
     if key == "pn2v-bootstrap":  # Prakash et al. 2020: an N2V prediction is the pseudo-signal
         n2v = folder / "model-n2v"
         note = "n2v row's model"
@@ -285,8 +286,9 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
 def _train(out: Path, source: str, target: str | None, axes: str, kw: dict, a: argparse.Namespace):
     import bigdenoise as bd
 
+    extra = {} if a.schedule is None else {"schedule": a.schedule}
     return bd.train(source, out, axes=axes, target=target, max_time=a.budget, seed=a.seed, device=a.device,
-                    overwrite=True, progress=False, **kw)
+                    overwrite=True, progress=False, **kw, **extra)
 
 
 def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Namespace) -> np.ndarray:
@@ -438,6 +440,7 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"- Machine: {common.format_machine(machine, probes)}",
            f"- Reproduce: `{common.this_command()}`",
            f"- Budget: every learned model trains for {a.budget:g} s of wall-clock time (`max_time`), seed {a.seed}, "
+           + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
            "default U-Net (depth 2, 32 features), patch 64x64, batch 16, through `bigdenoise.train`; prediction "
            "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr. CAREamics N2V: its own U-Net "
            "at the same shape, patch, batch and budget (Lightning `max_time`), its tiled prediction.",
@@ -495,6 +498,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: all, or the quick set); a method the data do not allow is skipped with the reason")
     p.add_argument("--budget", help="training wall-clock budget per model: 90, 90s, 5m (default 45s quick, 5m full)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic noise and of training (default 0)")
+    p.add_argument("--noise-kind", choices=("gmm", "histogram"), default="gmm",
+                   help="PN2V's noise model (default gmm; the PN2V paper's is the histogram)")
+    p.add_argument("--schedule", choices=("plateau", "cosine"),
+                   help="LR schedule of our models (default: each method's own; CAREamics keeps its own)")
     p.add_argument("--images", type=int, help="score at most this many images per data set")
     p.add_argument("--crop", type=int, help="centre crop size for BSD68, W2S and the Hagen images")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -50,6 +50,8 @@ def _add_train(sub) -> None:
     p.add_argument("--patch", type=parse_shape, help="patch shape, e.g. 64,64 or 16,64,64")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--schedule", choices=("plateau", "cosine"),
+                   help="LR schedule of every stage (default: the method's; cosine anneals to zero over the budget)")
     p.add_argument("--val-every", type=int, help="steps between validations/checkpoints")
     p.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     net = p.add_argument_group("network")
@@ -186,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_kwargs(a: argparse.Namespace) -> dict:
     kw = {k: getattr(a, k) for k in ("steps", "epochs", "max_time", "seed", "device", "patch", "batch_size", "lr",
-                                     "val_every", "num_workers") if getattr(a, k) is not None}
+                                     "schedule", "val_every", "num_workers") if getattr(a, k) is not None}
     if a.remove_background:
         kw["remove_background"] = True
     net = {k: getattr(a, k) for k in ("depth", "features", "kernel") if getattr(a, k) is not None}

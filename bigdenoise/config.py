@@ -46,6 +46,9 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(16, ge=1)
     lr: float = Field(4e-4, gt=0)
     lr_patience: int = Field(10, ge=1, description="validations without improvement before the LR is halved")
+    schedule: Literal["plateau", "cosine"] | None = Field(
+        None, description="LR schedule of every stage: plateau (halve on a validation plateau) or cosine "
+        "(anneal to zero over the stage's budget); None: each stage's own, as its method sets it")
     steps: int | None = Field(None, ge=1)
     epochs: float | None = Field(None, gt=0)
     max_time: float | None = Field(None, gt=0, description="seconds")

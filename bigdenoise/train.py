@@ -299,7 +299,7 @@ def fit(
         stage = stages[stage_index]
         params = [p for name in stage.nets for p in nets[name].parameters()]
         opt = torch.optim.Adam(params, lr=config.lr)
-        if stage.schedule == "cosine":
+        if (config.schedule or stage.schedule) == "cosine":
             sched = CosineLR(opt, config.lr)
         else:
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)

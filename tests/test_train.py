@@ -115,3 +115,18 @@ def test_invalid_configuration_is_a_clear_error(stack):
         bd.train(src, "unused", progress=False, method="n3v")
     with pytest.raises(ConfigError, match="options"):
         bd.train(src, "unused", progress=False, options={"masked_fraction": 2})
+
+
+def test_schedule_option_overrides_the_methods_own(tmp_path, stack):
+    """``schedule="cosine"`` anneals N2V's (plateau by default) LR to zero over a step budget."""
+    src, _, _ = stack
+    cfg = dict(progress=False, steps=12, val_every=4, batch_size=4, patch=(32, 32), val_patches=8,
+               net={"depth": 1, "features": 4}, lr=1e-3)
+    bd.train(src, tmp_path / "cos", schedule="cosine", **cfg)
+    bd.train(src, tmp_path / "plain", **cfg)
+    lrs = {name: [float(r.split(",")[4]) for r in (tmp_path / name / "history.csv").read_text().splitlines()[1:]]
+           for name in ("cos", "plain")}
+    assert lrs["plain"] == [1e-3] * 3
+    assert lrs["cos"][0] < 1e-3 and lrs["cos"] == sorted(lrs["cos"], reverse=True) and lrs["cos"][-1] < 2e-5
+    with pytest.raises(ConfigError, match="schedule"):
+        bd.train(src, tmp_path / "bad", schedule="linear", **cfg)
