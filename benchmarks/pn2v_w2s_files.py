@@ -119,10 +119,10 @@ def spread_scan(model_dir: Path, noisy: np.ndarray, clean: np.ndarray, seed: int
         masked, mask = n2v_mask(x_norm, rng, fraction=model.options.masked_fraction, window=model.options.window,
                                 replacement=model.options.replacement)
         mask = torch.from_numpy(mask > 0)
-        s_masked = samples(masked)[:, mask]  # (K, M)
+        s_masked, x_masked = samples(masked)[:, mask], x[mask][None]  # (K, M), (1, M)
         for factor in SCALES:
             with torch.inference_mode():
-                log_p = noise.log_likelihood(x[mask][None], stretch(s_masked, factor))
+                log_p = noise.log_likelihood(x_masked, stretch(s_masked, factor))
             losses[factor].append(-(torch.logsumexp(log_p, 0) - np.log(len(s_masked))).double().numpy())
     s_full = samples(x_norm)
     rows = []
@@ -150,14 +150,13 @@ def matched_run(noisy: np.ndarray, clean: np.ndarray, mapped: np.ndarray, work: 
     model, info = nm.make_noise_model(noisy[None], clean=mapped[None], axes="SYX", kind=a.kind, seed=a.seed)
     nm.save_noise_model(model, work / "nm", info=info, overwrite=True)
     row = {"n2v": [], "pn2v": [], "n2v_steps": [], "pn2v_steps": []}
-    extra = {} if a.schedule is None else {"schedule": a.schedule}
     for seed in range(a.seed, a.seed + a.seeds):
         for key, kw in (("n2v", {"method": "n2v"}),
                         ("pn2v", {"method": "pn2v", "options": {"noise_model": str(work / "nm"), "samples": 64}})):
             t0 = time.perf_counter()
             name = f"{key}-{seed}"
             trained = bd.train(work / "noisy.zarr", work / name, axes="SYX", max_time=a.budget, seed=seed,
-                               overwrite=True, progress=False, **kw, **extra)
+                               schedule=a.schedule, overwrite=True, progress=False, **kw)
             bd.predict(work / "noisy.zarr", work / name, work / f"{name}.zarr", axes="SYX", cluster="threads",
                        overwrite=True, progress=False)
             out = np.asarray(zarr.open_array(str(work / f"{name}.zarr"), mode="r")[0], np.float64)
@@ -172,11 +171,15 @@ def matched_run(noisy: np.ndarray, clean: np.ndarray, mapped: np.ndarray, work: 
     return row
 
 
+TRAINED = SCALES.index(1.0)
+"""Index of the trained width (factor 1) in a :func:`spread_scan`."""
+
+
 def width_reading(rows: list[dict]) -> str:
     """What the spread scans of ``rows`` say, in a sentence or two."""
     at_trained = sum(min(r["scan"], key=lambda t: t[1])[0] == 1.0 for r in rows)
     narrower = [r for r in rows if max(r["scan"], key=lambda t: t[2])[0] < 1.0]
-    gains = [max(p for _, _, p in r["scan"]) - dict((f, p) for f, _, p in r["scan"])[1.0] for r in rows]
+    gains = [max(p for _, _, p in r["scan"]) - r["scan"][TRAINED][2] for r in rows]
     text = (f"eq. 7's loss is lowest at the trained width on {at_trained}/{len(rows)} files, while the MMSE "
             f"estimate is best with a narrower prior on {len(narrower)}/{len(rows)} files, by "
             f"{', '.join(f'{g:+.2f}' for g in gains)} dB over the trained width.")
@@ -184,12 +187,11 @@ def width_reading(rows: list[dict]) -> str:
         text += (" Where the loss is lowest at another width, training had not reached the likelihood's optimum "
                  "within the budget.")
     if narrower and at_trained:
-        span = max(abs(loss - dict((f, v) for f, v, _ in r["scan"])[1.0]) for r in rows for f, loss, _ in r["scan"]
-                   if f < 1.0)
+        span = max(abs(loss - r["scan"][TRAINED][1]) for r in rows for f, loss, _ in r["scan"] if f < 1.0)
         text += (" The prior that maximises the likelihood is wider than the one the MMSE needs, and the loss "
                  f"changes by at most {1000 * span:.1f} millinats over that range: PN2V's own objective cannot "
-                 "choose the narrower "
-                 "width, so its MMSE leans too much on the noisy pixel and gives back the gain its ceiling allows.")
+                 "choose the narrower width, so its MMSE leans too much on the noisy pixel and gives back the gain "
+                 "its ceiling allows.")
     return text
 
 
@@ -263,7 +265,7 @@ def main(argv=None) -> int:
         "|---|" + "---|" * (len(SCALES) + 2),
     ]
     for r in rows:
-        base = dict((f, loss) for f, loss, _ in r["scan"])[1.0]
+        base = r["scan"][TRAINED][1]
         best_loss, best_psnr = min(r["scan"], key=lambda t: t[1])[0], max(r["scan"], key=lambda t: t[2])[0]
         lines.append(f"| FOV {r['fov']:03d}, channel {r['channel']} | "
                      + " | ".join(f"{1000 * (loss - base):+.2f}, {p:.2f}" for _, loss, p in r["scan"])

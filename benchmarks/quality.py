@@ -286,9 +286,8 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
 def _train(out: Path, source: str, target: str | None, axes: str, kw: dict, a: argparse.Namespace):
     import bigdenoise as bd
 
-    extra = {} if a.schedule is None else {"schedule": a.schedule}
     return bd.train(source, out, axes=axes, target=target, max_time=a.budget, seed=a.seed, device=a.device,
-                    overwrite=True, progress=False, **kw, **extra)
+                    schedule=a.schedule, overwrite=True, progress=False, **kw)
 
 
 def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Namespace) -> np.ndarray:
