@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -27,46 +26,15 @@ from pathlib import Path
 import numpy as np
 
 import common
+import datasets
 
 SIGMA = 25.0
 PEAK = 255.0
-SHAPE = (321, 481)
+SHAPE = datasets.BSD68_SHAPE
 GOAL_DB = 25.5
-N_IMAGES = 34
 PAPER = ("Noise2Void (Krull, Buchholz, Jug, CVPR 2019) reports 27.71 dB on all 68 BSD68 images at sigma 25, "
          "trained on the Train400 set; this run uses the even half only, trains on the noisy test images "
          "themselves, with a wall-clock budget on a CPU, so it is not the paper's setting.")
-
-
-def load_images(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
-    """The clean stack (N, 321, 481) float32, the file names and the names of transposed images."""
-    import imageio.v3 as iio
-
-    files = sorted(folder.glob("test*.png"))
-    if len(files) != N_IMAGES:
-        raise SystemExit(f"{folder}: expected {N_IMAGES} test*.png images, found {len(files)}")
-    images, transposed = [], []
-    for f in files:
-        image = np.asarray(iio.imread(f))
-        if image.ndim != 2:
-            raise SystemExit(f"{f}: expected a grayscale image, got shape {image.shape}")
-        if image.shape == SHAPE[::-1]:
-            image = image.T
-            transposed.append(f.name)
-        if image.shape != SHAPE:
-            raise SystemExit(f"{f}: shape {image.shape} is neither {SHAPE} nor its transpose")
-        images.append(image.astype(np.float32))
-    return np.stack(images), [f.name for f in files], transposed
-
-
-def write_zarr(path: Path, array: np.ndarray) -> None:
-    import zarr
-
-    if path.exists():
-        shutil.rmtree(path)
-    z = zarr.create_array(store=str(path), shape=array.shape, chunks=(1, *SHAPE), dtype=array.dtype,
-                          attributes={"axes": "SYX"}, zarr_format=3)
-    z[...] = array
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -108,18 +76,18 @@ def main(argv=None) -> int:
         budget_s = parse_duration(a.max_time)
     except argparse.ArgumentTypeError as exc:
         raise SystemExit(f"--max-time: {exc}") from None
-    folder = common.dataset_dir("bsd68_even", a.data, "test*.png")
+    folder = datasets.dataset_dir("bsd68_even", a.data, "test*.png")
     work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / "bigdenoise-bench" / "bsd68_n2v"
     work.mkdir(parents=True, exist_ok=True)
 
     machine = common.machine_info()
     probes = [common.probe("before")]
 
-    clean, names, transposed = load_images(folder)
+    clean, names, transposed = datasets.load_bsd68(folder)
     rng = np.random.default_rng(a.seed)
     noisy = clean + rng.normal(0.0, SIGMA, clean.shape).astype(np.float32)
     noisy_path, model_dir, out_path = work / "noisy.zarr", work / "model", work / "denoised.zarr"
-    write_zarr(noisy_path, noisy)
+    datasets.write_stack(noisy_path, noisy, "SYX")
     print(f"{len(names)} images from {folder} ({len(transposed)} portrait images transposed to "
           f"{SHAPE[0]}x{SHAPE[1]}: {', '.join(transposed)}); Gaussian noise sigma {SIGMA:g} on 0..255, "
           f"float32, NOT clipped and NOT quantised (numpy default_rng({a.seed})); wrote {noisy_path} "
@@ -161,13 +129,16 @@ def main(argv=None) -> int:
     print(f"mean PSNR {p_noisy:.2f} dB -> {p_den:.2f} dB (goal >= {GOAL_DB} dB: {'met' if met else 'NOT met'})")
 
     if a.record:
-        train_text, predict_text = shlex.join(train_cmd), shlex.join(predict_cmd)
+        def shown(cmd: list[str]) -> str:  # as a user types it, the work folder as a placeholder
+            return shlex.join(["bigdenoise", *cmd[1:]]).replace(str(work), "WORKDIR")
+
+        train_text, predict_text = shown(train_cmd), shown(predict_cmd)
         text = f"""## Noise2Void on BSD68 (even half), sigma 25
 
 - Date: {common.now()}
 - Machine: {common.format_machine(machine, probes)}
 - Reproduce: `{common.this_command()}`
-- Data: the {len(names)} even-numbered BSD68 images ({folder}); the {len(transposed)} portrait images are transposed to {SHAPE[0]}x{SHAPE[1]}; Gaussian noise sigma {SIGMA:g} on the 0..255 scale, float32, not clipped, not quantised, `numpy.random.default_rng({a.seed})`; written as a SYX Zarr v3 stack, chunks (1, {SHAPE[0]}, {SHAPE[1]}).
+- Data: the {len(names)} even-numbered BSD68 images (DATADIR/{folder.name}); the {len(transposed)} portrait images are transposed to {SHAPE[0]}x{SHAPE[1]}; Gaussian noise sigma {SIGMA:g} on the 0..255 scale, float32, not clipped, not quantised, `numpy.random.default_rng({a.seed})`; written as a SYX Zarr v3 stack, chunks (1, {SHAPE[0]}, {SHAPE[1]}).
 - Commands run by the script:
   - `{train_text}`
   - `{predict_text}`
@@ -177,7 +148,7 @@ def main(argv=None) -> int:
 - **Mean PSNR (peak 255, over {len(names)} images): noisy {p_noisy:.2f} dB -> denoised {p_den:.2f} dB** (denoised clipped to 0..255: {p_den_clip:.2f} dB). Goal >= {GOAL_DB} dB: {'met' if met else 'not met'}.
 - Reference: {PAPER}
 """
-        common.replace_section(common.RESULTS, a.section, text)
+        common.replace_section(common.RESULTS, a.section, text, common.TOPIC_QUALITY)
     return 0
 
 

@@ -1,8 +1,9 @@
-"""Helpers shared by the benchmark scripts: data location, PSNR, a matmul probe, memory,
-machine description and the marked sections of ``benchmarks/RESULTS.md``.
+"""Measuring and recording helpers shared by the benchmark scripts: PSNR, a matmul probe,
+memory, machine description, the command line as a user retypes it, the CAREamics import and
+the marked sections of ``benchmarks/RESULTS.md``. The data sets live in ``datasets.py``.
 
 Imported by the scripts in this folder as ``import common`` (run them as
-``python benchmarks/<script>.py``, which puts this folder on ``sys.path``).
+``python benchmarks/<script>.py``, which puts this folder on ``sys.path``); it imports no script.
 """
 
 from __future__ import annotations
@@ -25,40 +26,12 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 RESULTS = BENCH_DIR / "RESULTS.md"
 RESULTS_TITLE = "# bigdenoise benchmark results\n\nEach section is written by the script named in it (`--record`); rerun that command to reproduce it.\n"
-
-
-# --------------------------------------------------------------------------- data
-
-
-def data_root(data: str | os.PathLike | None = None) -> Path:
-    """The shared data folder: ``data``, else ``$BIGDENOISE_DATA``, else ``<repo>/../shared/data``
-    (the demo's own search, :func:`bigdenoise.demo.find_shared_data`).
-
-    Raises SystemExit with a clear message when none exists.
-    """
-    from bigdenoise.demo import find_shared_data
-    from bigdenoise.errors import InputError
-
-    try:
-        path = find_shared_data(data)
-    except InputError as exc:
-        raise SystemExit(str(exc)) from None
-    if path is None:
-        raise SystemExit(f"no data folder: pass --data DIR or set BIGDENOISE_DATA (looked for {REPO.parent / 'shared' / 'data'})")
-    return path
-
-
-def dataset_dir(name: str, data: str | os.PathLike | None = None, pattern: str = "*") -> Path:
-    """Folder of data set ``name``: ``data`` itself when it holds files matching ``pattern``,
-    else ``<data root>/name``."""
-    if data is not None:
-        direct = Path(data).expanduser()
-        if direct.is_dir() and any(direct.glob(pattern)):
-            return direct
-    folder = data_root(data) / name
-    if not folder.is_dir() or not any(folder.glob(pattern)):
-        raise SystemExit(f"data set {name!r} not found: {folder} has no {pattern} files")
-    return folder
+TOPIC_QUALITY, TOPIC_SPEED = "Denoising quality", "Speed against CAREamics"
+TOPIC_THROUGHPUT, TOPIC_SCALE = "Throughput: blockwise predict vs the bare forward", "Scale: memory as the volume grows"
+"""The topic headings (``## ...``) of RESULTS.md under which a script's new sections go."""
+PATH_OPTIONS = {"--work": "WORKDIR", "--data": "DATADIR"}
+"""Options whose values are paths on the machine that ran a script: recorded as these placeholders."""
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|work|root|home|Users|var|private|mnt|scratch)/[^\s`'\")\]|,;]*")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -264,13 +237,21 @@ def bigdenoise_exe() -> str:
 
 
 def this_command() -> str:
-    """The command line that ran this script, as a user would retype it."""
+    """The command line that ran this script, as a user would retype it; the values of
+    :data:`PATH_OPTIONS` (``--work DIR``, ``--data DIR``) become placeholders."""
     script = Path(sys.argv[0]).resolve()
     try:
         script = script.relative_to(REPO)
     except ValueError:
         pass
-    return shlex.join(["python", str(script), *sys.argv[1:]])
+    args = list(sys.argv[1:])
+    for i, arg in enumerate(args):
+        option, eq, _ = arg.partition("=")
+        if option in PATH_OPTIONS and eq:
+            args[i] = f"{option}={PATH_OPTIONS[option]}"
+        elif arg in PATH_OPTIONS and i + 1 < len(args):
+            args[i + 1] = PATH_OPTIONS[arg]
+    return shlex.join(["python", str(script), *args])
 
 
 def now() -> str:
@@ -313,18 +294,59 @@ def import_careamics():
 # --------------------------------------------------------------------------- RESULTS.md
 
 
-def replace_section(path: str | os.PathLike, name: str, text: str) -> None:
-    """Put ``text`` between ``<!-- name -->`` and ``<!-- /name -->`` in ``path``: replace that
-    section when present, else append it; create the file with a title when missing."""
+def without_machine_paths(text: str) -> str:
+    """``text`` with every absolute path of the machine (under its temporary, work, root or home
+    folders: :data:`MACHINE_PATH`) replaced by ``PATH``, with a warning: recorded results name
+    ``WORKDIR``/``DATADIR`` placeholders, never a path of the machine that ran them."""
+    found = sorted(set(MACHINE_PATH.findall(text)))
+    if found:
+        print(f"warning: machine paths replaced by PATH in the recorded text: {', '.join(found)}", file=sys.stderr)
+    return MACHINE_PATH.sub("PATH", text)
+
+
+def _insert_under_topic(document: str, block: str, topic: str | None) -> str:
+    """``document`` with ``block`` at the end of the group under the heading ``## {topic}``
+    (a new group at the end when there is none; the end of the document without ``topic``)."""
+    if topic is None:
+        return document.rstrip("\n") + "\n\n" + block
+    lines = document.split("\n")
+    heading = f"## {topic}"
+    if heading not in lines:
+        return document.rstrip("\n") + f"\n\n{heading}\n\n" + block
+    after = lines.index(heading) + 1
+    nxt = next((i for i in range(after, len(lines)) if lines[i].startswith("## ")), len(lines))
+    head = "\n".join(lines[:nxt]).rstrip("\n")
+    tail = "\n".join(lines[nxt:])
+    return head + "\n\n" + block + ("\n" + tail if tail else "")
+
+
+def replace_section(path: str | os.PathLike, name: str, text: str, topic: str | None = None) -> None:
+    """Put ``text`` between ``<!-- name -->`` and ``<!-- /name -->`` in ``path`` (RESULTS.md),
+    with an HTML anchor ``name`` for links (``[...](#name)``).
+
+    A section already there is replaced in place, keeping its heading line: its title, unique in
+    the document and chosen by a person, outlives re-recording; the rest (numbers, reading) is
+    the new ``text``. A new section goes at the end of the group under ``## {topic}``, its
+    ``## `` title demoted to ``### `` (sections sit under topic headings) and suffixed with
+    ``(name)`` if another section has the same title. The file is created with a title when
+    missing. Machine paths are replaced (:func:`without_machine_paths`).
+    """
     path = Path(path)
     start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
-    block = f"{start}\n{text.strip()}\n{end}\n"
+    lines = without_machine_paths(text.strip()).split("\n")
     document = path.read_text() if path.exists() else RESULTS_TITLE
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end) + r"\n?", re.S)
-    if pattern.search(document):
-        document = pattern.sub(lambda _: block, document, count=1)
+    found = re.search(re.escape(start) + r".*?" + re.escape(end) + r"\n?", document, re.S)
+    if found and lines[0].startswith("#"):
+        lines[0] = next((line for line in found.group(0).split("\n") if line.startswith("#")), lines[0])
+    elif lines[0].startswith("## "):
+        lines[0] = "#" + lines[0]
+        if lines[0] in document.split("\n"):
+            lines[0] += f" ({name})"
+    block = f"{start}\n<a id=\"{name}\"></a>\n\n" + "\n".join(lines) + f"\n{end}\n"
+    if found:
+        document = document[:found.start()] + block + document[found.end():]
     else:
-        document = document.rstrip("\n") + "\n\n" + block
+        document = _insert_under_topic(document, block, topic)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(document)
     os.replace(tmp, path)

@@ -32,33 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
+from datasets import dataset_dir, load_set12, poisson_gaussian
 
 PEAK = 255.0
-SIZE = 256
 RUNS = ("n2v", "pn2v-histogram", "pn2v-gmm", "pn2v-bootstrap")
-
-
-def load_set12(folder: Path, count: int = 12) -> np.ndarray:
-    """(count, 256, 256) float32 on 0..255: the first ``count`` images, 512x512 ones centre-cropped."""
-    import imageio.v3 as iio
-
-    images = []
-    for f in sorted(folder.glob("*.png"))[:count]:
-        image = np.asarray(iio.imread(f), dtype=np.float32)
-        y0, x0 = (image.shape[0] - SIZE) // 2, (image.shape[1] - SIZE) // 2
-        images.append(image[y0:y0 + SIZE, x0:x0 + SIZE])
-    if not images:
-        raise SystemExit(f"{folder}: no PNG images")
-    return np.stack(images)
-
-
-def poisson_gaussian(clean: np.ndarray, peak: float, read: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    gain = PEAK / peak
-    return (gain * rng.poisson(clean / gain) + rng.normal(0.0, read, clean.shape)).astype(np.float32)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -105,7 +83,7 @@ def main(argv=None) -> int:
             pn2v_options[key] = json.loads(value)
         except json.JSONDecodeError:
             pn2v_options[key] = value
-    clean = load_set12(common.dataset_dir("set12", a.data, "*.png"), a.images)
+    clean = load_set12(dataset_dir("set12", a.data, "*.png"), a.images)
     noisy = poisson_gaussian(clean, a.peak, a.read, a.seed)
     calibration = poisson_gaussian(clean, a.peak, a.read, a.seed + 1)  # an independent acquisition
     print(f"Set12: {clean.shape}, Poisson-Gaussian noise, {a.peak:g} photons at 255 (gain {PEAK / a.peak:.3g}), "

@@ -42,8 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import common
-import quality
-from quality_data import w2s_pairs
+from datasets import w2s_pairs, write_stack
 
 FOVS = range(4, 11)
 
@@ -53,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--files", default="0:9,1:9,2:9", help="channel:FOV of each file trained on (default 0:9,1:9,2:9)")
     p.add_argument("--budget", type=float, default=90.0, help="seconds of training per model (default 90)")
     p.add_argument("--data", help="shared data folder (default $BIGDENOISE_DATA or ../shared/data)")
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bigdenoise-bench" / "pn2v-w2s-files")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bigdenoise-bench" / "pn2v-w2s-files",
+                   help="working folder (default: <tmp>/bigdenoise-bench/pn2v-w2s-files)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per model (default 1)")
     p.add_argument("--schedule", choices=("plateau", "cosine"), help="LR schedule (default: the methods' own)")
@@ -146,7 +146,7 @@ def matched_run(noisy: np.ndarray, clean: np.ndarray, mapped: np.ndarray, work: 
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    quality.write_zarr(work / "noisy.zarr", noisy[None])
+    write_stack(work / "noisy.zarr", noisy[None])
     model, info = nm.make_noise_model(noisy[None], clean=mapped[None], axes="SYX", kind=a.kind, seed=a.seed)
     nm.save_noise_model(model, work / "nm", info=info, overwrite=True)
     row = {"n2v": [], "pn2v": [], "n2v_steps": [], "pn2v_steps": []}
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     text = "\n".join(lines)
     print("\n" + text)
     if a.record:
-        common.replace_section(common.RESULTS, a.section, text)
+        common.replace_section(common.RESULTS, a.section, text, common.TOPIC_QUALITY)
     return 0
 
 

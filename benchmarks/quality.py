@@ -9,7 +9,7 @@ or 7, the best mean PSNR per data set: an oracle choice); non-local means (sciki
 own noise estimate); BM3D (``bm3d`` package, when it imports); CAREamics N2V (the peer, when
 installed: its own U-Net at our shape, the same patch, batch and budget, its tiled prediction).
 
-Data sets (``--datasets``; loaders and protocols in ``quality_data.py``; shared data: ``--data
+Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
 (Gaussian noise; CARE trained on Train400), ``set12-pg`` (simulated Poisson–Gaussian, PN2V with
 a noise model from calibration pairs), ``w2s`` (FOVs 008-010; CARE and PN2V's noise model from
@@ -51,7 +51,7 @@ import common
 
 from bigdenoise import metrics
 from bigdenoise.errors import BigDenoiseError
-from quality_data import ALL_DATASETS, Dataset, haar_sigma, load_dataset
+from datasets import ALL_DATASETS, Dataset, haar_sigma, load_dataset, write_stack
 
 FIGURES = common.BENCH_DIR / "figures"
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v")
@@ -210,18 +210,6 @@ def run_careamics(ds: Dataset, work: Path, a: argparse.Namespace) -> tuple[np.nd
 # --------------------------------------------------------------------------- learned methods
 
 
-def write_zarr(path: Path, array: np.ndarray) -> Path:
-    """A Zarr v3 array, one chunk per image, no axes attribute (the axes are passed explicitly)."""
-    import zarr
-
-    if path.exists():
-        shutil.rmtree(path)
-    z = zarr.create_array(store=str(path), shape=array.shape, chunks=(1, *array.shape[1:]), dtype="float32",
-                          zarr_format=3)
-    z[...] = array.astype(np.float32)
-    return path
-
-
 def _pn2v_noise_model(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
                       trained: set[str]) -> tuple[Path, str]:
     """Fit and save PN2V's noise model; returns its folder and a note. Bootstrapping uses the
@@ -263,7 +251,7 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
         kw.update(method="n2v", options={"struct_axis": 1, "struct_span": 2})
         note = "mask line +-2 px along X (row-correlated noise)"
     elif key == "n2n":
-        kw["target"] = str(write_zarr(folder / "second.zarr", ds.second))
+        kw["target"] = str(write_stack(folder / "second.zarr", ds.second))
     elif key in ("noise2stack", "noise2stack-copy"):
         axis, k = ds.stack_axis, ds.neighbours
         mode = "copy" if key == "noise2stack-copy" else "self"
@@ -271,7 +259,7 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
         note = (f"{'self' if mode == 'self' else 'copy'}-supervised along {axis}, {k} plane{'s' * (k > 1)} on each side"
                 + ("" if mode == "self" else ", the plane itself too; target: its second draw"))
         if mode == "copy":
-            kw["target"] = str(write_zarr(folder / "second.zarr", ds.second))
+            kw["target"] = str(write_stack(folder / "second.zarr", ds.second))
     elif key in ("pn2v", "pn2v-bootstrap"):
         path, note = _pn2v_noise_model(key, ds, noisy_path, folder, a, trained)
         kw.update(method="pn2v", options={"noise_model": str(path), "samples": 64})
@@ -321,8 +309,8 @@ def run_learned(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argpar
         name = f"{key}{i if len(folds) > 1 else ''}"
         source = str(noisy_path)
         if fold is not None:
-            source = str(write_zarr(folder / f"care-noisy{i}.zarr", fold.noisy))
-            target = str(write_zarr(folder / f"care-clean{i}.zarr", fold.clean))
+            source = str(write_stack(folder / f"care-noisy{i}.zarr", fold.noisy))
+            target = str(write_stack(folder / f"care-clean{i}.zarr", fold.clean))
         t0 = time.perf_counter()
         model = _train(folder / f"model-{name}", source, target, axes, kw, a)
         train_s += time.perf_counter() - t0
@@ -433,7 +421,8 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
     # reasons that hold for every data set (a package not installed) are said once
     common_skips = {m: why for m, why in results[names[0]]["skipped"].items()
                     if all(results[d]["skipped"].get(m) == why for d in names)} if names else {}
-    title = f"section {a.section}" if a.section else f"every method and baseline ({'quick' if a.quick else 'full'} mode)"
+    title = (f"{', '.join(names)}, {a.budget:g} s per model (section {a.section})" if a.section
+             else f"every method and baseline ({'quick' if a.quick else 'full'} mode)")
     out = [f"## Denoising quality: {title}", "",
            f"- Date: {common.now()}; total run time {seconds / 60:.1f} min",
            f"- Machine: {common.format_machine(machine, probes)}",
@@ -552,7 +541,7 @@ def main(argv=None) -> int:
         datasets[name] = ds
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
-        noisy_path = write_zarr(folder / "noisy.zarr", ds.noisy)
+        noisy_path = write_stack(folder / "noisy.zarr", ds.noisy)
         runs, skipped, panels, trained = {}, {}, [], set()
         print(f"\n== {name}: {ds.noisy.shape[0]} images {ds.noisy.shape[1]}x{ds.noisy.shape[2]}", flush=True)
         for m in a.methods:
@@ -595,7 +584,8 @@ def main(argv=None) -> int:
     text = report(results, datasets, a.methods, a, machine, probes, seconds)
     print("\n" + text)
     if a.record:
-        common.replace_section(common.RESULTS, f"quality-{a.section}" if a.section else "quality", text)
+        common.replace_section(common.RESULTS, f"quality-{a.section}" if a.section else "quality", text,
+                               common.TOPIC_QUALITY)
     print(f"\ntotal {seconds / 60:.1f} min")
     return 0
 

@@ -26,51 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
 from bigdenoise.runtime import ALLOCATOR_ENV
-
-CHUNKS = (64, 256, 256)
-YX = 1024
-
-
-def make_volume(path: Path, gbytes: float, seed: int = 0) -> tuple[int, int, int]:
-    """Write the synthetic uint16 ZYX volume chunk-slab by chunk-slab; returns its shape."""
-    import zarr
-
-    z = max(CHUNKS[0], int(round(gbytes * 1e9 / (2 * YX * YX) / CHUNKS[0])) * CHUNKS[0])
-    shape = (z, YX, YX)
-    arr = zarr.create_array(str(path), shape=shape, chunks=CHUNKS, dtype="uint16",
-                            attributes={"axes": "ZYX"}, overwrite=True)
-    rng = np.random.default_rng(seed)
-    for z0 in range(0, z, CHUNKS[0]):
-        signal = np.full((CHUNKS[0], YX, YX), 100.0, np.float32)
-        for _ in range(24):  # blobs, drawn in their own bounding box
-            r = rng.uniform(4, 12)
-            c = rng.uniform((0, 0, 0), (CHUNKS[0], YX, YX))
-            lo = np.maximum(0, (c - 3 * r).astype(int))
-            hi = np.minimum(signal.shape, (c + 3 * r).astype(int) + 1)
-            zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-            d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
-            signal[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += (800 * np.exp(-d2 / (2 * r * r))).astype(np.float32)
-        for _ in range(4):  # fibres along X
-            y, zz = rng.integers(YX), rng.integers(CHUNKS[0])
-            signal[max(zz - 1, 0):zz + 2, max(y - 1, 0):y + 2, :] += 400
-        noisy = rng.poisson(signal / 4.0) * 4.0 + rng.normal(0, 3, signal.shape)
-        arr[z0:z0 + CHUNKS[0]] = np.clip(noisy, 0, 65535).astype(np.uint16)
-    return shape
-
-
-def make_model(path: Path, features: int) -> None:
-    """A tiny untrained 3D N2V package (depth 1): the engine is under test, not the U-Net."""
-    from bigdenoise.config import make_config
-    from bigdenoise.normalize import Stats
-    from bigdenoise.package import build_nets, save_model
-
-    cfg = make_config(method="n2v", axes="ZYX", net={"depth": 1, "features": features})
-    nets = build_nets(cfg)
-    save_model(path, cfg, nets, Stats(150.0, 100.0, 90.0, 900.0, 1), {"steps": 0, "note": "untrained"})
+from datasets import LIGHTSHEET_CHUNKS, write_lightsheet_volume
+from speed import untrained_model
 
 
 def _free_port() -> int:
@@ -83,7 +42,7 @@ def run_size(work: Path, gbytes: float, workers: int, threads: int, tile: int) -
     src = work / f"in-{gbytes:g}GB.zarr"
     out = work / f"out-{gbytes:g}GB.zarr"
     t0 = time.perf_counter()
-    shape = make_volume(src, gbytes)
+    shape = write_lightsheet_volume(src, gbytes)
     print(f"wrote {src} {shape} uint16 in {time.perf_counter() - t0:.0f} s", flush=True)
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -138,7 +97,10 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop our dask processes
     work = Path(a.work or tempfile.mkdtemp(prefix="bigdenoise-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    make_model(work / "model", a.features)
+    from bigdenoise.normalize import Stats
+
+    # a tiny untrained 3D N2V package (depth 1): the engine is under test, not the U-Net
+    untrained_model(work / "model", "ZYX", 1, a.features, Stats(150.0, 100.0, 90.0, 900.0, 1))
     probes = [common.probe("before")]
     rows = [run_size(work, float(s), a.workers, a.threads, a.tile) for s in a.sizes.split(",")]
     probes.append(common.probe("after"))
@@ -159,11 +121,11 @@ def main(argv=None) -> int:
             f"Reproduce: `{common.this_command()}`", "",
             f"Real `dask scheduler` + {a.workers} `dask worker` process(es) ({a.threads} threads each) on this machine, "
             "`bigdenoise predict --cluster tcp://... --dtype input` as the client; synthetic uint16 light-sheet-like "
-            f"volume, chunks {CHUNKS}, untrained 3D U-Net depth 1 / {a.features} features, tiles {a.tile}^3. "
+            f"volume, chunks {LIGHTSHEET_CHUNKS}, untrained 3D U-Net depth 1 / {a.features} features, tiles {a.tile}^3. "
             "Peak RSS sampled every 0.2 s.", "",
             *lines, "", summary,
         ])
-        common.replace_section(common.RESULTS, "scale", text)
+        common.replace_section(common.RESULTS, "scale", text, common.TOPIC_SCALE)
     return 0
 
 

@@ -31,12 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import common
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    from bigdenoise.cli import parse_shape as parse
-
-    return parse(text)
+from datasets import write_random_volume
+from speed import forward_once, fresh_worker_state, parse_shape, untrained_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,66 +72,6 @@ def default_chunks(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
     return tuple(min(want[a], n) for a, n in zip(axes, shape))
 
 
-def write_volume(path: Path, shape, chunks, axes: str, dtype: str, seed: int = 0):
-    """A random volume (Gaussian around 1000, sd 100) written slab by slab; returns its stats."""
-    import zarr
-
-    from bigdenoise.normalize import stats_from_samples
-
-    z = zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, attributes={"axes": axes},
-                          zarr_format=3)
-    rng = np.random.default_rng(seed)
-    step = chunks[0]
-    first = None
-    for lo in range(0, shape[0], step):
-        hi = min(lo + step, shape[0])
-        slab = rng.normal(1000.0, 100.0, (hi - lo, *shape[1:]))
-        slab = np.clip(np.rint(slab), 0, 65535).astype(dtype) if dtype == "uint16" else slab.astype(dtype)
-        z[lo:hi] = slab
-        if first is None:
-            first = slab
-    return stats_from_samples([first])
-
-
-def make_model(path: Path, axes: str, depth: int, features: int, stats) -> None:
-    """An untrained model package with the default U-Net of the given depth and features."""
-    from bigdenoise.config import make_config
-    from bigdenoise.package import build_nets, save_model
-
-    cfg = make_config(method="n2v", axes=axes, net={"depth": depth, "features": features})
-    nets = build_nets(cfg)
-    for net in nets.values():
-        net.eval()
-    save_model(path, cfg, nets, stats, {"steps": 0, "note": "untrained; for throughput benchmarks only"})
-
-
-def fresh_worker_state() -> None:
-    """Forget the models an in-process ("threads") worker cached in an earlier round, so that
-    every predict round pays for loading the model like a user's single call does."""
-    from bigdenoise import execute
-
-    for name in ("_models", "_outputs"):
-        cache = getattr(execute, name, None)
-        if isinstance(cache, dict):
-            cache.clear()
-
-
-def forward_once(model, batches: list[np.ndarray], n_tiles: int, batch_size: int, precision: str, sync) -> float:
-    """Seconds to run ``n_tiles`` tiles through ``run_model`` in batches, cycling ``batches``."""
-    from bigdenoise.infer import run_model
-
-    t0 = time.perf_counter()
-    done, i = 0, 0
-    while done < n_tiles:
-        x = batches[i % len(batches)]
-        n = min(batch_size, n_tiles - done)
-        run_model(model, x[:n], precision)
-        done += n
-        i += 1
-    sync()
-    return time.perf_counter() - t0
-
-
 def main(argv=None) -> int:
     a = parse_args(argv)
     import torch
@@ -171,8 +107,8 @@ def main(argv=None) -> int:
             if p.exists():
                 shutil.rmtree(p)
         t0 = time.perf_counter()
-        stats = write_volume(vol_path, shape, chunks, axes, a.dtype)
-        make_model(model_path, axes, a.depth, a.features, stats)
+        stats = write_random_volume(vol_path, shape, chunks, axes, a.dtype)
+        untrained_model(model_path, axes, a.depth, a.features, stats, "untrained; for throughput benchmarks only")
         print(f"wrote {vol_path} {shape} {axes} {a.dtype} chunks {chunks} and an untrained U-Net "
               f"(depth {a.depth}, features {a.features}) in {time.perf_counter() - t0:.1f} s", flush=True)
 
@@ -264,7 +200,7 @@ def main(argv=None) -> int:
 - Seconds per round: {per_round}. Goal: ratio >= 0.9.
 - Peak RSS: {rss_text}.
 """
-            common.replace_section(common.RESULTS, "throughput", text)
+            common.replace_section(common.RESULTS, "throughput", text, common.TOPIC_THROUGHPUT)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -3,11 +3,17 @@
 Rounds are interleaved (CAREamics, bigdenoise, CAREamics, bigdenoise, ...) and every number is
 a ratio of two measurements taken side by side, because this machine's speed drifts:
 
-- 2D predict on a 2048x2048 image and 3D predict on a 32x256x256 volume: CAREamics's tiled
-  ``CAREamist.predict`` on the in-memory array vs ``bigdenoise.predict`` Zarr to Zarr (Dask
-  threads), Mvox/s each and the ratio (goal >= 2);
-- the compute limit: the network's multiply-accumulates per voxel (counted from the model's
-  convolutions) x our output voxels/s / the matmul peak measured in the same round (goal >= 0.7);
+- 2D predict on a 2048x2048 image and 3D predict on a 32x256x256 volume: ``bigdenoise.predict``
+  Zarr to Zarr (Dask threads, the planner's tiles) vs CAREamics's ``CAREamist.predict`` on the
+  in-memory array twice, with our tile geometry (its tiles = our input tiles, its overlap = our
+  two halos) and untiled (its default); Mvox/s each and the ratios per output voxel and per
+  computed voxel (the input tile voxels each library runs its network on, halos and overlaps
+  included), goal >= 2 per output voxel;
+- the compute limit: the multiply-accumulates each library's network actually executes
+  (counted from the inference graph, ``speed.conv_counter``: our inference copy runs fewer than
+  the plain U-Net) x 2 / seconds, as a fraction of the machine's peak measured in the same round
+  (``speed.compute_peak``: the best of several matmul shapes and of large convolutions like the
+  U-Net's, so that no fraction exceeds 1 through a weak probe), goal >= 0.7 for our predict;
 - blockwise predict vs the pure forward of the same (folded) network on in-memory tiles of the
   planner's input shape (``throughput.py``'s measurement, goal >= 0.9), in 2D and 3D, and, free
   of the machine's drift, the share of our predict's wall time spent in forward passes;
@@ -26,6 +32,7 @@ Needs CAREamics 0.3.5 beside the CPU torch (benchmarks/README.md); the networks 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import os
@@ -40,7 +47,9 @@ from pathlib import Path
 import numpy as np
 
 import common
-import throughput
+import speed
+from datasets import write_random_volume
+from speed import parse_shape
 
 PATCH, BATCH = (64, 64), 16
 
@@ -53,14 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds-3d", type=int, default=2,
                    help="interleaved rounds of the 3D comparison (default 2)")
     p.add_argument("--size-2d", type=int, help="side of the 2D image (default 2048)")
-    p.add_argument("--shape-3d", type=throughput.parse_shape, help="3D volume ZYX (default 32,256,256)")
+    p.add_argument("--shape-3d", type=parse_shape, help="3D volume ZYX (default 32,256,256)")
     p.add_argument("--steps", type=int, help="measured training steps, after as many warm-up steps (default 20)")
-    p.add_argument("--tile-2d", type=throughput.parse_shape, help="bigdenoise tile in 2D (default: the planner's)")
-    p.add_argument("--tile-3d", type=throughput.parse_shape, help="bigdenoise tile in 3D (default: the planner's)")
-    p.add_argument("--careamics-tile-2d", type=throughput.parse_shape, default=(256, 256))
-    p.add_argument("--careamics-overlap-2d", type=throughput.parse_shape, default=(48, 48))
-    p.add_argument("--careamics-tile-3d", type=throughput.parse_shape, default=(32, 128, 128))
-    p.add_argument("--careamics-overlap-3d", type=throughput.parse_shape, default=(8, 48, 48))
+    p.add_argument("--tile-2d", type=parse_shape,
+                   help="bigdenoise tile in 2D (default: the planner's); CAREamics's tiled run follows it")
+    p.add_argument("--tile-3d", type=parse_shape,
+                   help="bigdenoise tile in 3D (default: the planner's); CAREamics's tiled run follows it")
     p.add_argument("--only", default="2d,3d,3d-forward,train",
                    help="comparisons to run (default 2d,3d,3d-forward,train; without 3d-forward the 3D forward is not timed)")
     p.add_argument("--compiled", action="store_true",
@@ -74,34 +81,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.only = {x.strip() for x in a.only.split(",") if x.strip()}
     if a.rounds < 1 or a.rounds_3d < 1:
         p.error("--rounds and --rounds-3d must be >= 1")
-    a.careamics_tile_3d = tuple(min(t, n) for t, n in zip(a.careamics_tile_3d, a.shape_3d))
     return a
 
 
 # --------------------------------------------------------------------------- the network's cost
 
 
-def macs_per_voxel(net, ndim: int) -> float:
-    """Multiply-accumulates of one forward pass per input voxel, counted over the convolutions
-    of ``net`` (biases, norms, pooling and activations left out) on a 1-channel input."""
+def plain_macs_per_voxel(net, ndim: int) -> float:
+    """Multiply-accumulates per input voxel of ``net`` as built (the plain U-Net both libraries
+    train), on a 1-channel input of 64x64 or 16x32x32."""
     import torch
 
-    total = [0]
-
-    def count(module, inputs, output) -> None:
-        k = math.prod(module.kernel_size) * module.in_channels // module.groups
-        total[0] += output.numel() * k
-
-    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
-    hooks = [m.register_forward_hook(count) for m in convs]
     shape = (1, 1) + ((64, 64) if ndim == 2 else (16, 32, 32))
-    try:
-        with torch.inference_mode():
-            net(torch.zeros(shape))
-    finally:
-        for h in hooks:
-            h.remove()
-    return total[0] / math.prod(shape)
+    return speed.executed_macs(net, torch.zeros(shape)) / math.prod(shape)
 
 
 # --------------------------------------------------------------------------- CAREamics
@@ -149,12 +141,42 @@ def careamics_predictor(work: Path, data: np.ndarray, axes: str):
 
 
 def careamics_predict(engine, data: np.ndarray, axes: str, tile, overlap) -> float:
+    """Seconds of one ``CAREamist.predict``; ``tile`` None: untiled (CAREamics's default)."""
     t0 = time.perf_counter()
-    out, _ = engine.predict(data, axes=axes, tile_size=tuple(tile), tile_overlap=tuple(overlap), data_type="array")
+    out, _ = engine.predict(data, axes=axes, tile_size=None if tile is None else tuple(tile),
+                            tile_overlap=None if tile is None else tuple(overlap), data_type="array")
     seconds = time.perf_counter() - t0
     if np.squeeze(out[0]).shape != data.shape:
         raise SystemExit(f"CAREamics predicted shape {np.shape(out[0])}, expected {data.shape}")
     return seconds
+
+
+def careamics_work(engine, data: np.ndarray, axes: str, tile, overlap) -> tuple[int, int]:
+    """(input voxels, executed multiply-accumulates) of one CAREamics predict: the shapes its
+    network is called with, recorded by a forward pre-hook during an untimed predict (which is
+    also the warm-up), each shape's MACs counted once on its network."""
+    import torch
+
+    net = engine.model.model
+    shapes: list[tuple[int, ...]] = []
+    hook = net.register_forward_pre_hook(lambda module, args: shapes.append(tuple(args[0].shape)))
+    try:
+        careamics_predict(engine, data, axes, tile, overlap)
+    finally:
+        hook.remove()
+    macs = {shape: speed.executed_macs(net, torch.zeros((1, *shape[1:]))) for shape in set(shapes)}
+    return sum(math.prod(s) for s in shapes), sum(s[0] * macs[s] for s in shapes)
+
+
+def our_geometry_for_careamics(plan, shape) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """CAREamics tiles like our plan's: its tile = our input tile, its overlap = our two halos
+    (0 along an axis one tile covers); None when our plan is one tile (then: untiled)."""
+    spatial = [i for i, r in enumerate(plan.roles) if r == "spatial"]
+    tile = tuple(plan.input_shape[i] for i in spatial)
+    if all(t >= shape[i] for t, i in zip(tile, spatial)):
+        return None
+    overlap = tuple(0 if t >= shape[i] else 2 * plan.halo[i] for t, i in zip(tile, spatial))
+    return tile, overlap
 
 
 def careamics_train_rate(work: Path, data: np.ndarray, steps: int) -> float:
@@ -199,8 +221,8 @@ class Predict:
         self.work, self.axes, self.tile, self.compiled = work, axes, tile, compiled
         shutil.rmtree(work, ignore_errors=True)
         self.volume, self.model_path, self.out = work / "volume.zarr", work / "model", work / "out.zarr"
-        stats = throughput.write_volume(self.volume, shape, chunks, axes, "uint16")
-        throughput.make_model(self.model_path, axes, 2, 32, stats)
+        stats = write_random_volume(self.volume, shape, chunks, axes, "uint16")
+        speed.untrained_model(self.model_path, axes, 2, 32, stats, "untrained; for speed benchmarks only")
         self.model = for_inference(load_model(self.model_path), compiled)  # what predict's workers run
         block = block_shape_for(chunks, shape, 4 * 2**20)
         self.plan = plan_for(self.model, shape, axes, tile=tile, block=block)
@@ -211,14 +233,16 @@ class Predict:
         rng = np.random.default_rng(1)
         net_input = (1, *(self.plan.input_shape[i] for i, r in enumerate(self.plan.roles) if r == "spatial"))
         self.pool = [rng.standard_normal((self.batch, *net_input)).astype(np.float32)]
-        first = throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32", lambda: None)  # warm-up
+        first = speed.forward_once(self.model, self.pool, self.batch, self.batch, "fp32", lambda: None)  # warm-up
         self.forward_share = math.nan
         if compiled:
-            self.compile_s = first - throughput.forward_once(self.model, self.pool, self.batch, self.batch, "fp32",
-                                                             lambda: None)
+            self.compile_s = first - speed.forward_once(self.model, self.pool, self.batch, self.batch, "fp32",
+                                                        lambda: None)
             # the worker compiles its own copy (from inductor's cache) and keeps it for the rounds
-            throughput.fresh_worker_state()
+            speed.fresh_worker_state()
             self.predict()
+        # what predict executes: every tile has the plan's input shape
+        self.macs = self.n_tiles * self.tile_macs()
 
     def data(self) -> np.ndarray:
         import zarr
@@ -229,7 +253,7 @@ class Predict:
         import bigdenoise
 
         if not self.compiled:
-            throughput.fresh_worker_state()
+            speed.fresh_worker_state()
         t0 = time.perf_counter()
         summary = bigdenoise.predict(self.volume, self.model_path, self.out, cluster="threads", overwrite=True,
                                      tile=self.tile, compiled=self.compiled, progress=False)
@@ -240,7 +264,17 @@ class Predict:
         return seconds
 
     def forward(self) -> float:
-        return throughput.forward_once(self.model, self.pool, self.n_tiles, self.batch, "fp32", lambda: None)
+        return speed.forward_once(self.model, self.pool, self.n_tiles, self.batch, "fp32", lambda: None)
+
+    def tile_macs(self) -> int:
+        """Multiply-accumulates the network predict runs executes on one input tile (a compiled
+        network is counted eagerly: the same convolutions, it keeps the plain U-Net)."""
+        from bigdenoise.infer import run_model
+
+        model = self.model
+        if self.compiled:
+            model = dataclasses.replace(model, nets={k: getattr(n, "_orig_mod", n) for k, n in model.nets.items()})
+        return speed.executed_macs(run_model, model, self.pool[0][:1], "fp32")
 
     def describe(self) -> str:
         compiled = (f"torch.compile (compiling took {self.compile_s:.1f} s in the first forward pass of this "
@@ -253,35 +287,47 @@ class Predict:
 # --------------------------------------------------------------------------- the comparisons
 
 
-def compare_predict(a, name: str, ours: Predict, cm_tile, cm_overlap, macs: float, rounds: int,
-                    with_forward: bool) -> dict:
-    """Interleaved rounds: CAREamics predict, bigdenoise predict, forward (``with_forward``); one
-    probe per round."""
+def compare_predict(a, name: str, ours: Predict, rounds: int, with_forward: bool) -> dict:
+    """Interleaved rounds: CAREamics predict with our tile geometry and untiled, the peak probe,
+    bigdenoise predict, the bare forward (``with_forward``). Per CAREamics run: its speed per
+    output voxel and per computed voxel against ours, and each library's executed MACs as a
+    fraction of the round's peak."""
     data = ours.data()
     engine = careamics_predictor(ours.work / "careamics", data, ours.axes)
-    careamics_predict(engine, data, ours.axes, cm_tile, cm_overlap)  # warm-up
+    geometry = our_geometry_for_careamics(ours.plan, data.shape)
+    runs = {"untiled": (None, None)} if geometry is None else {"our tiles": geometry, "untiled": (None, None)}
+    work = {label: careamics_work(engine, data, ours.axes, *g) for label, g in runs.items()}  # untimed warm-ups
     rows = []
     for r in range(rounds):
-        cm = careamics_predict(engine, data, ours.axes, cm_tile, cm_overlap)
-        gflops = common.matmul_gflops()
+        cm = {label: careamics_predict(engine, data, ours.axes, *g) for label, g in runs.items()}
+        peak = speed.compute_peak(2 if a.quick else 3)
         bd = ours.predict()
         fwd = ours.forward() if with_forward else math.nan
-        row = {"careamics_s": cm, "ours_s": bd, "forward_s": fwd, "gflops": gflops}
-        row["ratio"] = cm / bd
-        row["limit_fraction"] = ours.voxels / bd * 2 * macs / (gflops * 1e9)
-        row["input_fraction"] = ours.input_voxels / bd * 2 * macs / (gflops * 1e9)
-        row["blockwise"] = fwd / bd
-        row["forward_share"] = ours.forward_share
+        limit = peak["peak"] * 1e9 / 2  # MAC/s
+        row = {"ours_s": bd, "forward_s": fwd, "peak": peak, "blockwise": fwd / bd,
+               "forward_share": ours.forward_share, "ours_util": ours.macs / bd / limit,
+               "forward_util": ours.macs / fwd / limit}
+        for label, seconds in cm.items():
+            voxels, macs = work[label]
+            row[label] = {"s": seconds, "ratio_out": seconds / bd,
+                          "ratio_in": (ours.input_voxels / bd) / (voxels / seconds), "util": macs / seconds / limit}
         rows.append(row)
-        print(f"{name} round {r + 1}: CAREamics {ours.voxels / cm / 1e6:.3f} Mvox/s ({cm:.2f} s), bigdenoise "
-              f"{ours.voxels / bd / 1e6:.3f} Mvox/s ({bd:.2f} s), forward {fwd:.2f} s; matmul {gflops:.0f} "
-              f"GFLOP/s; ratio {row['ratio']:.2f}, compute limit {row['limit_fraction']:.2f}, "
-              f"blockwise/forward {row['blockwise']:.2f}, forward share of predict {row['forward_share']:.2f}",
-              flush=True)
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        print(f"{name} round {r + 1}: bigdenoise {ours.voxels / bd / 1e6:.3f} Mvox/s ({bd:.2f} s, {row['ours_util']:.2f} "
+              f"of the peak {peak['peak']:.0f} GFLOP/s), forward {fwd:.2f} s; "
+              + "; ".join(f"CAREamics {label} {ours.voxels / c['s'] / 1e6:.3f} Mvox/s ({c['s']:.2f} s): ratio "
+                          f"{c['ratio_out']:.2f} per output voxel, {c['ratio_in']:.2f} per computed voxel"
+                          for label, c in ((k, row[k]) for k in runs)), flush=True)
+        if row["ours_util"] > 1 or any(row[k]["util"] > 1 for k in runs):
+            print("  warning: a fraction of the peak above 1: the peak probe missed the machine's best", flush=True)
+    med = {k: statistics.median(r[k] for r in rows)
+           for k in ("ours_s", "forward_s", "blockwise", "forward_share", "ours_util", "forward_util")}
+    for label in runs:
+        med[label] = {k: statistics.median(r[label][k] for r in rows) for k in ("s", "ratio_out", "ratio_in", "util")}
+    med["peak"] = statistics.median(r["peak"]["peak"] for r in rows)
     med["with_forward"] = with_forward
-    return {"name": name, "rows": rows, "median": med, "voxels": ours.voxels, "macs": macs,
-            "plan": ours.describe(), "careamics_tiles": f"tile {tuple(cm_tile)}, overlap {tuple(cm_overlap)}"}
+    best = [max((k for k in r["peak"] if k != "peak"), key=r["peak"].get) for r in rows]
+    return {"name": name, "rows": rows, "median": med, "voxels": ours.voxels, "input_voxels": ours.input_voxels,
+            "macs": ours.macs, "plan": ours.describe(), "runs": runs, "work": work, "peak_by": best}
 
 
 def compare_train(work: Path, steps: int, rounds: int) -> dict:
@@ -289,7 +335,7 @@ def compare_train(work: Path, steps: int, rounds: int) -> dict:
     chunks = (1, 512, 512)
     zarr_path = work / "train.zarr"
     shutil.rmtree(zarr_path, ignore_errors=True)
-    throughput.write_volume(zarr_path, (n_images, 512, 512), chunks, "SYX", "uint16", seed=2)
+    write_random_volume(zarr_path, (n_images, 512, 512), chunks, "SYX", "uint16", seed=2)
     import zarr
 
     data = zarr.open_array(str(zarr_path), mode="r")[...].astype(np.float32)
@@ -308,36 +354,57 @@ def goal(value: float, target: float) -> str:
     return f"**{value:.2f}** ({'met' if value >= target else 'NOT met'}, goal >= {target:g})"
 
 
-def report(a, results: list[dict], train: dict | None, macs: dict, machine, probes) -> str:
+def geometry_text(tile_overlap) -> str:
+    tile, overlap = tile_overlap
+    return "untiled (its default)" if tile is None else f"tiles {tuple(tile)}, overlap {tuple(overlap)} (ours)"
+
+
+def report(a, results: list[dict], train: dict | None, plain: dict, machine, probes) -> str:
     lines = [f"- Date: {common.now()}",
              f"- Machine: {common.format_machine(machine, probes)}",
              f"- Reproduce: `{common.this_command()}` (with CAREamics 0.3.5 installed, benchmarks/README.md)",
-             f"- Network: U-Net depth 2, 32 features, batch norm, untrained, in both libraries "
-             f"(CAREamics up-samples bilinearly, bigdenoise nearest). Convolution MACs counted from the models: "
-             + ", ".join(f"{k} {v / 1e3:.1f} k/voxel" for k, v in macs.items()) + ".",
-             f"- {a.rounds} interleaved rounds in 2D and training, {a.rounds_3d} in 3D, medians; the compute limit of a round is its matmul probe "
-             f"(fp32 GFLOP/s, taken just before our predict) / (2 x MACs per voxel).",
+             "- Network: U-Net depth 2, 32 features, batch norm, untrained, in both libraries (CAREamics up-samples "
+             "bilinearly, bigdenoise nearest). Plain U-Net MACs per voxel, counted from the convolutions the model "
+             "runs: " + ", ".join(f"{k} {v / 1e3:.1f} k" for k, v in plain.items()) + "; the executed MACs below "
+             "are counted from each library's inference graph at its own tile shapes (`speed.conv_counter`: ours "
+             "is the batch-norm-folded inference copy, whose decoder reads the coarse features).",
+             f"- {a.rounds} interleaved rounds in 2D and training, {a.rounds_3d} in 3D, medians. The peak of a round "
+             "(`speed.compute_peak`, taken just before our predict) is the best fp32 GFLOP/s of several matmul shapes "
+             "and of 3x3 / 3x3x3 convolutions at 32 and 64 channels; a fraction of the peak is executed MACs x 2 / "
+             "seconds / peak.",
+             "- Per output voxel: the ratio of the two predict times. Per computed voxel: each library's input voxels "
+             "per second (tile voxels its network ran on, halos and overlaps included), ours over CAREamics's.",
              "- Blockwise / forward divides two runs taken one after the other, so it carries the machine's drift; "
-             "the last column is drift-free: the seconds our predict spent inside forward passes (timed by the "
-             "engine, `forward_s` of its summary) over its whole wall time (cluster start, model load, reads, "
-             "tiling, blending and writes included).", ""]
+             "the forward passes' share is drift-free: the seconds our predict spent inside forward passes (timed "
+             "by the engine, `forward_s` of its summary) over its whole wall time.", ""]
     if results:
-        lines += ["| predict | CAREamics Mvox/s | bigdenoise Mvox/s | ratio | fraction of the compute limit "
-                  "| blockwise / forward | forward passes' share of predict |", "|---|---|---|---|---|---|---|"]
+        lines += ["| predict | CAREamics | computed / output voxels: CAREamics, ours | CAREamics Mvox/s "
+                  "| bigdenoise Mvox/s | ratio per output voxel | ratio per computed voxel "
+                  "| fraction of the peak: ours, CAREamics |", "|---|---|---|---|---|---|---|---|"]
         for res in results:
             m, v = res["median"], res["voxels"]
+            for label, g in res["runs"].items():
+                c = m[label]
+                lines.append(f"| {res['name']} | {geometry_text(g)} | {res['work'][label][0] / v:.3f}, "
+                             f"{res['input_voxels'] / v:.3f} | {v / c['s'] / 1e6:.3f} | {v / m['ours_s'] / 1e6:.3f} | "
+                             f"{goal(c['ratio_out'], 2)} | {c['ratio_in']:.2f} | {goal(m['ours_util'], 0.7)}, "
+                             f"{c['util']:.2f} |")
+        lines += ["", "| predict | our executed MACs per output voxel | peak GFLOP/s | forward: fraction of the peak "
+                  "| blockwise / forward | forward passes' share of predict |", "|---|---|---|---|---|---|"]
+        for res in results:
+            m = res["median"]
+            fwd = f"{m['forward_util']:.2f}" if m["with_forward"] else "not measured"
             blockwise = goal(m["blockwise"], 0.9) if m["with_forward"] else "not measured"
-            lines.append(f"| {res['name']} | {v / m['careamics_s'] / 1e6:.3f} | {v / m['ours_s'] / 1e6:.3f} | "
-                         f"{goal(m['ratio'], 2)} | {goal(m['limit_fraction'], 0.7)} | {blockwise} | "
-                         f"{m['forward_share']:.2f} |")
+            lines.append(f"| {res['name']} | {res['macs'] / res['voxels'] / 1e3:.1f} k | {m['peak']:.0f} | {fwd} | "
+                         f"{blockwise} | {m['forward_share']:.2f} |")
         lines.append("")
         for res in results:
-            per_round = "; ".join(f"{r['careamics_s']:.2f} / {r['ours_s']:.2f} / {r['forward_s']:.2f} s at "
-                                  f"{r['gflops']:.0f} GFLOP/s" for r in res["rows"])
-            lines.append(f"- {res['name']}: CAREamics `predict` {res['careamics_tiles']}; bigdenoise "
-                         f"{res['plan']}. Counting the input tile voxels (halos included), our predict runs at "
-                         f"{res['median']['input_fraction']:.2f} of the limit. Per round (CAREamics / bigdenoise "
-                         f"/ forward): {per_round}.")
+            per_round = "; ".join(
+                " / ".join(f"{r[k]['s']:.2f}" for k in res["runs"]) + f" / {r['ours_s']:.2f} / {r['forward_s']:.2f} s "
+                f"at {r['peak']['peak']:.0f} GFLOP/s" for r in res["rows"])
+            lines.append(f"- {res['name']}: bigdenoise {res['plan']}. Peak probe best: "
+                         f"{', '.join(sorted(set(res['peak_by'])))}. Per round (CAREamics "
+                         f"{' / '.join(res['runs'])} / bigdenoise / forward): {per_round}.")
     if train is not None:
         m = train["median"]
         lines += ["", "| N2V training, patch 64x64, batch 16 | CAREamics patches/s | bigdenoise patches/s | ratio |",
@@ -369,33 +436,33 @@ def main(argv=None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)  # as predict's in-process worker
     machine = common.machine_info()
     probes = [common.probe("before")]
-    macs = {"2D": macs_per_voxel(build_unet(2, 1, 1).eval(), 2), "3D": macs_per_voxel(build_unet(3, 1, 1).eval(), 3)}
+    plain = {"2D": plain_macs_per_voxel(build_unet(2, 1, 1).eval(), 2),
+             "3D": plain_macs_per_voxel(build_unet(3, 1, 1).eval(), 3)}
     tmp = None
     work = Path(a.work) if a.work else Path(tmp := tempfile.mkdtemp(prefix="bigdenoise-vs-careamics-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        macs["CAREamics 2D"] = macs_per_voxel(careamics_net(work / "count"), 2)
-        print("U-Net MACs per voxel: " + ", ".join(f"{k} {v:,.0f}" for k, v in macs.items()), flush=True)
+        plain["CAREamics 2D"] = plain_macs_per_voxel(careamics_net(work / "count"), 2)
+        print("plain U-Net MACs per voxel: " + ", ".join(f"{k} {v:,.0f}" for k, v in plain.items()), flush=True)
         results = []
         if "2d" in a.only:
             n = a.size_2d
             ours = Predict(work / "2d", (n, n), "YX", (min(512, n), min(512, n)), a.tile_2d, a.compiled)
-            results.append(compare_predict(a, f"2D {n}x{n}", ours, a.careamics_tile_2d, a.careamics_overlap_2d,
-                                           macs["2D"], a.rounds, with_forward=True))
+            results.append(compare_predict(a, f"2D {n}x{n}", ours, a.rounds, with_forward=True))
         if "3d" in a.only:
             shape = tuple(a.shape_3d)
             ours = Predict(work / "3d", shape, "ZYX", tuple(min(c, s) for c, s in zip((64, 128, 128), shape)),
                            a.tile_3d, a.compiled)
-            results.append(compare_predict(a, f"3D {'x'.join(map(str, shape))}", ours, a.careamics_tile_3d,
-                                           a.careamics_overlap_3d, macs["3D"], a.rounds_3d,
+            results.append(compare_predict(a, f"3D {'x'.join(map(str, shape))}", ours, a.rounds_3d,
                                            with_forward="3d-forward" in a.only))
         train = compare_train(work, a.steps, a.rounds) if "train" in a.only else None
         probes.append(common.probe("after"))
-        text = report(a, results, train, macs, machine, probes)
+        text = report(a, results, train, plain, machine, probes)
         print("\n" + text)
         if a.record:
             section, title = ("vs_careamics_compiled", " (torch.compile)") if a.compiled else ("vs_careamics", "")
-            common.replace_section(common.RESULTS, section, f"## CPU speed against CAREamics 0.3.5{title}\n\n" + text)
+            common.replace_section(common.RESULTS, section, f"## CPU speed against CAREamics 0.3.5{title}\n\n" + text,
+                                   common.TOPIC_SPEED)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

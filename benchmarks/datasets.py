@@ -1,27 +1,37 @@
-"""The data sets of benchmarks/quality.py: each loads into a :class:`Dataset` (noisy images, their
-reference, how to score them, which learned methods the data allow and why not the others).
+"""Every data set of the benchmarks, in one place: where the shared data live, the image loaders
+(BSD68, Set12, W2S, FMD, Hagen, TIRF, the time-lapse), the simulated noise, the generated volumes
+(3D phantom, random and light-sheet-like Zarr volumes), writing a stack to Zarr, and the
+evaluation sets of ``quality.py``, each a :class:`Dataset` (noisy images, their reference, how to
+score them, which learned methods the data allow and why not the others).
 
-Every data set is a stack of 2D images (N, H, W) float32; the images are the units of the
+Every evaluation set is a stack of 2D images (N, H, W) float32; the images are the units of the
 statistics (for the stacks, planes or frames). Descriptions of the protocols are the
 ``description`` strings, which go into RESULTS.md.
+
+Imported by the scripts in this folder as ``import datasets`` (run them as
+``python benchmarks/<script>.py``, which puts this folder on ``sys.path``). It imports no script.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-import common
-
 from bigdenoise import metrics
+
+REPO = Path(__file__).resolve().parent.parent
 
 ALL_DATASETS = ("bsd68-s15", "bsd68-s25", "bsd68-s50", "set12-s15", "set12-s25", "set12-s50", "set12-pg", "w2s",
                 "w2s-c0", "w2s-c1", "w2s-c2", "fmd", "fmd-fish", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf", "timelapse", "phantom3d")
 TILE = 256
 PG_PEAK, PG_READ = 30.0, 10.0  # simulated Poisson-Gaussian noise: photons at 255, read-noise sigma (0..255 scale)
+BSD68_SHAPE, BSD68_IMAGES = (321, 481), 34  # the even half of BSD68; portrait images are transposed
+SET12_SIZE = 256  # Set12's 512x512 images are centre-cropped to this
 PAPERS = {
     "bsd68": "BSD68 (all 68 images) at sigma 25, Noise2Void paper (Krull et al. 2019): N2V 27.71 dB, BM3D 28.59, "
              "supervised (Train400) 29.06; DnCNN 29.23 (Zhang et al. 2017)",
@@ -34,6 +44,157 @@ PAPERS = {
     "stack": "Noise2Stack paper (Papkov et al. 2021): with two neighbouring planes 31.6 dB where N2V gets 26.8 dB "
              "on its microscopy stacks",
 }
+
+
+# --------------------------------------------------------------------------- where the data are
+
+
+def data_root(data: str | os.PathLike | None = None) -> Path:
+    """The shared data folder: ``data``, else ``$BIGDENOISE_DATA``, else ``<repo>/../shared/data``
+    (the demo's own search, :func:`bigdenoise.demo.find_shared_data`).
+
+    Raises SystemExit with a clear message when none exists.
+    """
+    from bigdenoise.demo import find_shared_data
+    from bigdenoise.errors import InputError
+
+    try:
+        path = find_shared_data(data)
+    except InputError as exc:
+        raise SystemExit(str(exc)) from None
+    if path is None:
+        raise SystemExit(f"no data folder: pass --data DIR or set BIGDENOISE_DATA (looked for {REPO.parent / 'shared' / 'data'})")
+    return path
+
+
+def dataset_dir(name: str, data: str | os.PathLike | None = None, pattern: str = "*") -> Path:
+    """Folder of data set ``name``: ``data`` itself when it holds files matching ``pattern``,
+    else ``<data root>/name``."""
+    if data is not None:
+        direct = Path(data).expanduser()
+        if direct.is_dir() and any(direct.glob(pattern)):
+            return direct
+    folder = data_root(data) / name
+    if not folder.is_dir() or not any(folder.glob(pattern)):
+        raise SystemExit(f"data set {name!r} not found: {folder} has no {pattern} files")
+    return folder
+
+
+# --------------------------------------------------------------------------- images, noise, volumes
+
+
+def load_bsd68(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
+    """The clean even half of BSD68 (N, 321, 481) float32, the file names and the names of the
+    transposed (portrait) images."""
+    import imageio.v3 as iio
+
+    files = sorted(folder.glob("test*.png"))
+    if len(files) != BSD68_IMAGES:
+        raise SystemExit(f"{folder}: expected {BSD68_IMAGES} test*.png images, found {len(files)}")
+    images, transposed = [], []
+    for f in files:
+        image = np.asarray(iio.imread(f))
+        if image.ndim != 2:
+            raise SystemExit(f"{f}: expected a grayscale image, got shape {image.shape}")
+        if image.shape == BSD68_SHAPE[::-1]:
+            image = image.T
+            transposed.append(f.name)
+        if image.shape != BSD68_SHAPE:
+            raise SystemExit(f"{f}: shape {image.shape} is neither {BSD68_SHAPE} nor its transpose")
+        images.append(image.astype(np.float32))
+    return np.stack(images), [f.name for f in files], transposed
+
+
+def load_set12(folder: Path, count: int = 12) -> np.ndarray:
+    """(count, 256, 256) float32 on 0..255: the first ``count`` Set12 images, 512x512 ones centre-cropped."""
+    import imageio.v3 as iio
+
+    images = []
+    for f in sorted(folder.glob("*.png"))[:count]:
+        image = np.asarray(iio.imread(f), dtype=np.float32)
+        y0, x0 = (image.shape[0] - SET12_SIZE) // 2, (image.shape[1] - SET12_SIZE) // 2
+        images.append(image[y0:y0 + SET12_SIZE, x0:x0 + SET12_SIZE])
+    if not images:
+        raise SystemExit(f"{folder}: no PNG images")
+    return np.stack(images)
+
+
+def poisson_gaussian(clean: np.ndarray, peak: float, read: float, seed: int) -> np.ndarray:
+    """``g * Poisson(clean / g) + N(0, read^2)`` with ``g = 255 / peak`` (``peak`` photons at 255), float32."""
+    rng = np.random.default_rng(seed)
+    gain = 255.0 / peak
+    return (gain * rng.poisson(clean / gain) + rng.normal(0.0, read, clean.shape)).astype(np.float32)
+
+
+def write_stack(path: Path, array: np.ndarray, axes: str | None = None) -> Path:
+    """``array`` as a float32 Zarr v3 array, one chunk per image (first axis), replacing ``path``;
+    with an ``axes`` attribute when given (else the axes are passed explicitly)."""
+    import zarr
+
+    if path.exists():
+        shutil.rmtree(path)
+    z = zarr.create_array(store=str(path), shape=array.shape, chunks=(1, *array.shape[1:]), dtype="float32",
+                          attributes={"axes": axes} if axes else None, zarr_format=3)
+    z[...] = array.astype(np.float32)
+    return path
+
+
+def write_random_volume(path: Path, shape, chunks, axes: str, dtype: str, seed: int = 0):
+    """A random volume (Gaussian around 1000, sd 100) written slab by slab; returns its stats."""
+    import zarr
+
+    from bigdenoise.normalize import stats_from_samples
+
+    z = zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, attributes={"axes": axes},
+                          zarr_format=3)
+    rng = np.random.default_rng(seed)
+    step = chunks[0]
+    first = None
+    for lo in range(0, shape[0], step):
+        hi = min(lo + step, shape[0])
+        slab = rng.normal(1000.0, 100.0, (hi - lo, *shape[1:]))
+        slab = np.clip(np.rint(slab), 0, 65535).astype(dtype) if dtype == "uint16" else slab.astype(dtype)
+        z[lo:hi] = slab
+        if first is None:
+            first = slab
+    return stats_from_samples([first])
+
+
+LIGHTSHEET_CHUNKS, LIGHTSHEET_YX = (64, 256, 256), 1024
+
+
+def write_lightsheet_volume(path: Path, gbytes: float, seed: int = 0) -> tuple[int, int, int]:
+    """A synthetic light-sheet-like uint16 ZYX volume of about ``gbytes`` GB (sparse bright blobs
+    and fibres on a dark background, Poisson shot noise plus Gaussian read noise), chunks
+    :data:`LIGHTSHEET_CHUNKS`, Y and X :data:`LIGHTSHEET_YX`, written chunk-slab by chunk-slab;
+    returns its shape."""
+    import zarr
+
+    chunks, yx = LIGHTSHEET_CHUNKS, LIGHTSHEET_YX
+    z = max(chunks[0], int(round(gbytes * 1e9 / (2 * yx * yx) / chunks[0])) * chunks[0])
+    shape = (z, yx, yx)
+    arr = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="uint16",
+                            attributes={"axes": "ZYX"}, overwrite=True)
+    rng = np.random.default_rng(seed)
+    for z0 in range(0, z, chunks[0]):
+        signal = np.full((chunks[0], yx, yx), 100.0, np.float32)
+        for _ in range(24):  # blobs, drawn in their own bounding box
+            r = rng.uniform(4, 12)
+            c = rng.uniform((0, 0, 0), (chunks[0], yx, yx))
+            lo = np.maximum(0, (c - 3 * r).astype(int))
+            hi = np.minimum(signal.shape, (c + 3 * r).astype(int) + 1)
+            zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            d2 = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2
+            signal[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += (800 * np.exp(-d2 / (2 * r * r))).astype(np.float32)
+        for _ in range(4):  # fibres along X
+            y, zz = rng.integers(yx), rng.integers(chunks[0])
+            signal[max(zz - 1, 0):zz + 2, max(y - 1, 0):y + 2, :] += 400
+        noisy = rng.poisson(signal / 4.0) * 4.0 + rng.normal(0, 3, signal.shape)
+        arr[z0:z0 + chunks[0]] = np.clip(noisy, 0, 65535).astype(np.uint16)
+    return shape
+
+
+# --------------------------------------------------------------------------- the evaluation sets of quality.py
 
 
 @dataclass
@@ -112,13 +273,11 @@ def _onto(clean: np.ndarray, noisy: np.ndarray) -> np.ndarray:
 
 
 def _poisson_gaussian(clean: np.ndarray, seed: int) -> np.ndarray:
-    import pn2v_vs_n2v
-
-    return pn2v_vs_n2v.poisson_gaussian(np.clip(clean, 0, None), PG_PEAK, PG_READ, seed)
+    return poisson_gaussian(np.clip(clean, 0, None), PG_PEAK, PG_READ, seed)
 
 
 PG_TEXT = (f"simulated Poisson-Gaussian noise x = g * Poisson(s / g) + N(0, {PG_READ:g}^2), g = 255 / {PG_PEAK:g} "
-           f"({PG_PEAK:g} photons at 255; pn2v_vs_n2v.poisson_gaussian), float32")
+           f"({PG_PEAK:g} photons at 255; datasets.poisson_gaussian), float32")
 
 
 def phantom3d(shape: tuple[int, int, int] = (32, 256, 256), seed: int = 0) -> np.ndarray:
@@ -162,9 +321,7 @@ def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
 def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
     sigma = float(name.split("-s")[1])
     if name.startswith("bsd68"):
-        import bsd68_n2v
-
-        clean, _, transposed = bsd68_n2v.load_images(common.dataset_dir("bsd68_even", a.data, "test*.png"))
+        clean, _, transposed = load_bsd68(dataset_dir("bsd68_even", a.data, "test*.png"))
         crop = a.crop or (256 if a.quick else None)
         n = a.images or (8 if a.quick else len(clean))
         clean = clean[:n]
@@ -174,16 +331,14 @@ def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
                 + (f", centre {clean.shape[1]}x{clean.shape[2]} crops" if crop else f", {clean.shape[1]}x{clean.shape[2]}"))
         paper = PAPERS["bsd68"]
     else:
-        import pn2v_vs_n2v
-
-        clean = pn2v_vs_n2v.load_set12(common.dataset_dir("set12", a.data, "*.png"))
+        clean = load_set12(dataset_dir("set12", a.data, "*.png"))
         if a.images:
             clean = clean[:a.images]
         what = f"{len(clean)} Set12 images (512x512 ones centre-cropped to 256x256)"
         paper = PAPERS["set12"]
     noisy = _gaussian_noise(clean, sigma, a.seed)
     second = _gaussian_noise(clean, sigma, a.seed + 1000)
-    train400 = common.data_root(a.data) / "train400"
+    train400 = data_root(a.data) / "train400"
     folds, care_note = [], "no train400 folder"
     if "care" in a.methods and train400.is_dir() and any(train400.glob("*.png")):
         files = sorted(train400.glob("*.png"))
@@ -202,9 +357,7 @@ def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
 
 
 def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
-    import pn2v_vs_n2v
-
-    clean = pn2v_vs_n2v.load_set12(common.dataset_dir("set12", a.data, "*.png"))
+    clean = load_set12(dataset_dir("set12", a.data, "*.png"))
     if a.images:
         clean = clean[:a.images]
     noisy = _poisson_gaussian(clean, a.seed)
@@ -222,7 +375,7 @@ def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
 
 def w2s_pairs(a: argparse.Namespace, fovs, channels) -> tuple[np.ndarray, np.ndarray]:
     """W2S (noisy single frame, 400-frame average) pairs, FOV-major, (N, 512, 512) float32."""
-    folder = common.dataset_dir("w2s_8bit", a.data, "noisy_avg1")
+    folder = dataset_dir("w2s_8bit", a.data, "noisy_avg1")
     return (np.stack([_read(folder / "noisy_avg1" / f"input_avg1_{f:03d}_{c}.tif") for f in fovs for c in channels]),
             np.stack([_read(folder / "gt_avg400" / f"target_avg400_{f:03d}_{c}.tif") for f in fovs for c in channels]))
 
@@ -284,7 +437,7 @@ def _w2s_channel(name: str, a: argparse.Namespace) -> Dataset:
 
 
 def _fmd(name: str, a: argparse.Namespace) -> Dataset:
-    folder = common.dataset_dir("fmd_samples", a.data, "*_raw*")
+    folder = dataset_dir("fmd_samples", a.data, "*_raw*")
     noisy = np.concatenate([_read(folder / "Confocal_FISH_3_raw.png")[None],
                             _read(folder / "Confocal_BPAE_RGB_fov1_raw_3ch.tif")])
     clean = np.concatenate([_read(folder / "Confocal_FISH_3_gt.png")[None],
@@ -307,7 +460,7 @@ def _fmd(name: str, a: argparse.Namespace) -> Dataset:
 def _fmd_fish(name: str, a: argparse.Namespace) -> Dataset:
     """FMD's Confocal_FISH_3 alone: a field of the PN2V paper's Confocal Zebrafish data, raw
     8-bit capture (NR1) on the camera's own scale, so one noise model holds for all of it."""
-    folder = common.dataset_dir("fmd_samples", a.data, "Confocal_FISH_3_*")
+    folder = dataset_dir("fmd_samples", a.data, "Confocal_FISH_3_*")
     noisy = _tiles(_read(folder / "Confocal_FISH_3_raw.png"), TILE)
     clean = _tiles(_read(folder / "Confocal_FISH_3_gt.png"), TILE)
     return Dataset(name, "FMD Confocal_FISH_3 (zebrafish, confocal; raw capture = the PN2V paper's NR1), 512x512 "
@@ -328,7 +481,7 @@ def _hagen(name: str, a: argparse.Namespace) -> Dataset:
     stem = {"mito": "mito-confocal", "nucleus": "nucleus", "membrane": "membrane"}.get(kind)
     if stem is None:
         raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
-    folder = common.dataset_dir("hagen_gigadb_8bit", a.data, "*.png")
+    folder = dataset_dir("hagen_gigadb_8bit", a.data, "*.png")
     low, high = _read(folder / f"{stem}-lowsnr-sample.png"), _read(folder / f"{stem}-highsnr-sample.png")
     crop = a.crop or {"mito": 512, "nucleus": None, "membrane": 1024}[kind]
     box = (slice(0, low.shape[0]), slice(0, low.shape[1]))
@@ -359,7 +512,7 @@ def _hagen(name: str, a: argparse.Namespace) -> Dataset:
 def _tirf(name: str, a: argparse.Namespace) -> Dataset:
     import tifffile
 
-    folder = common.dataset_dir("acsn_scmos_tirf", a.data, "TIRF_200Hz.tif")
+    folder = dataset_dir("acsn_scmos_tirf", a.data, "TIRF_200Hz.tif")
     frames = np.asarray(tifffile.imread(folder / "TIRF_200Hz.tif"), dtype=np.float32)
     mean = frames.mean(axis=0)
     swap = np.arange(len(frames)) ^ 1  # 0<->1, 2<->3, ...
@@ -379,7 +532,7 @@ def _tirf(name: str, a: argparse.Namespace) -> Dataset:
 def _timelapse(name: str, a: argparse.Namespace) -> Dataset:
     import tifffile
 
-    folder = common.dataset_dir("cell_migration_timelapse", a.data, "*.tif")
+    folder = dataset_dir("cell_migration_timelapse", a.data, "*.tif")
     raw = np.asarray(tifffile.imread(folder / "cancer_cell_migration_crop.tif"), dtype=np.float32)
     lo, hi = np.percentile(raw, [0.1, 99.9])
     ref = np.clip((raw - lo) / (hi - lo) * 255, 0, None).astype(np.float32)
@@ -406,7 +559,7 @@ def _phantom3d(name: str, a: argparse.Namespace) -> Dataset:
     shape = (a.images or 32, 256, 256)
     clean = phantom3d(shape, a.seed)
     train = phantom3d(shape, a.seed + 1)
-    return Dataset(name, f"generated smooth 3D phantom (quality_data.phantom3d, seed {a.seed}), {shape[0]} planes "
+    return Dataset(name, f"generated smooth 3D phantom (datasets.phantom3d, seed {a.seed}), {shape[0]} planes "
                    f"{shape[1]}x{shape[2]} along Z: soft ellipsoids, small spots, a faint background, Gaussian PSF "
                    f"(sigma 1.5 planes in Z, 1 px in YX), 0..255; noisy: {PG_TEXT}; every plane scored, peak 255, no "
                    f"fit; N2V is 2D on the planes; Noise2Stack along Z, 1 plane on each side (the mean of a plane's "
