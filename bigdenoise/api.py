@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +13,13 @@ from .config import make_config
 from .errors import ConfigError, InputError
 from .clusters import JobOptions, check_cluster, dask_client
 from .execute import BlockSettings, run_blocks
+from .fingerprint import differences, fingerprint
 from .infer import plan_for
 from .package import Model, load_model
 from .runtime import check_compiler
 from .tiling import block_shape_for
 from .train import fit, pick_device
+from .outputs import PREDICTION, destination
 from .volume import Volume, open_volume
 from .writer import create_output, finish_output, load_done, output_chunks, run_record
 
@@ -51,7 +54,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
             cluster: str = "local", workers: int | None = None, chunks: tuple[int, ...] | None = None,
             dtype: str = "float32", overwrite: bool = False, resume: bool = False,
             tile: int | tuple[int, ...] | None = None, overlap: int = 0, halo: int | None = None,
-            batch_size: int | None = None, precision: str = "fp32", device: str = "auto",
+            inexact: bool = False, batch_size: int | None = None, precision: str = "fp32", device: str = "auto",
             skip_background: float | None = None, background_value: float = 0.0,
             block_voxels: int = 4 * 2**20, jobs: JobOptions | None = None, compiled: bool = False,
             progress: bool = True) -> dict:
@@ -59,18 +62,21 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
 
     The output has the input's shape and axes (an OME-Zarr input gives an OME-Zarr output),
     chunked like the input unless ``chunks`` is given. ``resume=True`` continues an
-    interrupted run into the same ``out``, skipping the blocks it finished. With
+    interrupted run into the same ``out`` (the input must hold the same data, checked by
+    content), skipping the blocks it finished. ``overwrite=True`` replaces an earlier
+    prediction (only one bigdenoise wrote; the new one is swapped in when complete). With
     ``skip_background=T``, blocks whose input is all below ``T`` are not computed nor written:
-    they read as ``background_value``. ``jobs`` configures ``cluster="slurm"|"pbs"|"lsf"``.
+    they read as ``background_value``. ``halo`` below the receptive radius needs ``inexact=True``.
+    ``jobs`` configures ``cluster="slurm"|"pbs"|"lsf"``.
     ``batch_size`` (tiles per forward pass): None lets the worker choose, 4 on a CPU and as many
     as fit in the free memory of a GPU (``infer.forward_batch_size``). ``compiled=True`` runs the
     networks through ``torch.compile`` on each worker: seconds of compilation per worker process
     and input shape, then faster forward passes (worth it on large volumes).
     Returns a summary of the run.
     """
-    check_cluster(cluster)
-    if overwrite and resume:
-        raise ConfigError("--overwrite and --resume contradict each other; pass one")
+    check_cluster(cluster, workers)
+    _check_numbers(batch_size=batch_size, block_voxels=block_voxels, skip_background=skip_background,
+                   background_value=background_value)
     model_path = model.path if isinstance(model, Model) else str(model)
     if model_path is None:
         raise InputError("predict needs a model saved on disk (a model directory); save it first")
@@ -85,33 +91,62 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     if volume.path is None and cluster != "threads":
         cluster = "threads"  # an in-memory array cannot be shipped to worker processes
     block = block_shape_for(output_chunks(volume, chunks), volume.shape, block_voxels)
-    plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, block=block,
-                    source=volume.source)
+    plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, inexact=inexact,
+                    block=block, source=volume.source)
     dev = str(pick_device(device))
     if compiled:
         check_compiler(dev)
+    dest = destination(out, PREDICTION, protect={"input": volume.path, "model": model_path}, overwrite=overwrite,
+                       resume=resume)
     model_path = str(Path(model_path).resolve())
     record = {"model": model_path, "model_sha256": _digest(Path(model_path)), "source": volume.source,
-              "block_shape": list(block), "tile": list(plan.tile), "halo": list(plan.halo),
-              "overlap": list(plan.overlap), "precision": precision, "skip_background": skip_background,
-              "compiled": compiled}
-    spec = create_output(out, volume, chunks=chunks, dtype=dtype, overwrite=overwrite, exist_ok=resume,
-                         attributes=record, fill_value=background_value)
-    skip = None
-    if resume:
-        previous = run_record(spec)
-        changed = [k for k in record if previous.get(k) != record[k]]
-        if changed:
-            raise ConfigError(f"cannot resume {out}: {', '.join(changed)} differ from the run that created it; "
-                              f"use the same model and options, or --overwrite to start again")
-        grid = tuple(-(-n // b) for n, b in zip(volume.shape, block))
-        skip = np.ones(grid, bool) if previous.get("complete") else load_done(spec, grid)
+              "input": fingerprint(volume), "block_shape": list(block), "tile": list(plan.tile),
+              "halo": list(plan.halo), "overlap": list(plan.overlap), "precision": precision,
+              "skip_background": skip_background, "compiled": compiled}
     with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
+        spec = create_output(dest.start(), volume, chunks=chunks, dtype=dtype, exist_ok=resume, attributes=record,
+                             fill_value=background_value)
+        skip = _resumed_blocks(spec, record, volume.shape, block, dest) if resume else None
         settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
                                  skip_background, compiled)
         summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip)
     finish_output(spec)
-    return {**summary, "output": str(out), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+    dest.commit()
+    return {**summary, "output": str(dest.path), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+
+
+RESUME_IGNORES = ("model", "source")  # where they are, in the spelling given: content decides
+
+
+def _resumed_blocks(spec, record: dict, shape: tuple[int, ...], block: tuple[int, ...], dest) -> np.ndarray:
+    """Which blocks of the block grid the run being resumed finished; a ConfigError when the input's
+    content, the model or the settings differ from that run's."""
+    previous = run_record(spec)
+    changed = [k for k in record if k not in RESUME_IGNORES and previous.get(k) != record[k]]
+    if "input" in changed:
+        fields = ", ".join(differences(previous.get("input"), record["input"]))
+        raise ConfigError(f"cannot resume {dest.path}: the input {record['source']} is not the data that run "
+                          f"started on ({fields} differ); predict into a new --out, or --overwrite to start again")
+    if changed:
+        raise ConfigError(f"cannot resume {dest.path}: {', '.join(changed)} differ from the run that created it; "
+                          f"use the same model and options, or --overwrite to start again")
+    grid = tuple(-(-n // b) for n, b in zip(shape, block))
+    return np.ones(grid, bool) if previous.get("complete") else load_done(spec, grid)
+
+
+def _check_numbers(**values: float | None) -> None:
+    """A ConfigError naming every option whose value is out of range (None: not given)."""
+    bad = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name in ("batch_size", "block_voxels") and value < 1:
+            bad.append(f"{flag} {value} must be at least 1")
+        elif not math.isfinite(value):
+            bad.append(f"{flag} {value} must be a finite number")
+    if bad:
+        raise ConfigError("; ".join(bad))
 
 
 def _digest(model_dir: Path) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 import re
 import sys
+import traceback
 from collections.abc import Sequence
 
 from ._version import __version__
@@ -29,6 +30,13 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
     return values
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_train(sub) -> None:
@@ -146,7 +154,10 @@ def _add_predict(sub) -> None:
     p.add_argument("--tile", type=parse_shape, help="tile core size per spatial axis (default: as large as the "
                    "block allows, at most 1024 in 2D, dividing the block, with at most 2 Mi input voxels per tile)")
     p.add_argument("--overlap", type=int, default=0, help="blend overlap between tiles (voxels)")
-    p.add_argument("--halo", type=int, help="context per side (default: the receptive field, exact)")
+    p.add_argument("--halo", type=int, help="context per side (default: the receptive field, exact; less needs "
+                   "--inexact)")
+    p.add_argument("--inexact", action="store_true",
+                   help="accept a --halo below the receptive field: faster, but tiles differ from a whole-volume pass")
     p.add_argument("--batch-size", type=int,
                    help="tiles per forward pass (default: 4 on a CPU, as many as fit in a GPU's free memory)")
     p.add_argument("--block-voxels", type=int, default=4 * 2**20,
@@ -161,8 +172,9 @@ def _add_predict(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bigdenoise", description="Self-supervised denoising of large microscopy volumes.")
+    parser = Parser(prog="bigdenoise", description="Self-supervised denoising of large microscopy volumes.")
     parser.add_argument("--version", action="version", version=f"bigdenoise {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of any error (for bug reports)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("convert", help="copy a TIFF/Zarr/OME-Zarr volume into a chunked Zarr v3 array")
     p.add_argument("input")
@@ -183,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-time", type=parse_duration, default=180.0, help="training time (default 3m)")
     p.add_argument("--data", help="folder with the shared data (default: ../shared/data if present)")
     p.add_argument("--quiet", action="store_true")
+    for command in sub.choices.values():
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the Python traceback of any error (for bug reports)")
     return parser
 
 
@@ -242,7 +257,7 @@ def run(a: argparse.Namespace) -> int:
     elif a.command == "predict":
         s = api.predict(a.input, a.model, a.out, axes=a.axes, cluster=a.cluster, workers=a.workers, chunks=a.chunks,
                         dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, tile=a.tile, overlap=a.overlap,
-                        halo=a.halo, batch_size=a.batch_size, precision=a.precision, device=a.device,
+                        halo=a.halo, inexact=a.inexact, batch_size=a.batch_size, precision=a.precision, device=a.device,
                         skip_background=a.skip_background, background_value=a.background_value,
                         block_voxels=a.block_voxels, jobs=_job_options(a), compiled=a.compile,
                         progress=not a.quiet)
@@ -253,11 +268,14 @@ def run(a: argparse.Namespace) -> int:
               f"({s['voxels_per_s'] / 1e6:.2f} Mvox/s) into {s['output']}{extra}")
     elif a.command == "noise-model":
         from .noise_models import make_noise_model, save_noise_model
+        from .outputs import NOISE_MODEL, destination
 
+        protect = {"noisy volume": a.noisy, "clean volume": a.clean, "bootstrap model": a.bootstrap}
+        destination(a.out, NOISE_MODEL, protect=protect, overwrite=a.overwrite)  # refused before the work
         nm, info = make_noise_model(a.noisy, clean=a.clean, repeats_axis=a.repeats_axis, bootstrap=a.bootstrap,
                                     axes=a.axes, kind=a.kind, bins=a.bins, gaussians=a.gaussians, degree=a.degree,
                                     steps=a.steps, max_pairs=a.max_pairs, seed=a.seed)
-        save_noise_model(nm, a.out, info=info, overwrite=a.overwrite)
+        save_noise_model(nm, a.out, info=info, overwrite=a.overwrite, protect=protect)
         h = nm.header()
         print(f"wrote {a.kind} noise model to {a.out} from {info['pairs']:,} pairs ({info['signal_from']}): signal "
               f"{h['signal_range'][0]:.6g}..{h['signal_range'][1]:.6g}, noisy {h['x_range'][0]:.6g}.."
@@ -275,12 +293,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args)
-    except BigDenoiseError as exc:
-        print(f"bigdenoise {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"bigdenoise {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"bigdenoise {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(exc: Exception) -> str:
+    """What went wrong, in one line: the message of an error the user can cause or the system
+    reported (a file, a permission, a full disk), else a bug with a pointer to ``--debug``."""
+    if isinstance(exc, BigDenoiseError):
+        text = str(exc)
+    elif isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        text = f"{exc.strerror or exc}{where}"
+    else:
+        text = (f"unexpected {type(exc).__name__}: {exc} -- this is a bug in bigdenoise; rerun with --debug "
+                f"and report the traceback")
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ batch system through dask-jobqueue (SLURM, PBS, LSF)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,12 +47,25 @@ class JobOptions:
     directives: tuple[str, ...] = field(default_factory=tuple)
     prologue: tuple[str, ...] = field(default_factory=tuple)
 
+    def __post_init__(self) -> None:
+        low = [f"{name} {value}" for name, value, least in (("--jobs", self.jobs, 1), ("--job-cores", self.cores, 1),
+               ("--job-gpus", self.gpus, 0), ("--job-processes", self.processes, 1))
+               if value is not None and value < least]
+        if low:
+            raise ConfigError(f"{', '.join(low)}: jobs, cores and processes must be at least 1, GPUs at least 0")
+
     @property
     def worker_processes(self) -> int:
         return self.processes or self.gpus or max(1, self.cores // 4)
 
 
-def check_cluster(cluster: str) -> None:
+CONNECT_TIMEOUT = 30.0  # seconds to reach a scheduler and hear it answer
+
+
+def check_cluster(cluster: str, workers: int | None = None) -> None:
+    """A ConfigError for an unknown cluster name or a worker count below 1."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers {workers}: a cluster needs at least 1 worker process")
     if not (cluster in LOCAL or cluster in JOBQUEUE or cluster.startswith(("tcp://", "tls://"))):
         raise ConfigError(f"unknown cluster {cluster!r}; use threads, local, slurm, pbs, lsf or tcp://HOST:PORT")
 
@@ -119,7 +134,13 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
     cores = os.cpu_count() or 1
     threads = threads_per_worker or 2  # two task threads: one block is read while another computes
     if cluster.startswith(("tcp://", "tls://")):
-        with Client(cluster, timeout="30s") as client:
+        if cluster.startswith("tcp://"):
+            probe_scheduler(cluster)
+        try:
+            client = Client(cluster, timeout=f"{CONNECT_TIMEOUT:g}s")
+        except (OSError, ValueError, TypeError) as exc:
+            raise ConfigError(f"cannot connect to the Dask scheduler at {cluster} ({exc})") from None
+        with client:
             yield client, 0
         return
     if cluster in JOBQUEUE:
@@ -134,8 +155,8 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
         except ImportError:
             LocalCUDACluster = None
         if LocalCUDACluster is not None:
-            with _worker_environ(), LocalCUDACluster(threads_per_worker=threads, dashboard_address=":0") as lc, \
-                    Client(lc) as client:
+            with _worker_environ(), LocalCUDACluster(threads_per_worker=threads, dashboard_address=":0",
+                                                     silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
                 yield client, torch_threads_per_worker(cores, len(lc.workers))
             return
     processes = cluster == "local"
@@ -145,8 +166,32 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
     else:
         n_workers = 1
     with _worker_environ(), LocalCluster(n_workers=n_workers, threads_per_worker=threads, processes=processes,
-                                         dashboard_address=":0", silence_logs=40) as lc, Client(lc) as client:
+                                         dashboard_address=":0", silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
         yield client, torch_threads_per_worker(cores, n_workers)
+
+
+def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """A ConfigError unless a Dask scheduler answers at ``address`` within ``timeout`` seconds
+    (``Client`` alone waits forever on a port that accepts and stays silent)."""
+    from distributed.comm import connect
+
+    async def identity():
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ConfigError(f"no Dask scheduler answered at {address} within {timeout:g} s; start one there "
+                          f"(`dask scheduler`) or check the address") from None
+    except Exception as exc:  # noqa: BLE001 - whatever the far end is, it is not a usable scheduler
+        raise ConfigError(f"cannot reach a Dask scheduler at {address} ({type(exc).__name__}: {exc})") from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise ConfigError(f"{address} answered, but not as a Dask scheduler; check the address")
 
 
 def _worker_environ():

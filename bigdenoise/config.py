@@ -38,7 +38,7 @@ class TrainConfig(BaseModel):
     volume once) or ``max_time`` (seconds) to run out; with none given, 2000 steps.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     method: str = "n2v"
     axes: str

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ from tqdm.auto import tqdm
 
 from bigdenoise.errors import ConfigError, OutputError
 from bigdenoise.geometry import Box
-from bigdenoise.volume import Volume, default_chunks, open_volume, sample_chunk_boxes, split_store_path
+from bigdenoise.outputs import ZARR_COPY, destination
+from bigdenoise.volume import Volume, default_chunks, open_volume, sample_chunk_boxes
 
 COPY_BLOCK_BYTES = 256 * 2**20  # upper bound of one copied block (unless a single chunk is larger)
 
@@ -41,7 +41,8 @@ def convert(
         Output chunk shape, one entry per axis (clipped to the shape); default: 64 along Z,
         256 along Y/X, 1 along S/T.
     overwrite
-        Replace an existing ``dest``. Never allowed when ``dest`` overlaps the input.
+        Replace an existing ``dest`` that bigdenoise wrote (``outputs.destination``); the copy
+        is swapped in when complete. Never allowed when ``dest`` overlaps the input.
     progress
         Show a progress bar.
 
@@ -51,12 +52,16 @@ def convert(
         The written array, opened read-only.
     """
     volume = open_volume(source, axes)
-    dest = Path(dest).expanduser().absolute()
-    _check_dest(volume, dest, overwrite)
     out_chunks = _output_chunks(volume, chunks)
-    out = _create_output(volume, dest, out_chunks)
-    _copy(volume, out, out_chunks, progress)
-    return open_volume(dest)
+    target = destination(dest, ZARR_COPY, protect={"input": volume.path}, overwrite=overwrite)
+    try:
+        out = _create_output(volume, target.start(), out_chunks)
+        _copy(volume, out, out_chunks, progress)
+    except BaseException:
+        target.discard()  # a copy cannot be continued: leave nothing half-written
+        raise
+    target.commit()
+    return open_volume(target.path)
 
 
 def _output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -68,25 +73,6 @@ def _output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int,
             f"chunks {chunks} must be {volume.ndim} positive integers, one per axis {volume.axes}"
         )
     return tuple(min(int(c), s) for c, s in zip(chunks, volume.shape))
-
-
-def _check_dest(volume: Volume, dest: Path, overwrite: bool) -> None:
-    """Refuse a ``dest`` overlapping the input; remove an existing one if ``overwrite``."""
-    if volume.path is not None:
-        src = Path(volume.path)
-        src_root = src if src.is_file() else split_store_path(src)[0]
-        a, b = src_root.resolve(), dest.resolve()
-        if a == b or a in b.parents or b in a.parents:
-            raise OutputError(
-                f"output {dest} overlaps the input {volume.source}: choose an output outside the input"
-            )
-    if dest.exists() or dest.is_symlink():
-        if not overwrite:
-            raise OutputError(f"output {dest} already exists: choose another path or pass overwrite (--overwrite)")
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        else:
-            dest.unlink()
 
 
 def _create_output(volume: Volume, dest: Path, chunks: tuple[int, ...]) -> Any:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from ._version import __version__
-from .errors import InputError, OutputError
+from .errors import InputError
+from .files import atomic_write_bytes
+from .outputs import DEMO, ZARR_COPY, destination
 
 MARKER = "bigdenoise-demo.json"
 MARKER_FORMAT = "bigdenoise-demo"
@@ -200,32 +201,14 @@ def write_preview(path: Path, d: DemoData, denoised: np.ndarray, p_noisy: list[f
 # --------------------------------------------------------------------------- output folder
 
 
-def _inside(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or b in a.parents
-
-
-def prepare_out(out: Path, data_folder: Path | None) -> None:
-    """Create ``out``, or reuse it when it is a previous demo's output; refuse anything else."""
-    if data_folder is not None and (_inside(out, data_folder) or _inside(data_folder, out)):
-        raise OutputError(f"demo output {out} overlaps the shared data folder {data_folder}; choose another --out")
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()):
-        marker = out / MARKER
-        try:
-            ours = json.loads(marker.read_text()).get("format") == MARKER_FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-        if not ours:
-            raise OutputError(f"{out} exists and is not a bigdenoise demo output (it has no {MARKER}); "
-                              f"choose another --out or remove that folder")
-    out.mkdir(parents=True, exist_ok=True)
+def prepare_out(out: Path, data_folder: Path | None) -> Path:
+    """Create ``out``, or reuse it when it is a previous demo's output; refuse anything else.
+    Returns the folder (symbolic links resolved)."""
+    dest = destination(out, DEMO, protect={"shared data folder": data_folder}, resume=True)
+    return dest.start()
 
 
 def _write_marker(out: Path, document: dict) -> None:
-    from .package import atomic_write_bytes
-
     atomic_write_bytes(out / MARKER, json.dumps({"format": MARKER_FORMAT, "bigdenoise_version": __version__,
                                                  **document}, indent=2, default=str).encode())
 
@@ -233,11 +216,11 @@ def _write_marker(out: Path, document: dict) -> None:
 def _write_zarr(path: Path, array: np.ndarray) -> None:
     import zarr
 
-    if path.exists():
-        shutil.rmtree(path)
-    z = zarr.create_array(store=str(path), shape=array.shape, chunks=CHUNKS, dtype=array.dtype,
+    dest = destination(path, ZARR_COPY, overwrite=True)
+    z = zarr.create_array(store=str(dest.start()), shape=array.shape, chunks=CHUNKS, dtype=array.dtype,
                           attributes={"axes": "SYX"}, dimension_names=("s", "y", "x"), zarr_format=3)
     z[...] = array
+    dest.commit()
 
 
 # --------------------------------------------------------------------------- the demo
@@ -261,9 +244,8 @@ def run_demo(out: str | Path, *, max_time: float = 180.0, data: str | None = Non
     from . import api
 
     t_start = time.perf_counter()
-    out = Path(out).expanduser()
     folder = find_shared_data(data)
-    prepare_out(out, folder)
+    out = prepare_out(Path(out), folder)
     _write_marker(out, {"status": "running"})
 
     def say(msg: str) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +27,12 @@ from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
 from .writer import OutputSpec, mark_done, to_dtype, write_block
 
+ERRORS_LOG = "bigdenoise-errors.log"
+
+
 class BlockFailed(BigDenoiseError):
-    """One or more blocks failed; the message names them and their causes."""
+    """One or more blocks failed; the message names the first with its cause, and the log file
+    (``ERRORS_LOG`` in the output) that holds every failed block's traceback."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,8 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
     """Run every block of the volume on ``client``, at most ``window`` tasks in flight.
 
     ``skip`` is a boolean array over the block grid of blocks already done (resume). Failed
-    blocks do not stop the others; at the end a BlockFailed names each failed block.
+    blocks (each tried twice) do not stop the others; at the end a BlockFailed names the first
+    with its cause, and the output's ``ERRORS_LOG`` holds every failed block's traceback.
     The summary's ``read_s``, ``compute_s`` (``forward_s`` of it in forward passes) and
     ``write_s`` are task seconds summed over the blocks.
     """
@@ -117,12 +124,14 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
     blocks = (b for b in iter_blocks(volume.shape, block_shape) if skip is None or not skip[b.index])
     done = total - (int(skip.sum()) if skip is not None else 0)
     pending = as_completed()
+    index_of: dict[str, tuple[int, ...]] = {}
 
     def submit_next() -> bool:
         block = next(blocks, None)
         if block is None:
             return False
         key = f"bigdenoise-block-{'-'.join(map(str, block.index))}-{id(out)}"
+        index_of[key] = block.index
         pending.add(client.submit(process_block, volume, block, plan, settings, out, key=key, retries=1, pure=False))
         return True
 
@@ -130,6 +139,7 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
         if not submit_next():
             break
     failures: list[str] = []
+    log = Path(out.path) / ERRORS_LOG
     voxels = background = 0
     t0 = time.perf_counter()
     timing = {"read_s": 0.0, "compute_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
@@ -142,17 +152,28 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
                 for k in timing:
                     timing[k] += result[k]
             except Exception as exc:  # noqa: BLE001 - reported with its block below
-                failures.append(f"{future.key}: {type(exc).__name__}: {exc}")
+                index = index_of[future.key]
+                failures.append(f"block {index}: {type(exc).__name__}: {exc}")
+                _log_failure(log, index, exc, future.traceback())
+            index_of.pop(future.key, None)
             future.release()
             bar.update(1)
             bar.set_postfix(Mvox_s=f"{voxels / max(time.perf_counter() - t0, 1e-9) / 1e6:.2f}")
             submit_next()
     seconds = time.perf_counter() - t0
     if failures:
+        others = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
         raise BlockFailed(
-            f"{len(failures)} of {done} blocks failed (the others were written; rerun with --resume to redo only "
-            f"the missing ones):\n  " + "\n  ".join(failures[:20])
+            f"{len(failures)} of {done} blocks failed, {failures[0].splitlines()[0]}{others} (tracebacks in {log}); "
+            f"the other blocks were written: fix the cause and rerun with --resume to redo only the failed ones"
         )
     return {"blocks": done, "skipped": total - done, "background_blocks": background, "voxels": voxels,
             "seconds": seconds,
             "voxels_per_s": voxels / max(seconds, 1e-9), **timing}
+
+
+def _log_failure(log: Path, index: tuple[int, ...], exc: BaseException, tb) -> None:
+    """Append one failed block's traceback to the run's log file."""
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    with open(log, "a") as f:
+        f.write(f"--- block {index} failed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}\n")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .background import check_background, subtract_background
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .geometry import Box
 from .normalize import denormalize, normalize
 from .package import Model
@@ -50,16 +50,26 @@ def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str,
 
 
 def plan_for(model: Model, shape: tuple[int, ...], axes: str, *, tile=None, overlap: int = 0,
-             halo: int | None = None, block: tuple[int, ...] | None = None,
+             halo: int | None = None, inexact: bool = False, block: tuple[int, ...] | None = None,
              source: str = "the input") -> TilePlan:
-    """The tile plan for running ``model`` on a volume of ``shape`` and ``axes``."""
+    """The tile plan for running ``model`` on a volume of ``shape`` and ``axes``.
+
+    A ``halo`` below the model's receptive radius makes tiles differ from a whole-volume pass
+    (seams): a ConfigError unless ``inexact`` says that is accepted.
+    """
+    if overlap < 0 or (halo is not None and halo < 0):
+        raise ConfigError(f"--overlap {overlap} and --halo {halo} must not be negative")
+    radius = model.receptive_radius
+    if halo is not None and halo < radius and not inexact:
+        raise ConfigError(f"--halo {halo} is below the model's receptive radius {radius}: tiles would not match "
+                          f"a whole-volume pass (seams); use at least {radius}, or pass --inexact to accept that")
     roles = axis_roles(model, axes, source)
     if "channel" in roles and shape[roles.index("channel")] < 2:
         raise InputError(f"{source} has one plane along {model.stack_axis}; the model needs neighbouring planes")
     check_background(model.background, tuple(shape), source)
     return make_plan(
         tuple(shape), roles,
-        receptive_radius=model.receptive_radius, factor=model.factor, channel_halo=model.channel_halo,
+        receptive_radius=radius, factor=model.factor, channel_halo=model.channel_halo,
         tile=tile, overlap=overlap, halo=halo, block=block, max_input_voxels=MAX_BATCH_VOXELS,
     )
 

@@ -40,17 +40,16 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ._version import __version__
-from .errors import ConfigError, InputError, ModelError, OutputError
+from .errors import ConfigError, InputError, ModelError
+from .files import load_tensors, read_versioned_json
 
 FORMAT = "bigdenoise-noise-model"
 FORMAT_VERSION = 1
@@ -512,28 +511,23 @@ def check_fits_data(model: NoiseModel, p_low: float, p_high: float, what: str, t
 
 
 def save_noise_model(model: NoiseModel, path: str | Path, *, info: dict[str, Any] | None = None,
-                     overwrite: bool = False, plot: bool = True) -> Path:
+                     overwrite: bool = False, protect: dict[str, Any] | None = None, plot: bool = True) -> Path:
     """Write ``model`` as a directory: ``noise_model.json``, ``noise_model.safetensors`` and
-    (``plot=True``) ``noise_model.png``."""
-    from .package import atomic_save_tensors, atomic_write_bytes
+    (``plot=True``) ``noise_model.png``. ``overwrite`` replaces a noise model bigdenoise wrote;
+    ``protect`` names paths the directory must not overlap (``outputs.destination``)."""
+    from .files import atomic_save_tensors, atomic_write_bytes
+    from .outputs import NOISE_MODEL, destination
 
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise OutputError(f"{path} is a file; give a directory for the noise model")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise OutputError(f"{path} exists and is not empty; pass --overwrite to replace it")
-        if not (path / JSON_FILE).is_file():
-            raise OutputError(f"{path} is not a noise model directory; refusing to replace it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
+    dest = destination(path, NOISE_MODEL, protect=protect, overwrite=overwrite)
+    work = dest.start()
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "bigdenoise_version": __version__,
                 **model.header(), "info": info or {}}
-    atomic_save_tensors(model.state_dict(), path / TENSORS_FILE, metadata={"format": FORMAT, "kind": model.kind})
-    atomic_write_bytes(path / JSON_FILE, json.dumps(document, indent=2).encode())
+    atomic_save_tensors(model.state_dict(), work / TENSORS_FILE, metadata={"format": FORMAT, "kind": model.kind})
+    atomic_write_bytes(work / JSON_FILE, json.dumps(document, indent=2).encode())
     if plot:
-        plot_noise_model(model, path / PLOT_FILE)
-    return path
+        plot_noise_model(model, work / PLOT_FILE)
+    dest.commit()
+    return dest.path
 
 
 def load_noise_model(path: str | Path) -> NoiseModel:
@@ -542,15 +536,13 @@ def load_noise_model(path: str | Path) -> NoiseModel:
     json_path, tensors_path = path / JSON_FILE, path / TENSORS_FILE
     if not json_path.is_file():
         raise ConfigError(f"{path} is not a noise model: {JSON_FILE} is missing (make one with `bigdenoise noise-model`)")
-    from .package import read_versioned_json  # package imports the methods, which import this module
-
     document = read_versioned_json(json_path, FORMAT, FORMAT_VERSION, "noise model")
     kind = document.get("kind")
     if kind not in KINDS:
         raise ModelError(f"{json_path}: unknown noise model kind {kind!r} (known: {', '.join(KINDS)})")
     if not tensors_path.is_file():
         raise ModelError(f"{path}: {TENSORS_FILE} is missing; the noise model is incomplete")
-    model = KINDS[kind].from_tensors(load_file(str(tensors_path)))
+    model = KINDS[kind].from_tensors(load_tensors(tensors_path, "noise model"))
     model.eval()
     return model
 

@@ -7,19 +7,18 @@ networks are rebuilt from the config by the method's own ``build``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
-from safetensors.torch import load_file, save_file
 
 from ._version import __version__
 from .config import TrainConfig
-from .errors import BigDenoiseError, ModelError
+from .errors import BigDenoiseError, ConfigError, ModelError
+from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_versioned_json
 from .methods import Method, Nets, get_method
 from .normalize import Stats
 from .runtime import nets_to_fast_layout
@@ -84,36 +83,22 @@ class Model:
         return int(self.method.channel_halo(self.options))
 
 
+MEMORY_FRACTION = 0.5  # of the memory available now that one model's parameters may take
+
+
 def build_nets(config: TrainConfig) -> Nets:
+    """The method's networks for ``config``, after checking on PyTorch's meta device (nothing
+    allocated) that their parameters fit in this machine's available memory."""
     method = get_method(config.method)
+    with torch.device("meta"):
+        sizes = method.build(config.net, config.spatial_ndim, config.method_options)
+    nbytes = sum(p.numel() * p.element_size() for net in sizes.values() for p in net.parameters())
+    available = psutil.virtual_memory().available
+    if nbytes > MEMORY_FRACTION * available:
+        raise ConfigError(f"the {config.method} networks of this configuration (net {config.net.model_dump()}) need "
+                          f"{nbytes / 2**30:.1f} GiB of parameters, more than half of the {available / 2**30:.1f} GiB "
+                          f"available; choose fewer --features or a smaller --depth")
     return method.build(config.net, config.spatial_ndim, config.method_options)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never a torn one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def net_tensors(nets: Nets) -> dict[str, torch.Tensor]:
@@ -159,25 +144,6 @@ def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, 
     return path
 
 
-def read_versioned_json(json_path: Path, fmt: str, max_version: int, what: str) -> dict:
-    """The JSON document at ``json_path``, checked to be of format ``fmt`` and a version this
-    bigdenoise reads; a ModelError otherwise. ``what`` names the kind of file in messages."""
-    try:
-        document = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{json_path} is not valid JSON ({exc})") from None
-    if document.get("format") != fmt:
-        raise ModelError(f"{json_path} is not a bigdenoise {what} file (format {document.get('format')!r})")
-    version = document.get("format_version")
-    if not isinstance(version, int) or version > max_version:
-        raise ModelError(
-            f"{json_path.parent} uses {what} format version {version!r} (made by bigdenoise "
-            f"{document.get('bigdenoise_version', '?')}); this bigdenoise {__version__} reads up to "
-            f"version {max_version}: upgrade bigdenoise"
-        )
-    return document
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
     """Load a model package; a ModelError says what is missing or incompatible."""
     path = Path(path)
@@ -187,12 +153,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
     document = read_versioned_json(config_path, FORMAT, FORMAT_VERSION, "model")
     try:
         config = TrainConfig.model_validate(document["train_config"])
+        stats = Stats.from_dict(document["normalization"])
+        out_stats = document.get("output_normalization")
+        out_stats = None if out_stats is None else Stats.from_dict(out_stats)
+        background_shape = document["background"]["shape"] if "background" in document else None
         nets = build_nets(config)
-    except (KeyError, ValueError, BigDenoiseError) as exc:
-        raise ModelError(f"{config_path} describes a model this bigdenoise cannot build: {exc}") from None
-    if not weights_path.is_file():
-        raise ModelError(f"{path}: {WEIGHTS_FILE} is missing; the package is incomplete")
-    tensors = load_file(str(weights_path))
+    except (KeyError, TypeError, ValueError, BigDenoiseError) as exc:
+        raise ModelError(f"{config_path} describes a model this bigdenoise cannot build: "
+                         f"{type(exc).__name__}: {exc}") from None
+    tensors = load_tensors(weights_path, "model package")
     for name, net in nets.items():
         prefix = f"{name}."
         state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
@@ -203,22 +172,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
         net.to(device).eval()
     nets_to_fast_layout(nets, config.spatial_ndim)
     background = None
-    if "background" in document:
+    if background_shape is not None:
         bg_path = path / BACKGROUND_FILE
-        if not bg_path.is_file():
-            raise ModelError(f"{path}: {BACKGROUND_FILE} is missing; the package is incomplete")
-        background = load_file(str(bg_path))["background"].numpy()
-        if list(background.shape) != document["background"].get("shape"):
-            raise ModelError(f"{bg_path} holds a {background.shape} pattern, {config_path} says "
-                             f"{document['background'].get('shape')}")
-    out_stats = document.get("output_normalization")
+        background = load_tensors(bg_path, "model package").get("background")
+        if background is None or list(background.shape) != background_shape:
+            raise ModelError(f"{bg_path} does not hold the {background_shape} background pattern {config_path} "
+                             f"names; the package is corrupt")
+        background = background.numpy()
     return Model(
         path=str(path),
         train_config=config,
         method=get_method(config.method),
         nets=nets,
-        stats=Stats.from_dict(document["normalization"]),
+        stats=stats,
         info=document.get("info", {}),
-        output_stats=None if out_stats is None else Stats.from_dict(out_stats),
+        output_stats=out_stats,
         background=background,
     )

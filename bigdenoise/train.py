@@ -6,35 +6,30 @@ from __future__ import annotations
 import csv
 import json
 import math
-import shutil
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .errors import ConfigError, InputError, OutputError
-from .methods import Nets, Stage, get_method
+from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_json_object
+from .fingerprint import differences, fingerprint
+from .methods import Method, Nets, Stage, get_method
 from .normalize import Stats, stats_from_samples
-from .package import (
-    Model,
-    atomic_save_tensors,
-    atomic_write_bytes,
-    build_nets,
-    load_model,
-    net_tensors,
-    save_model,
-)
+from .outputs import MODEL, destination
+from .package import Model, build_nets, load_model, net_tensors, save_model
 from .runtime import nets_to_fast_layout, to_fast_layout, tune_allocator
 from .background import estimate_background, subtract_background
 from .sampling import TRAIN, VALIDATION, make_sampler, patch_count
 from .data import PatchBatches
-from .volume import Volume, check_finite_sample, sample_chunk_boxes
+from .volume import Volume, check_finite_sample, refuse_nonfinite, sample_chunk_boxes
 
 CHECKPOINT_DIR = "checkpoint"
 HISTORY_FILE = "history.csv"
@@ -53,7 +48,9 @@ def estimate_stats(volume: Volume, n_chunks: int, seed: int, background: np.ndar
     """Normalisation statistics from ``n_chunks`` random storage chunks (never a full pass),
     after subtracting ``background`` (a YX pattern) when given."""
     boxes = sample_chunk_boxes(volume, n_chunks, seed)
-    return stats_from_samples([subtract_background(volume.read(b), b, background) for b in boxes], seed=seed)
+    samples = [subtract_background(volume.read(b), b, background) for b in boxes]
+    refuse_nonfinite(volume.source, samples)
+    return stats_from_samples(samples, seed=seed)
 
 
 def check_volumes(volumes: Mapping[str, Volume], config: TrainConfig) -> None:
@@ -119,6 +116,7 @@ class _State:
     stage_elapsed: float = 0.0
     elapsed: float = 0.0
     best_val: float = math.inf
+    best_step: int = 0
 
 
 def _stage_budgets(config: TrainConfig, stages: tuple[Stage, ...], volume: Volume) -> tuple[list[int | None], list[float | None]]:
@@ -203,6 +201,34 @@ def _validate(nets: Nets, stage: Stage, options: object, batches: list[dict[str,
     return float(np.mean(losses))
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one training run shares (built once by :func:`_prepare`)."""
+
+    config: TrainConfig
+    method: Method
+    options: Any
+    nets: Nets
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    volumes: Mapping[str, Volume]
+    stats: dict[str, Stats]
+    background: np.ndarray | None
+    sampler: Any
+    batches: dict[str, Any]  # PatchBatches settings shared by training and validation
+    val_batches: list[dict[str, torch.Tensor]]
+    step_budget: list[int | None]
+    time_budget: list[float | None]
+    work: Path
+
+    def amp(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+
+    def data(self, start_batch: int) -> PatchBatches:
+        return PatchBatches(self.volumes, self.stats, self.sampler, self.method.prepare, self.options, stream=TRAIN,
+                            start_batch=start_batch, **self.batches)
+
+
 def fit(
     volumes: Mapping[str, Volume],
     out_dir: str | Path,
@@ -215,9 +241,52 @@ def fit(
     """Train ``config.method`` on ``volumes`` (keys as the method's ``inputs``) into a model
     package at ``out_dir``; returns the loaded model (best validation weights).
 
-    ``resume=True`` continues from ``out_dir/checkpoint`` with the same configuration.
+    ``resume=True`` continues from the checkpoint in ``out_dir`` with the same configuration and
+    the same data (checked by content). ``overwrite=True`` replaces a model package that
+    bigdenoise wrote; the new one is swapped in when training ends (``outputs.destination``).
     """
     method = get_method(config.method)
+    _check_method_volumes(method, volumes, config)
+    check_volumes(volumes, config)
+    protect = {f"{k} volume": v.path for k, v in volumes.items()}
+    protect.update({f"{k} option": v for k, v in config.method_options.model_dump().items()
+                    if isinstance(v, str) and Path(v).exists()})  # e.g. PN2V's noise model
+    dest = destination(out_dir, MODEL, protect=protect, overwrite=overwrite, resume=resume)
+    prints = {k: fingerprint(v) for k, v in volumes.items()}
+    saved = _load_checkpoint(dest.work / CHECKPOINT_DIR, config, prints) if resume else None
+    run = _prepare(volumes, config, method, dest.work, saved)
+    work = dest.start()
+    (work / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    state, history, best = _State(), [], None
+    if saved is not None:
+        state = _State(**saved["state"])
+        history = _read_history(work / HISTORY_FILE)
+        _load_nets(run.nets, saved["tensors"]["weights"])
+        best = saved["tensors"].get("best")
+    run_start = time.monotonic() - state.elapsed
+    for stage_index in range(state.stage, len(run.method.stages(run.options))):
+        best = _run_stage(run, stage_index, state, history, best, saved, run_start, progress, prints)
+    if best is not None:
+        _load_nets(run.nets, best)
+    info = {
+        "steps": state.step,
+        "train_seconds": round(state.elapsed, 1),
+        "best_val_loss": state.best_val,
+        "device": str(run.device),
+        "data": {k: v.source for k, v in volumes.items()},
+        "data_shape": list(volumes["input"].shape),
+    }
+    output_stats = run.stats["target"] if method.target_normalization == "own" and "target" in run.stats else None
+    save_model(work, config, run.nets, run.stats["input"], info, output_stats=output_stats,
+               background=run.background)
+    if history:
+        _write_history(work / HISTORY_FILE, history)
+        plot_history(history, work / "loss.png")
+    dest.commit()
+    return load_model(dest.path)
+
+
+def _check_method_volumes(method: Method, volumes: Mapping[str, Volume], config: TrainConfig) -> None:
     needed = method.volumes(config.method_options)
     missing = [k for k in needed if k not in volumes]
     if missing:
@@ -228,28 +297,14 @@ def fit(
         raise ConfigError(f"method {config.method} ({_describe_options(config)}) does not use the {', '.join(unused)} "
                           f"volume; drop --target, or choose a method that trains on pairs (n2n, care, "
                           f"noise2stack --mode copy)")
-    check_volumes(volumes, config)
-    out_dir = Path(out_dir)
-    ckpt_dir = out_dir / CHECKPOINT_DIR
-    if resume:
-        if not (ckpt_dir / "state.json").is_file():
-            raise OutputError(f"cannot resume: {ckpt_dir} has no checkpoint; train without --resume")
-        saved = json.loads((ckpt_dir / "state.json").read_text())
-        budget = {"steps", "epochs", "max_time"}
-        if TrainConfig.model_validate(saved["config"]).model_dump(exclude=budget) != config.model_dump(exclude=budget):
-            raise ConfigError(
-                f"cannot resume {out_dir}: the configuration differs from the checkpoint's (only --steps, "
-                f"--epochs and --max-time may change); train into a new directory instead"
-            )
-    elif out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise OutputError(f"{out_dir} exists and is not empty; pass --overwrite to replace it or --resume to continue")
-        shutil.rmtree(out_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
 
+
+def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method, work: Path,
+             saved: dict | None) -> _Run:
+    """Build the nets, normalisation, sampler and validation batches of a run (``saved``: the
+    checkpoint being resumed, whose statistics are kept)."""
     device = pick_device(config.device)
     options = config.method_options
-    stages = method.stages(options)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         nets = build_nets(config)
@@ -257,14 +312,9 @@ def fit(
         net.to(device)
     nets_to_fast_layout(nets, config.spatial_ndim)
     tune_allocator()
-    amp_dtype = torch.bfloat16 if device.type == "cuda" and config.amp else None
-
-    def amp():
-        return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-
     volume = volumes["input"]
     background = estimate_background(volume) if config.remove_background else None
-    if resume:
+    if saved is not None:
         stats = {k: Stats.from_dict(v) for k, v in saved["stats"].items()}
     else:
         own = {"input"} if method.target_normalization == "input" else set(volumes)
@@ -276,147 +326,176 @@ def fit(
     cache_bytes = config.cache_mb * 2**20 // max(1, len(volumes))
     sampler = make_sampler(volume, config.patch_shape, cache_bytes=cache_bytes, active=config.batch_size,
                            stack_axis=config.stack_axis)
-    common = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment, cache_bytes=cache_bytes,
-                  stack_axis=config.stack_axis, channel_halo=method.channel_halo(options), background=background)
+    batches = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment, cache_bytes=cache_bytes,
+                   stack_axis=config.stack_axis, channel_halo=method.channel_halo(options), background=background)
     n_val = math.ceil(config.val_patches / config.batch_size)
     val_data = PatchBatches(volumes, stats, sampler, method.prepare, options, stream=VALIDATION,
-                            n_batches=n_val, **{**common, "augment": False})
-    val_batches = list(val_data)
-    step_budget, time_budget = _stage_budgets(config, stages, volume)
+                            n_batches=n_val, **{**batches, "augment": False})
+    step_budget, time_budget = _stage_budgets(config, method.stages(options), volume)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and config.amp else None
+    return _Run(config, method, options, nets, device, amp_dtype, volumes, stats, background, sampler, batches,
+                list(val_data), step_budget, time_budget, work)
 
-    state = _State()
-    history: list[dict] = []
-    if resume:
-        state = _State(**saved["state"])
-        history = _read_history(out_dir / HISTORY_FILE)
-        ckpt = load_file(str(ckpt_dir / "weights.safetensors"))
-        for name, net in nets.items():
-            net.load_state_dict({k[len(name) + 1:]: v for k, v in ckpt.items() if k.startswith(name + ".")})
-    best = load_file(str(ckpt_dir / "best.safetensors")) if (ckpt_dir / "best.safetensors").is_file() else None
 
-    run_start = time.monotonic() - state.elapsed
-    for stage_index in range(state.stage, len(stages)):
-        stage = stages[stage_index]
-        params = [p for name in stage.nets for p in nets[name].parameters()]
-        opt = torch.optim.Adam(params, lr=config.lr)
-        if (config.schedule or stage.schedule) == "cosine":
-            sched = CosineLR(opt, config.lr)
-        else:
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
-        if resume and stage_index == state.stage and (ckpt_dir / "optimizer.safetensors").is_file():
-            _load_optimizer(opt, load_file(str(ckpt_dir / "optimizer.safetensors")), saved["optimizer"])
-            sched.load_state_dict(saved["scheduler"])
-        elif stage_index != state.stage:
-            state.stage, state.stage_step, state.stage_elapsed = stage_index, 0, 0.0
-            state.best_val, best = math.inf, None  # stages' losses differ: keep the last stage's best
-        max_steps, max_secs = step_budget[stage_index], time_budget[stage_index]
-        stage_elapsed0, stage_t0 = state.stage_elapsed, time.monotonic()
-        train_data = PatchBatches(volumes, stats, sampler, method.prepare, options, stream=TRAIN,
-                                  start_batch=state.step, **common)
-        loader = torch.utils.data.DataLoader(
-            train_data, batch_size=None, num_workers=config.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=False,
+def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], best: dict | None,
+               saved: dict | None, run_start: float, progress: bool, prints: dict) -> dict | None:
+    """Train one stage to its budget, validating and checkpointing every ``val_every`` steps and
+    after its last step; returns the best weights so far (a later stage starts its own best)."""
+    config, nets, options = run.config, run.nets, run.options
+    stage = run.method.stages(options)[stage_index]
+    params = [p for name in stage.nets for p in nets[name].parameters()]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    if (config.schedule or stage.schedule) == "cosine":
+        sched = CosineLR(opt, config.lr)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
+    if saved is not None and stage_index == state.stage and "optimizer" in saved["tensors"]:
+        _load_optimizer(opt, saved["tensors"]["optimizer"], saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+    elif stage_index != state.stage:
+        state.stage, state.stage_step, state.stage_elapsed = stage_index, 0, 0.0
+        state.best_val, best = math.inf, None  # stages' losses differ: keep the last stage's best
+    max_steps, max_secs = run.step_budget[stage_index], run.time_budget[stage_index]
+    stage_elapsed0, stage_t0 = state.stage_elapsed, time.monotonic()
+    loader = torch.utils.data.DataLoader(run.data(state.step), batch_size=None, num_workers=config.num_workers,
+                                         pin_memory=run.device.type == "cuda", persistent_workers=False)
+    by_steps = max_steps is not None
+    bar = tqdm(
+        total=max_steps if by_steps else int(max_secs),
+        initial=state.stage_step if by_steps else int(stage_elapsed0),
+        unit="step" if by_steps else "s",
+        bar_format=None if by_steps else "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]",
+        desc=f"train {stage.name}", disable=not progress, dynamic_ncols=True,
+    )
+    for net in nets.values():
+        net.train()
+    window_losses: list[float] = []
+    window_t0, window_patches = time.monotonic(), 0
+
+    def spent() -> bool:
+        return (max_steps is not None and state.stage_step >= max_steps) or (
+            max_secs is not None and stage_elapsed0 + (time.monotonic() - stage_t0) >= max_secs
         )
-        by_steps = max_steps is not None
-        bar = tqdm(
-            total=max_steps if by_steps else int(max_secs),
-            initial=state.stage_step if by_steps else int(stage_elapsed0),
-            unit="step" if by_steps else "s",
-            bar_format=None if by_steps else "{desc}: {percentage:3.0f}%|{bar}| {n}/{total} s [{elapsed}<{remaining}{postfix}]",
-            desc=f"train {stage.name}", disable=not progress, dynamic_ncols=True,
-        )
-        for net in nets.values():
-            net.train()
-        window_losses: list[float] = []
-        window_t0, window_patches = time.monotonic(), 0
 
-        def spent() -> bool:
-            return (max_steps is not None and state.stage_step >= max_steps) or (
-                max_secs is not None and stage_elapsed0 + (time.monotonic() - stage_t0) >= max_secs
-            )
-
-        # The budget is checked right after each step, so that the stage's last step is always
-        # recorded (history, validation, checkpoint); a resumed stage may have none left.
-        for batch in [] if spent() else loader:
-            stage_secs = stage_elapsed0 + (time.monotonic() - stage_t0)
-            if isinstance(sched, CosineLR):
-                sched.set_progress(max(0.0 if max_steps is None else state.stage_step / max_steps,
-                                       0.0 if max_secs is None else stage_secs / max_secs))
-            batch = {k: to_fast_layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
-            with amp():
-                loss = stage.loss(nets, batch, options)
-            if not torch.isfinite(loss):
-                raise ConfigError(f"training diverged at step {state.step} (loss {float(loss)}); lower --lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            state.step += 1
-            state.stage_step += 1
-            window_losses.append(float(loss.detach()))
-            window_patches += config.batch_size
-            bar.update(1 if by_steps else max(0, min(int(stage_secs), bar.total) - bar.n))
-            last = spent()
-            if state.stage_step % config.val_every == 0 or last:
-                # patches/s of the training steps (reading and masking included), without the
-                # validation and checkpoint writes that follow
-                rate = window_patches / max(time.monotonic() - window_t0, 1e-9)
-                val = _validate(nets, stage, options, val_batches, device, amp)
-                for net in nets.values():
-                    net.train()
-                sched.step(val)
-                now = time.monotonic()
-                state.elapsed = now - run_start
-                state.stage_elapsed = stage_elapsed0 + (now - stage_t0)
-                history.append({
-                    "step": state.step, "stage": stage.name, "train_loss": float(np.mean(window_losses)),
-                    "val_loss": val, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(state.elapsed, 2),
-                    "patches_per_s": round(rate, 2),
-                })
-                bar.set_postfix(loss=f"{np.mean(window_losses):.4g}", val=f"{val:.4g}", patches_s=f"{rate:.0f}",
-                                step=state.step)
-                if val < state.best_val:
-                    state.best_val = val
-                    best = {k: v.detach().cpu().clone() for k, v in net_tensors(nets).items()}
-                    atomic_save_tensors(best, ckpt_dir / "best.safetensors")
-                _checkpoint(ckpt_dir, config, stats, state, nets, opt, sched)
-                _write_history(out_dir / HISTORY_FILE, history)
-                window_losses, window_t0, window_patches = [], time.monotonic(), 0
-            if last:
-                break
-        bar.close()
-        _checkpoint(ckpt_dir, config, stats, state, nets, opt, sched)
-
-    if best is not None:
-        for name, net in nets.items():
-            net.load_state_dict({k[len(name) + 1:]: v for k, v in best.items() if k.startswith(name + ".")})
-    info = {
-        "steps": state.step,
-        "train_seconds": round(state.elapsed, 1),
-        "best_val_loss": state.best_val,
-        "device": str(device),
-        "data": {k: v.source for k, v in volumes.items()},
-        "data_shape": list(volume.shape),
-    }
-    output_stats = stats["target"] if method.target_normalization == "own" and "target" in stats else None
-    save_model(out_dir, config, nets, stats["input"], info, output_stats=output_stats, background=background)
-    if history:
-        _write_history(out_dir / HISTORY_FILE, history)
-        plot_history(history, out_dir / "loss.png")
-    return load_model(out_dir)
+    # The budget is checked right after each step, so that the stage's last step is always
+    # recorded (history, validation, checkpoint); a resumed stage may have none left.
+    for batch in [] if spent() else loader:
+        stage_secs = stage_elapsed0 + (time.monotonic() - stage_t0)
+        if isinstance(sched, CosineLR):
+            sched.set_progress(max(0.0 if max_steps is None else state.stage_step / max_steps,
+                                   0.0 if max_secs is None else stage_secs / max_secs))
+        window_losses.append(_step(run, stage, opt, batch, state))
+        window_patches += config.batch_size
+        bar.update(1 if by_steps else max(0, min(int(stage_secs), bar.total) - bar.n))
+        last = spent()
+        if state.stage_step % config.val_every == 0 or last:
+            # patches/s of the training steps (reading and masking included), without the
+            # validation and checkpoint writes that follow
+            rate = window_patches / max(time.monotonic() - window_t0, 1e-9)
+            val = _validate(nets, stage, options, run.val_batches, run.device, run.amp)
+            for net in nets.values():
+                net.train()
+            sched.step(val)
+            now = time.monotonic()
+            state.elapsed = now - run_start
+            state.stage_elapsed = stage_elapsed0 + (now - stage_t0)
+            history.append({
+                "step": state.step, "stage": stage.name, "train_loss": float(np.mean(window_losses)),
+                "val_loss": val, "lr": opt.param_groups[0]["lr"], "elapsed_s": round(state.elapsed, 2),
+                "patches_per_s": round(rate, 2),
+            })
+            bar.set_postfix(loss=f"{np.mean(window_losses):.4g}", val=f"{val:.4g}", patches_s=f"{rate:.0f}",
+                            step=state.step)
+            if val < state.best_val:
+                state.best_val, state.best_step = val, state.step
+                best = {k: v.detach().cpu().clone() for k, v in net_tensors(nets).items()}
+            _checkpoint(run, state, opt, sched, best, prints)
+            _write_history(run.work / HISTORY_FILE, history)
+            window_losses, window_t0, window_patches = [], time.monotonic(), 0
+        if last:
+            break
+    bar.close()
+    _checkpoint(run, state, opt, sched, best, prints)
+    return best
 
 
-def _checkpoint(ckpt_dir: Path, config: TrainConfig, stats: Mapping[str, Stats], state: _State, nets: Nets,
-                opt: torch.optim.Optimizer, sched) -> None:
-    """Write weights, optimizer and loop state; each file is replaced atomically and the state
-    file, written last, only names files already complete."""
-    atomic_save_tensors(net_tensors(nets), ckpt_dir / "weights.safetensors")
-    document = {
-        "config": config.model_dump(mode="json"),
-        "stats": {k: s.to_dict() for k, s in stats.items()},
-        "state": vars(state).copy(),
-    }
+def _step(run: _Run, stage: Stage, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], state: _State) -> float:
+    """One optimiser step on ``batch``; returns its loss, or an error naming the cause when the
+    loss is not finite."""
+    batch = {k: to_fast_layout(v.to(run.device, non_blocking=True)) for k, v in batch.items()}
+    with run.amp():
+        loss = stage.loss(run.nets, batch, run.options)
+    if not torch.isfinite(loss):
+        if not all(bool(torch.isfinite(v).all()) for v in batch.values() if v.is_floating_point()):
+            raise InputError(f"a training patch of {run.volumes['input'].source} holds NaN or infinite values at step "
+                             f"{state.step}: replace them in the data (e.g. by the background value) and train again")
+        raise ConfigError(f"training diverged at step {state.step} (loss {float(loss)}); lower --lr")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    state.step += 1
+    state.stage_step += 1
+    return float(loss.detach())
+
+
+def _load_nets(nets: Nets, tensors: dict[str, torch.Tensor]) -> None:
+    for name, net in nets.items():
+        net.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+
+
+def _checkpoint(run: _Run, state: _State, opt: torch.optim.Optimizer, sched, best: dict | None,
+                prints: dict) -> None:
+    """Write the loop's state so that a kill at any moment leaves the previous checkpoint or this one.
+
+    The tensor files are named by step and written first; ``state.json``, replaced atomically
+    last, names them; then the files no state names any more are removed.
+    """
+    ckpt_dir = run.work / CHECKPOINT_DIR
+    files = {"weights": f"weights-{state.step}.safetensors", "optimizer": f"optimizer-{state.step}.safetensors"}
+    atomic_save_tensors(net_tensors(run.nets), ckpt_dir / files["weights"])
     tensors, meta = _optimizer_tensors(opt)
-    atomic_save_tensors(tensors, ckpt_dir / "optimizer.safetensors")
-    document["optimizer"] = meta
-    document["scheduler"] = sched.state_dict()
+    atomic_save_tensors(tensors, ckpt_dir / files["optimizer"])
+    if best is not None:
+        files["best"] = f"best-{state.stage}-{state.best_step}.safetensors"
+        if not (ckpt_dir / files["best"]).is_file():
+            atomic_save_tensors(best, ckpt_dir / files["best"])
+    document = {
+        "config": run.config.model_dump(mode="json"),
+        "data": prints,
+        "stats": {k: s.to_dict() for k, s in run.stats.items()},
+        "state": vars(state).copy(),
+        "files": files,
+        "optimizer": meta,
+        "scheduler": sched.state_dict(),
+    }
     atomic_write_bytes(ckpt_dir / "state.json", json.dumps(document, indent=1, default=float).encode())
+    for name in os.listdir(ckpt_dir):
+        if name.endswith(".safetensors") and name not in files.values():
+            (ckpt_dir / name).unlink(missing_ok=True)
+
+
+def _load_checkpoint(ckpt_dir: Path, config: TrainConfig, prints: dict) -> dict:
+    """The checkpoint to resume, with its tensors under ``"tensors"``; a clear error when it is
+    missing, corrupt, of another configuration or of other data."""
+    state_path = ckpt_dir / "state.json"
+    if not state_path.is_file():
+        raise OutputError(f"cannot resume: {ckpt_dir} has no checkpoint; train without --resume")
+    saved = read_json_object(state_path, "checkpoint", OutputError)
+    try:
+        budget = {"steps", "epochs", "max_time"}
+        same = TrainConfig.model_validate(saved["config"]).model_dump(exclude=budget) == config.model_dump(exclude=budget)
+        _State(**saved["state"])
+        files = saved["files"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OutputError(f"the checkpoint {state_path} is incomplete or corrupt ({exc}); train again with "
+                          f"--overwrite") from None
+    if not same:
+        raise ConfigError(f"cannot resume {ckpt_dir.parent}: the configuration differs from the checkpoint's (only "
+                          f"--steps, --epochs and --max-time may change); train into a new directory instead")
+    for key, now in prints.items():
+        changed = differences(saved.get("data", {}).get(key), now)
+        if changed:
+            raise ConfigError(f"cannot resume {ckpt_dir.parent}: the {key} volume is not the data the checkpoint was "
+                              f"trained on ({', '.join(changed)} differ); train into a new directory instead")
+    saved["tensors"] = {k: load_tensors(ckpt_dir / name, "checkpoint", OutputError) for k, name in files.items()}
+    return saved

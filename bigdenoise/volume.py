@@ -109,12 +109,18 @@ class Volume:
         ------
         ValueError
             If the box does not lie inside the volume.
+        InputError
+            If the storage cannot be read there (a truncated or corrupt file or chunk).
         """
         if box.ndim != self.ndim or any(o < 0 for o in box.offset) or any(
             e > s for e, s in zip(box.stop, self.shape)
         ):
             raise ValueError(f"box {box} does not lie inside {self.source} of shape {self.shape}")
-        part = self.array[box.slices]
+        try:
+            part = self.array[box.slices]
+        except Exception as exc:  # noqa: BLE001 - storage errors of any library, named for the user
+            raise InputError(f"{self.source}: reading voxels {box.offset}..{box.stop} failed ({type(exc).__name__}: "
+                             f"{exc}); the file may be truncated or corrupt") from None
         if isinstance(part, np.ndarray):
             return part.copy() if isinstance(self.array, np.ndarray) else part
         if hasattr(part, "compute"):
@@ -478,15 +484,17 @@ def _cap_box(box: Box, rng: np.random.Generator) -> Box:
 
 
 def check_finite_sample(volume: Volume, rng_seed: int = 0, n_chunks: int = 8) -> None:
-    """Raise InputError if every value in up to ``n_chunks`` random chunks is NaN or inf.
+    """Raise InputError if any value in up to ``n_chunks`` random chunks is NaN or infinite
+    (:func:`refuse_nonfinite`). Integer data is always finite and is not read."""
+    if np.issubdtype(volume.dtype, np.floating):
+        refuse_nonfinite(volume.source, [volume.read(b) for b in sample_chunk_boxes(volume, n_chunks, rng_seed)])
 
-    Integer data is always finite and is not read.
-    """
-    if not np.issubdtype(volume.dtype, np.floating):
-        return
-    for box in sample_chunk_boxes(volume, n_chunks, rng_seed):
-        if np.isfinite(volume.read(box)).any():
-            return
-    raise InputError(
-        f"{volume.source} contains only NaN/inf in the sampled chunks: check the input data"
-    )
+
+def refuse_nonfinite(source: str, samples: list[np.ndarray]) -> None:
+    """Raise InputError naming the fraction of NaN/inf values in ``samples`` of ``source``, if any."""
+    total = sum(s.size for s in samples)
+    bad = total - sum(int(np.count_nonzero(np.isfinite(s))) for s in samples)
+    if bad:
+        which = "only NaN/inf" if bad == total else f"NaN/inf values ({bad / total:.2%} of {total:,} sampled voxels)"
+        raise InputError(f"{source} contains {which}: a denoiser cannot learn from them; replace them in "
+                         f"the data (e.g. by the background value) before training")

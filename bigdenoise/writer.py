@@ -49,20 +49,6 @@ def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return x.astype(dtype, copy=False)
 
 
-def _storage_root(path: str) -> Path:
-    """The file or ``.zarr`` directory that holds ``path`` (``a.zarr/g/x`` -> ``a.zarr``)."""
-    p = Path(path)
-    for parent in [p, *p.parents]:
-        if parent.suffix == ".zarr":
-            return parent
-    return p
-
-
-def _overlaps(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or b in a.parents or a in b.parents
-
-
 def output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int, ...]:
     """The output's chunk shape: ``chunks`` or the input's, clipped to the volume."""
     if chunks is not None and (len(chunks) != volume.ndim or any(c < 1 for c in chunks)):
@@ -71,37 +57,31 @@ def output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int, 
 
 
 def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
-                  dtype: str = "float32", overwrite: bool = False, exist_ok: bool = False,
-                  attributes: dict | None = None, fill_value: float = 0) -> OutputSpec:
-    """Create the output for ``volume``: a Zarr v3 array at ``path`` of the volume's shape, or an
-    OME-Zarr image (level ``0``, axes and scale copied) when the input is OME-Zarr.
+                  dtype: str = "float32", exist_ok: bool = False, attributes: dict | None = None,
+                  fill_value: float = 0) -> OutputSpec:
+    """Create the output for ``volume`` in the folder ``path`` (an ``outputs.Destination``'s
+    started ``work``): a Zarr v3 array of the volume's shape, or an OME-Zarr image (level ``0``,
+    axes and scale copied) when the input is OME-Zarr.
 
-    An existing ``path`` is an OutputError unless ``overwrite`` (replace it) or ``exist_ok``
-    (reuse it, for resuming; shape, chunks and dtype must match). Chunks never written (skipped
-    background) read as ``fill_value``.
+    With ``exist_ok`` an array already there is reused (for resuming): its shape, chunks and dtype
+    must match. Chunks never written (skipped background) read as ``fill_value``.
     """
     path = Path(path)
-    if volume.path is not None and _overlaps(path, _storage_root(volume.path)):
-        raise OutputError(f"output {path} would overwrite or sit inside the input {volume.source}; choose another --out")
     out_dtype = resolve_dtype(dtype, volume.dtype)
     chunks = output_chunks(volume, chunks)
     array_path = "0" if volume.ome is not None else ""
     spec = OutputSpec(str(path), array_path, tuple(volume.shape), chunks, out_dtype.str)
-    if path.exists():
-        if exist_ok:
-            try:
-                arr = spec.open("r")
-            except Exception as exc:  # noqa: BLE001 - any failure means it is not our output
-                raise OutputError(f"{path} exists but is not a Zarr array this run can continue ({exc}); use --overwrite") from None
-            if arr.shape != spec.shape or arr.chunks != spec.chunks or arr.dtype != out_dtype:
-                raise OutputError(
-                    f"{path} exists with shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}, but this run "
-                    f"writes {spec.shape}, {spec.chunks}, {out_dtype}; use --overwrite to replace it"
-                )
-            return spec
-        if not overwrite:
-            raise OutputError(f"{path} already exists; pass --overwrite to replace it (or --resume to continue it)")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if exist_ok and (path / "zarr.json").is_file():
+        try:
+            arr = spec.open("r")
+        except Exception as exc:  # noqa: BLE001 - any failure means it cannot be continued
+            raise OutputError(f"{path} cannot be continued: its Zarr array does not open ({exc})") from None
+        if arr.shape != spec.shape or arr.chunks != spec.chunks or arr.dtype != out_dtype:
+            raise OutputError(
+                f"{path} exists with shape {arr.shape}, chunks {arr.chunks}, dtype {arr.dtype}, but this run "
+                f"writes {spec.shape}, {spec.chunks}, {out_dtype}; use --overwrite to replace it"
+            )
+        return spec
     attrs = {"axes": volume.axes, "bigdenoise": attributes or {}}
     fill = to_dtype(np.asarray(fill_value, dtype=np.float32), out_dtype).item()
     if volume.ome is None:
@@ -109,7 +89,7 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
                           attributes=attrs, dimension_names=tuple(volume.axes), zarr_format=3)
     else:
         ome = ome_metadata(volume)
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group = zarr.create_group(store=str(path), zarr_format=3)
         group.create_array("0", shape=spec.shape, chunks=chunks, dtype=out_dtype, fill_value=fill,
                            dimension_names=[a["name"] for a in ome["multiscales"][0]["axes"]])
         group.attrs.update({"ome": ome, "bigdenoise": attributes or {}})

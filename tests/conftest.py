@@ -1,17 +1,46 @@
-"""Shared fixtures: small real volumes on disk and tiny trained models."""
+"""Shared fixtures: small real volumes on disk, tiny trained models, models whose output varies
+at the data's scale (for exactness tests), the exactness rule, and access to the shared data."""
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zarr
 
 import bigdenoise as bd
+from bigdenoise.package import save_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REQUIRE_DATA_ENV = "BIGDENOISE_REQUIRE_DATA"  # set by .ci/run: a missing shared data set fails instead of skipping
 
 TINY = dict(steps=3, val_every=3, batch_size=4, val_patches=4, stats_chunks=4,
             net={"depth": 2, "features": 4})
+
+# The exactness rule (DESIGN.md invariant 1, stated in the README): blockwise output equals the
+# whole-array output when  max|tiled - whole| <= EXACT_REL * (max - min of the whole output),
+# on a model whose output varies at the data's scale (``rough_copy``).
+EXACT_REL = 1e-4
+# A negative control (halo below the receptive radius) must miss the rule by at least this factor.
+INEXACT_MARGIN = 5
+
+
+def shared_data(*parts: str, what: str = "shared data set") -> Path:
+    """``SHARED_DATA / parts``, when it exists.
+
+    When it does not: a test failure naming the path if ``$BIGDENOISE_REQUIRE_DATA`` is set to
+    anything but ``""``/``"0"`` (CI, where the data is always present), else a skip with the
+    same reason (a user's fresh clone without ``../shared/data``).
+    """
+    path = SHARED_DATA.joinpath(*parts)
+    if path.exists():
+        return path
+    reason = f"{what} not found: {path} is missing (the shared data folder ../shared/data next to the repository)"
+    if os.environ.get(REQUIRE_DATA_ENV, "") not in ("", "0"):
+        pytest.fail(f"{reason}; {REQUIRE_DATA_ENV} is set, so a missing data set is an error", pytrace=False)
+    pytest.skip(reason)
 
 
 def smooth_volume(shape, seed=0, noise=0.3):
@@ -28,6 +57,69 @@ def write_zarr(path, data, chunks, axes, zarr_format=3):
                             attributes={"axes": axes}, zarr_format=zarr_format)
     arr[...] = data
     return str(path)
+
+
+def rough_copy(model_dir, out_dir, seed=0):
+    """A copy of the package ``model_dir`` in ``out_dir`` with fixed random He-initialised weights.
+
+    Every convolution of every network gets weights ~ N(0, 2 / fan_in) and biases ~ N(0, 0.1^2)
+    from a generator seeded with ``seed``; batch norms get random statistics near the identity
+    (scale ~1 +- 0.2, shift and mean ~ +-0.1, variance ~ e^(+-0.3)); other tensors (PN2V's noise
+    model, the normalisation, a background pattern) are kept. A few training steps leave a tiny
+    network's output nearly flat, so a tiling error hides below float rounding; these weights
+    make the output vary at the data's scale.
+    """
+    model = bd.load_model(model_dir)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for net in model.nets.values():
+            for m in net.modules():
+                if isinstance(m, torch.nn.modules.conv._ConvNd):
+                    fan_in = m.weight[0].numel()
+                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                    if m.bias is not None:
+                        m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                elif isinstance(m, torch.nn.modules.batchnorm._BatchNorm):  # near identity, not exactly
+                    m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                    m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                    m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                    m.running_var.copy_(torch.exp(0.3 * torch.randn(m.running_var.shape, generator=g)))
+    save_model(out_dir, model.train_config, model.nets, model.stats, model.info, output_stats=model.output_stats,
+               background=model.background)
+    return Path(out_dir)
+
+
+def exactness_error(out, ref):
+    """max|out - ref| relative to the spread (max - min) of the reference output."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape and np.isfinite(out).all() and np.isfinite(ref).all()
+    return float(np.abs(out - ref).max() / (ref.max() - ref.min()))
+
+
+def assert_exact(out, ref, data=None):
+    """The exactness rule; with ``data``, also check that the model is not nearly flat (its
+    output's spread is at least a tenth of the input's), or the rule would prove nothing."""
+    if data is not None:
+        ratio = float(np.ptp(ref) / np.ptp(data))
+        assert ratio >= 0.1, f"the model's output is nearly flat (spread {ratio:.3g} of the input's)"
+    err = exactness_error(out, ref)
+    assert err <= EXACT_REL, f"tiled differs from whole by {err:.3g} of the output's spread (allowed {EXACT_REL})"
+
+
+def assert_not_exact(out, ref):
+    """A negative control: the tiled output misses the exactness rule by INEXACT_MARGIN at least."""
+    err = exactness_error(out, ref)
+    assert err > INEXACT_MARGIN * EXACT_REL, (
+        f"a halo below the receptive radius gave {err:.3g} of the output's spread, within "
+        f"{INEXACT_MARGIN}x the exactness tolerance {EXACT_REL}: the exactness tests could not see a wrong halo")
+
+
+def short_halo(model, by=3):
+    """A halo ``by`` voxels below the receptive radius, rounded down to the pooling factor (the plan
+    rounds halos up to it, so anything above this would give back the exact halo)."""
+    halo = (model.receptive_radius - by) // model.factor * model.factor
+    assert 0 < halo < model.receptive_radius
+    return halo
 
 
 @pytest.fixture(scope="session")
@@ -48,3 +140,19 @@ def model_3d(tmp_path_factory):
     src = write_zarr(root / "in.zarr", data, (8, 16, 16), "ZYX")
     bd.train(src, root / "model", progress=False, patch=(8, 16, 16), **TINY)
     return root / "model", src, data
+
+
+@pytest.fixture(scope="session")
+def rough_2d(tmp_path_factory, model_2d):
+    """``model_2d`` with random He weights (output varies at the data's scale), and its data."""
+    model_dir, src, data = model_2d
+    return rough_copy(model_dir, tmp_path_factory.mktemp("rough2d") / "model"), src, data
+
+
+@pytest.fixture(scope="session")
+def rough_3d(tmp_path_factory, model_3d):
+    """``model_3d`` with random He weights, and a ZYX volume wide enough in Y and X that tiles
+    read halos from their neighbours (an axis shorter than tile + 2 * halo is read whole)."""
+    model_dir, _, _ = model_3d
+    data, _ = smooth_volume((12, 64, 60), seed=3)
+    return rough_copy(model_dir, tmp_path_factory.mktemp("rough3d") / "model"), data

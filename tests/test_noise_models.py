@@ -11,7 +11,7 @@ from bigdenoise import noise_models as nm
 from bigdenoise.cli import main
 from bigdenoise.errors import ConfigError, InputError, ModelError
 
-from conftest import SHARED_DATA, smooth_volume, write_zarr
+from conftest import shared_data, smooth_volume, write_zarr
 
 GAIN, READ_SIGMA = 2.0, 10.0
 
@@ -123,7 +123,8 @@ def test_cli_calibration_pairs_write_data_files(tmp_path, capsys):
     out = tmp_path / "nm"
     assert main(["noise-model", "--noisy", src, "--clean", ref, "--out", str(out), "--bins", "32"]) == 0
     assert "histogram noise model" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["noise_model.json", "noise_model.png", "noise_model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".bigdenoise.json", "noise_model.json", "noise_model.png",
+                                                     "noise_model.safetensors"]
     doc = json.loads((out / "noise_model.json").read_text())
     assert doc["format"] == "bigdenoise-noise-model" and doc["kind"] == "histogram"
     assert doc["info"]["pairs"] == noisy.size and doc["info"]["signal_from"] == "clean"
@@ -150,9 +151,7 @@ def test_bootstrap_from_an_n2v_model(tmp_path, model_2d, capsys):
 
 
 def test_tirf_repeated_frames(tmp_path):
-    tif = SHARED_DATA / "acsn_scmos_tirf" / "TIRF_200Hz.tif"
-    if not tif.is_file():
-        pytest.skip("shared TIRF data not available")
+    tif = shared_data("acsn_scmos_tirf", "TIRF_200Hz.tif", what="the TIRF data")
     model, info = nm.make_noise_model(str(tif), axes="SYX", repeats_axis="S", max_pairs=200_000)
     nm.save_noise_model(model, tmp_path / "nm", info=info)
     s_lo, s_hi = nm._pair(model.signal_range)
