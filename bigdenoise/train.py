@@ -1,9 +1,8 @@
 """One training loop for every method: budget, device, AMP, Adam, LR on plateau or cosine, validation,
-atomic checkpoints, resume, progress, loss history (CSV + PNG)."""
+atomic checkpoints, resume, progress; the loss history and the cosine schedule live in history.py."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -21,6 +20,7 @@ from .config import TrainConfig
 from .errors import ConfigError, InputError, OutputError
 from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_json_object
 from .fingerprint import differences, fingerprint
+from .history import HISTORY_FILE, CosineLR, plot_history, read_history, write_history
 from .methods import Method, Nets, Stage, get_method
 from .normalize import Stats, stats_from_samples
 from .outputs import MODEL, destination
@@ -32,8 +32,6 @@ from .data import PatchBatches
 from .volume import Volume, check_finite_sample, refuse_nonfinite, sample_chunk_boxes
 
 CHECKPOINT_DIR = "checkpoint"
-HISTORY_FILE = "history.csv"
-HISTORY_FIELDS = ("step", "stage", "train_loss", "val_loss", "lr", "elapsed_s", "patches_per_s")
 
 
 def pick_device(name: str) -> torch.device:
@@ -76,36 +74,6 @@ def check_volumes(volumes: Mapping[str, Volume], config: TrainConfig) -> None:
 
 def _describe_options(config: TrainConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.method_options.model_dump().items()) or "default options"
-
-
-class CosineLR:
-    """Cosine annealing (Loshchilov & Hutter 2017) of the LR from ``base_lr`` to zero over a
-    stage's budget.
-
-    Before every step the LR is set from the fraction of the stage's budget used (steps done /
-    step budget, or elapsed / time budget, whichever is further), so the curve fits a step
-    budget exactly and follows the clock under a time budget. The fraction comes from the loop
-    state, so a resumed run continues the same curve (a budget changed on resume bends it).
-    Validation does not steer it; ``state_dict`` is plain JSON like ReduceLROnPlateau's.
-    """
-
-    def __init__(self, opt: torch.optim.Optimizer, base_lr: float) -> None:
-        self.opt = opt
-        self.base_lr = base_lr
-
-    def set_progress(self, fraction: float) -> None:
-        lr = self.base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, fraction))))
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-
-    def step(self, metric: float | None = None) -> None:
-        """Called after each validation, like ReduceLROnPlateau; nothing to do."""
-
-    def state_dict(self) -> dict:
-        return {"schedule": "cosine", "base_lr": self.base_lr}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.base_lr = float(state["base_lr"])
 
 
 @dataclass
@@ -151,43 +119,6 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
             _, pid, name = key.split(".", 2)
             state.setdefault(int(pid), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _write_history(path: Path, rows: list[dict]) -> None:
-    lines = [",".join(HISTORY_FIELDS)]
-    for r in rows:
-        lines.append(",".join("" if r.get(f) is None else str(r[f]) for f in HISTORY_FIELDS))
-    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
-
-
-def _read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [{k: (v if k == "stage" else (float(v) if v else None)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
-def plot_history(rows: list[dict], path: Path) -> None:
-    """Loss curves (train and validation against step) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    steps = [r["step"] for r in rows]
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        pts = [(s, r[key]) for s, r in zip(steps, rows) if r.get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts), label=label, marker="." if len(pts) < 50 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _validate(nets: Nets, stage: Stage, options: object, batches: list[dict[str, torch.Tensor]], device, amp) -> float:
@@ -260,7 +191,7 @@ def fit(
     state, history, best = _State(), [], None
     if saved is not None:
         state = _State(**saved["state"])
-        history = _read_history(work / HISTORY_FILE)
+        history = read_history(work / HISTORY_FILE)
         _load_nets(run.nets, saved["tensors"]["weights"])
         best = saved["tensors"].get("best")
     run_start = time.monotonic() - state.elapsed
@@ -280,7 +211,7 @@ def fit(
     save_model(work, config, run.nets, run.stats["input"], info, output_stats=output_stats,
                background=run.background)
     if history:
-        _write_history(work / HISTORY_FILE, history)
+        write_history(work / HISTORY_FILE, history)
         plot_history(history, work / "loss.png")
     dest.commit()
     return load_model(dest.path)
@@ -410,7 +341,7 @@ def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], 
                 state.best_val, state.best_step = val, state.step
                 best = {k: v.detach().cpu().clone() for k, v in net_tensors(nets).items()}
             _checkpoint(run, state, opt, sched, best, prints)
-            _write_history(run.work / HISTORY_FILE, history)
+            write_history(run.work / HISTORY_FILE, history)
             window_losses, window_t0, window_patches = [], time.monotonic(), 0
         if last:
             break

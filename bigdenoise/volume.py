@@ -17,11 +17,11 @@ import numpy as np
 
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
+from bigdenoise.ome import parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale
 
 # S and T are axes of independent samples (a stack of 2D images or 3D volumes); always first.
 AXES_ALLOWED = ("YX", "ZYX", "SYX", "TYX", "SZYX", "TZYX")
 
-_OME_AXIS_LETTERS = {"t": "T", "z": "Z", "y": "Y", "x": "X"}
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _DEFAULT_CHUNK = {"S": 1, "T": 1, "Z": 64, "Y": 256, "X": 256}
 _MAX_SAMPLE_EDGE = 512  # voxels per axis read from one chunk when sampling values
@@ -259,7 +259,7 @@ def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
         ) from e
     if isinstance(node, zarr.Group):
         return _open_ome_group(source, node, path, axes)
-    meta = _parent_ome_metadata(source, root, inner)
+    meta = parent_ome_metadata(source, root, inner)
     given = _attr_axes(node)
     scale = _attr_floats(node, "scale", node.ndim)
     units = _attr_units(node)
@@ -272,7 +272,7 @@ def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
 
 def _open_ome_group(source: str, group: Any, path: Path, axes: str | None) -> Volume:
     attrs = dict(group.attrs)
-    multiscales = _multiscales(attrs)
+    multiscales = read_multiscales(attrs)
     if multiscales is None:
         raise InputError(_not_ome_message(source, group))
     multiscale = multiscales[0]
@@ -284,87 +284,11 @@ def _open_ome_group(source: str, group: Any, path: Path, axes: str | None) -> Vo
         array = group[level0]
     except KeyError as e:
         raise InputError(f"{source}: OME-Zarr level {level0!r} is missing from the group") from e
-    ome_axes, units = _ome_axes(source, multiscale, array.shape)
-    scale = _ome_scale(multiscale, datasets[0], array.ndim)
+    ome_axes, units = read_ome_axes(source, multiscale, array.shape)
+    scale = read_ome_scale(multiscale, datasets[0], array.ndim)
     axes = _resolve_axes(axes, ome_axes, array.shape, source)
     _check_array(array, source)
     return Volume(array, axes, source, tuple(array.chunks), scale, units, attrs, str(path))
-
-
-def _parent_ome_metadata(
-    source: str, root: Path, inner: str
-) -> tuple[str, tuple[float, ...] | None, tuple[str | None, ...]] | None:
-    """Axes, scale and units of an array that is a level of an OME-Zarr image group."""
-    import zarr
-    from zarr.storage import LocalStore
-
-    if not inner:
-        return None
-    parent, _, name = inner.rpartition("/")
-    try:
-        group = zarr.open_group(store=LocalStore(root, read_only=True), path=parent, mode="r")
-    except Exception:
-        return None
-    multiscales = _multiscales(dict(group.attrs))
-    if not multiscales:
-        return None
-    for dataset in multiscales[0].get("datasets", []):
-        if dataset.get("path") == name:
-            array = group[name]
-            axes, units = _ome_axes(source, multiscales[0], array.shape)
-            return axes, _ome_scale(multiscales[0], dataset, array.ndim), units
-    return None
-
-
-def _multiscales(attrs: dict) -> list | None:
-    if "multiscales" in attrs:  # NGFF 0.4
-        return attrs["multiscales"]
-    ome = attrs.get("ome")
-    if isinstance(ome, dict) and "multiscales" in ome:  # NGFF 0.5
-        return ome["multiscales"]
-    return None
-
-
-def _ome_axes(
-    source: str, multiscale: dict, shape: tuple[int, ...]
-) -> tuple[str, tuple[str | None, ...]]:
-    """Axis letters and units from OME axes metadata (NGFF 0.4/0.5: list of dicts)."""
-    names = []
-    units = []
-    for entry in multiscale.get("axes", []):
-        name = entry["name"] if isinstance(entry, dict) else str(entry)
-        names.append(name.lower())
-        units.append(entry.get("unit") if isinstance(entry, dict) else None)
-    if "c" in names:
-        k = names.index("c")
-        index = "[" + ", ".join([":"] * k + ["k"]) + "]"
-        raise InputError(
-            f"{source} has a channel axis (axes {''.join(names)}, {shape[k]} channel(s)); "
-            "multi-channel images are not supported. Denoise each channel separately, e.g. in "
-            f"Python: open_volume(dask.array.from_zarr('<path>/0'){index}, axes=...) for channel k"
-        )
-    unknown = [n for n in names if n not in _OME_AXIS_LETTERS]
-    if unknown:
-        raise InputError(f"{source}: unsupported OME axis name(s) {unknown}; supported: t, z, y, x")
-    return "".join(_OME_AXIS_LETTERS[n] for n in names), tuple(units)
-
-
-def _ome_scale(multiscale: dict, dataset: dict, ndim: int) -> tuple[float, ...] | None:
-    """The dataset's scale transformation, times the multiscale-wide one if present."""
-    scale = _find_scale(dataset.get("coordinateTransformations", []), ndim)
-    if scale is None:
-        return None
-    extra = _find_scale(multiscale.get("coordinateTransformations", []), ndim)
-    if extra is not None:
-        scale = tuple(a * b for a, b in zip(scale, extra))
-    return scale
-
-
-def _find_scale(transforms: list, ndim: int) -> tuple[float, ...] | None:
-    for t in transforms:
-        if t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
-            return tuple(float(s) for s in t["scale"])
-    return None
 
 
 def _not_ome_message(source: str, group: Any) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import zarr
 
 from .errors import OutputError
+from .ome import ome_metadata
 from .volume import Volume
 
 OUTPUT_DTYPES = ("float32", "float16", "input", "uint8", "uint16", "int16", "int32")
@@ -94,27 +95,6 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
                            dimension_names=[a["name"] for a in ome["multiscales"][0]["axes"]])
         group.attrs.update({"ome": ome, "bigdenoise": attributes or {}})
     return spec
-
-
-def ome_metadata(volume: Volume) -> dict:
-    """NGFF 0.5 ``ome`` attributes for a one-level image with the input's axes and scale."""
-    names = {"S": "t", "T": "t", "Z": "z", "Y": "y", "X": "x"}
-    kinds = {"S": "time", "T": "time", "Z": "space", "Y": "space", "X": "space"}
-    axes = []
-    for i, a in enumerate(volume.axes):
-        entry = {"name": names[a], "type": kinds[a]}
-        if volume.units is not None and volume.units[i]:
-            entry["unit"] = volume.units[i]
-        axes.append(entry)
-    scale = list(volume.scale) if volume.scale is not None else [1.0] * volume.ndim
-    return {
-        "version": "0.5",
-        "multiscales": [{
-            "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-            "name": "denoised",
-        }],
-    }
 
 
 def write_block(array: zarr.Array, box, data: np.ndarray) -> None:
