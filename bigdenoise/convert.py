@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from bigdenoise.errors import ConfigError, OutputError
 from bigdenoise.geometry import Box
 from bigdenoise.outputs import ZARR_COPY, destination
 from bigdenoise.volume import Volume, default_chunks, open_volume, sample_chunk_boxes
+from bigdenoise.writer import create_array, output_chunks
 
 COPY_BLOCK_BYTES = 256 * 2**20  # upper bound of one copied block (unless a single chunk is larger)
 
@@ -52,49 +52,16 @@ def convert(
         The written array, opened read-only.
     """
     volume = open_volume(source, axes)
-    out_chunks = _output_chunks(volume, chunks)
+    out_chunks = output_chunks(volume, chunks, default_chunks(volume.shape, volume.axes))
     target = destination(dest, ZARR_COPY, protect={"input": volume.path}, overwrite=overwrite)
     try:
-        out = _create_output(volume, target.start(), out_chunks)
+        out = create_array(target.start(), volume, out_chunks, volume.dtype, {})
         _copy(volume, out, out_chunks, progress)
     except BaseException:
         target.discard()  # a copy cannot be continued: leave nothing half-written
         raise
     target.commit()
     return open_volume(target.path)
-
-
-def _output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int, ...]:
-    if chunks is None:
-        return default_chunks(volume.shape, volume.axes)
-    chunks = tuple(chunks)
-    if len(chunks) != volume.ndim or any(int(c) < 1 for c in chunks):
-        raise ConfigError(
-            f"chunks {chunks} must be {volume.ndim} positive integers, one per axis {volume.axes}"
-        )
-    return tuple(min(int(c), s) for c, s in zip(chunks, volume.shape))
-
-
-def _create_output(volume: Volume, dest: Path, chunks: tuple[int, ...]) -> Any:
-    import zarr
-
-    attrs: dict[str, Any] = {"axes": volume.axes}
-    if volume.scale is not None:
-        attrs["scale"] = list(volume.scale)
-    if volume.units is not None:
-        attrs["units"] = list(volume.units)
-    try:
-        return zarr.create_array(
-            store=str(dest),
-            shape=volume.shape,
-            dtype=volume.dtype,
-            chunks=chunks,
-            attributes=attrs,
-            dimension_names=tuple(volume.axes.lower()),
-            zarr_format=3,
-        )
-    except OSError as e:
-        raise OutputError(f"cannot write {dest} ({e}): check the path and permissions") from e
 
 
 def copy_block_shape(

@@ -50,11 +50,26 @@ def to_dtype(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return x.astype(dtype, copy=False)
 
 
-def output_chunks(volume: Volume, chunks: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The output's chunk shape: ``chunks`` or the input's, clipped to the volume."""
-    if chunks is not None and (len(chunks) != volume.ndim or any(c < 1 for c in chunks)):
-        raise OutputError(f"output chunks {chunks} must have {volume.ndim} positive sizes (axes {volume.axes})")
-    return tuple(min(c, n) for c, n in zip(chunks or volume.chunks, volume.shape))
+def output_chunks(volume: Volume, chunks: tuple[int, ...] | None,
+                  default: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The output's chunk shape: ``chunks``, else ``default``, else the input's; clipped to the volume."""
+    if chunks is not None and (len(chunks) != volume.ndim or any(int(c) < 1 for c in chunks)):
+        raise OutputError(f"output chunks {tuple(chunks)} must have {volume.ndim} positive sizes, one per axis "
+                          f"{volume.axes}")
+    return tuple(min(int(c), n) for c, n in zip(chunks or default or volume.chunks, volume.shape))
+
+
+def create_array(path: str | Path, volume: Volume, chunks: tuple[int, ...], dtype: np.dtype,
+                 attributes: dict, fill_value: float = 0) -> zarr.Array:
+    """A plain Zarr v3 array at ``path`` of ``volume``'s shape, recording its axes (also as
+    dimension names), scale and units next to ``attributes``."""
+    attrs = {"axes": volume.axes, **attributes}
+    if volume.scale is not None:
+        attrs["scale"] = list(volume.scale)
+    if volume.units is not None:
+        attrs["units"] = list(volume.units)
+    return zarr.create_array(store=str(path), shape=volume.shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
+                             attributes=attrs, dimension_names=tuple(volume.axes.lower()), zarr_format=3)
 
 
 def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
@@ -83,11 +98,9 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
                 f"writes {spec.shape}, {spec.chunks}, {out_dtype}; use --overwrite to replace it"
             )
         return spec
-    attrs = {"axes": volume.axes, "bigdenoise": attributes or {}}
     fill = to_dtype(np.asarray(fill_value, dtype=np.float32), out_dtype).item()
     if volume.ome is None:
-        zarr.create_array(store=str(path), shape=spec.shape, chunks=chunks, dtype=out_dtype, fill_value=fill,
-                          attributes=attrs, dimension_names=tuple(volume.axes), zarr_format=3)
+        create_array(path, volume, chunks, out_dtype, {"bigdenoise": attributes or {}}, fill)
     else:
         ome = ome_metadata(volume)
         group = zarr.create_group(store=str(path), zarr_format=3)
