@@ -54,7 +54,7 @@ class TrainConfig(BaseModel):
     max_time: float | None = Field(None, gt=0, description="seconds")
     val_patches: int = Field(128, ge=1)
     val_every: int = Field(100, ge=1, description="steps between validations and checkpoints")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     augment: bool = True

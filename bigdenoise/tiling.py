@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ConfigError
 from .geometry import Block, Box
 
 ROLES = ("sample", "spatial", "channel")
@@ -151,9 +152,11 @@ def make_plan(
     auto = tile is None
     if auto:
         tile = DEFAULT_TILE_2D if len(spatial) <= 2 else max(shape)
-    tiles = (tile,) * len(spatial) if isinstance(tile, int) else tuple(tile)
+    tiles = (tile,) if isinstance(tile, int) else tuple(tile)
+    tiles = tiles * len(spatial) if len(tiles) == 1 else tiles
     if len(tiles) != len(spatial):
-        raise ValueError(f"tile {tiles} needs one entry per spatial axis ({len(spatial)})")
+        raise ConfigError(f"--tile {','.join(map(str, tiles))} needs one size per spatial axis the network sees "
+                          f"({len(spatial)}), or one size for all")
     spatial_halo = _round_up(receptive_radius if halo is None else halo, factor)
     spatial_overlap = _round_up(overlap, factor)
     t_out, h_out, o_out = [], [], []
