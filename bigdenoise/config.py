@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .axes import AXES_ALLOWED, net_axes
 from .errors import ConfigError
 from .methods import get_method
 
@@ -71,8 +71,8 @@ class TrainConfig(BaseModel):
     @classmethod
     def _axes(cls, axes: str) -> str:
         axes = axes.upper()
-        if not re.fullmatch(r"[ST]?Z?YX", axes):
-            raise ValueError(f"axes {axes!r} must be one of YX, ZYX, SYX, TYX, SZYX, TZYX")
+        if axes not in AXES_ALLOWED:
+            raise ValueError(f"axes {axes!r} must be one of {', '.join(AXES_ALLOWED)}")
         return axes
 
     @model_validator(mode="before")
@@ -126,7 +126,7 @@ class TrainConfig(BaseModel):
     @property
     def net_axes(self) -> str:
         """The spatial axes the network sees: Z, Y, X except the stack axis."""
-        return "".join(a for a in self.axes if a in "ZYX" and a != self.stack_axis)
+        return net_axes(self.axes, self.stack_axis)
 
     @property
     def spatial_ndim(self) -> int:

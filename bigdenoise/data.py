@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .axes import axis_roles
 from .background import subtract_background
 from .normalize import Stats, normalize
 from .sampling import TRAIN, ChunkCache, PatchSampler, dihedral, read_neighbourhood, sample_rng
@@ -22,8 +23,9 @@ from .volume import Volume
 def channels_first(x: np.ndarray, axes: str, stack_axis: str | None = None) -> np.ndarray:
     """A patch in volume layout (``axes``) -> ``(C, *spatial)``: the stack axis (if any) becomes
     the channel axis, sample axes (length 1) are dropped."""
-    channel = [i for i, a in enumerate(axes) if a == stack_axis]
-    spatial = [i for i, a in enumerate(axes) if a in "ZYX" and a != stack_axis]
+    roles = axis_roles(axes, stack_axis)
+    channel = [i for i, r in enumerate(roles) if r == "channel"]
+    spatial = [i for i, r in enumerate(roles) if r == "spatial"]
     rest = [i for i in range(len(axes)) if i not in channel + spatial]
     x = np.transpose(x, channel + spatial + rest)
     return x.reshape((x.shape[0] if channel else 1,) + x.shape[len(channel): len(channel) + len(spatial)])

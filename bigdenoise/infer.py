@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 import numpy as np
 import torch
 
+from .axes import axis_roles, net_axes
 from .background import check_background, subtract_background
 from .errors import ConfigError, InputError
 from .geometry import Box
@@ -19,7 +20,7 @@ from .normalize import denormalize, normalize
 from .package import Model
 from .nets import UNet, fold_batch_norm, inference_copy
 from .runtime import free_device_memory, memory_format, to_device, to_fast_layout
-from .tiling import TilePlan, Tile, axis_modes, blend_weights, gather, make_plan, read_box, reflect_indices, tiles_for
+from .tiling import TilePlan, Tile, axis_modes, blend_weights, gather, make_plan, reflect_indices, tiles_for
 
 
 MAX_BATCH_VOXELS = 2 * 2**20  # input voxels per forward pass on the CPU: bounds a worker's peak memory
@@ -29,7 +30,7 @@ GPU_MEMORY_FRACTION = 0.5  # of the device's free memory one forward pass may pl
 LIVE_FEATURE_MAPS = 12  # full-resolution feature maps of ``features`` channels alive at once, with margin
 
 
-def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str, ...]:
+def model_axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str, ...]:
     """The role of each volume axis for ``model``; an InputError if the model does not fit.
 
     A stack model's stack axis (Noise2Stack) is the ``"channel"`` axis."""
@@ -38,7 +39,7 @@ def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str,
         raise InputError(
             f"{source} has axes {axes} but the model ({model.train_config.method}) feeds planes along {stack} "
             f"as channels; give the input's axes (--axes) so that it has a {stack} axis")
-    spatial = "".join(a for a in axes if a in "ZYX" and a != stack)
+    spatial = net_axes(axes, stack)
     if spatial != model.spatial_axes:
         kind = {2: "2D", 3: "3D"}
         raise InputError(
@@ -46,7 +47,7 @@ def axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str,
             f"trained on {model.spatial_axes} ({kind.get(len(model.spatial_axes), '?')}, axes {model.axes}); "
             f"train a model on data with the same spatial axes"
         )
-    return tuple("channel" if a == stack else "spatial" if a in "ZYX" else "sample" for a in axes)
+    return axis_roles(axes, stack)
 
 
 def plan_for(model: Model, shape: tuple[int, ...], axes: str, *, tile=None, overlap: int = 0,
@@ -63,7 +64,7 @@ def plan_for(model: Model, shape: tuple[int, ...], axes: str, *, tile=None, over
     if halo is not None and halo < radius and not inexact:
         raise ConfigError(f"--halo {halo} is below the model's receptive radius {radius}: tiles would not match "
                           f"a whole-volume pass (seams); use at least {radius}, or pass --inexact to accept that")
-    roles = axis_roles(model, axes, source)
+    roles = model_axis_roles(model, axes, source)
     if "channel" in roles and shape[roles.index("channel")] < 2:
         raise InputError(f"{source} has one plane along {model.stack_axis}; the model needs neighbouring planes")
     check_background(model.background, tuple(shape), source)
@@ -257,7 +258,7 @@ def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> n
     """
     axes = axes or model.axes
     array = np.asarray(array)
-    roles = axis_roles(model, axes)
+    roles = model_axis_roles(model, axes)
     spatial = [i for i, r in enumerate(roles) if r == "spatial"]
     samples = [i for i, r in enumerate(roles) if r in ("sample", "channel")]
     x = normalize(subtract_background(array, Box.from_shape(array.shape), model.background), model.stats)

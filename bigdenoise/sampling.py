@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .axes import axis_roles
 from .geometry import Box
 from .tiling import reflect_indices
 from .volume import Volume
@@ -80,7 +81,7 @@ def make_sampler(
     the whole volume fits in the cache (plain uniform sampling) and to 8 otherwise.
     """
     it = iter(patch_spatial)
-    patch = tuple(next(it) if a in "ZYX" and a != stack_axis else 1 for a in volume.axes)
+    patch = tuple(next(it) if r == "spatial" else 1 for r in axis_roles(volume.axes, stack_axis))
     region = tuple(min(n, max(p, c)) for n, p, c in zip(volume.shape, patch, volume.chunks))
     if per_region is None:
         per_region = 1 if volume.nbytes <= cache_bytes else 8
@@ -165,6 +166,7 @@ def dihedral(x: np.ndarray, k: int) -> np.ndarray:
 def patch_count(volume: Volume, patch_spatial: tuple[int, ...], stack_axis: str | None = None) -> int:
     """Patches in one 'epoch': as many as tile the volume once (every plane of a stack axis is a
     target plane)."""
-    spatial = [n for a, n in zip(volume.axes, volume.shape) if a in "ZYX" and a != stack_axis]
-    samples = math.prod(n for a, n in zip(volume.axes, volume.shape) if a in "ST" or a == stack_axis)
+    roles = axis_roles(volume.axes, stack_axis)
+    spatial = [n for r, n in zip(roles, volume.shape) if r == "spatial"]
+    samples = math.prod(n for r, n in zip(roles, volume.shape) if r != "spatial")
     return max(1, samples * math.prod(max(1, n // p) for n, p in zip(spatial, patch_spatial)))

@@ -15,12 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from bigdenoise.axes import AXES_ALLOWED, axis_roles, net_axes
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
 from bigdenoise.ome import parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale
 
-# S and T are axes of independent samples (a stack of 2D images or 3D volumes); always first.
-AXES_ALLOWED = ("YX", "ZYX", "SYX", "TYX", "SZYX", "TZYX")
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 _DEFAULT_CHUNK = {"S": 1, "T": 1, "Z": 64, "Y": 256, "X": 256}
@@ -82,16 +81,16 @@ class Volume:
     @property
     def spatial_axes(self) -> str:
         """The spatial axis letters, e.g. ``"ZYX"`` or ``"YX"``."""
-        return "".join(a for a in self.axes if a in "ZYX")
+        return net_axes(self.axes)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
-        return tuple(s for a, s in zip(self.axes, self.shape) if a in "ZYX")
+        return tuple(s for r, s in zip(axis_roles(self.axes), self.shape) if r == "spatial")
 
     @property
     def sample_axes(self) -> str:
         """The sample axis letter (``"S"`` or ``"T"``), or ``""``."""
-        return "".join(a for a in self.axes if a in "ST")
+        return "".join(a for a, r in zip(self.axes, axis_roles(self.axes)) if r == "sample")
 
     @property
     def nbytes(self) -> int:
