@@ -64,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     a = parse_args(argv)
     import bigdenoise as bd
-    from bigdenoise import noise_models as nm
+    from bigdenoise.calibration import make_noise_model, save_noise_model
     from bigdenoise.errors import BigDenoiseError
     from bigdenoise.infer import predict_array
 
@@ -117,11 +117,11 @@ def main(argv=None) -> int:
             run(name, "n2v")
             continue
         if name == "pn2v-bootstrap":
-            model, info = nm.make_noise_model(noisy, bootstrap=work / "n2v", axes="SYX", kind="gmm", seed=a.seed)
+            model, info = make_noise_model(noisy, bootstrap=work / "n2v", axes="SYX", kind="gmm", seed=a.seed)
         else:
             kind = name.split("-", 1)[1]
-            model, info = nm.make_noise_model(calibration, clean=clean, axes="SYX", kind=kind, seed=a.seed)
-        nm.save_noise_model(model, work / f"nm-{name}", info=info, overwrite=True)
+            model, info = make_noise_model(calibration, clean=clean, axes="SYX", kind=kind, seed=a.seed)
+        save_noise_model(model, work / f"nm-{name}", info=info, overwrite=True)
         try:
             run(name, "pn2v", {**pn2v_options, "noise_model": str(work / f"nm-{name}"), "samples": a.samples})
         except BigDenoiseError as exc:  # e.g. a bootstrap from an N2V model trained too briefly

@@ -142,13 +142,14 @@ def matched_run(noisy: np.ndarray, clean: np.ndarray, mapped: np.ndarray, work: 
     import zarr
 
     import bigdenoise as bd
-    from bigdenoise import metrics, noise_models as nm
+    from bigdenoise import metrics
+    from bigdenoise.calibration import make_noise_model, save_noise_model
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     write_stack(work / "noisy.zarr", noisy[None])
-    model, info = nm.make_noise_model(noisy[None], clean=mapped[None], axes="SYX", kind=a.kind, seed=a.seed)
-    nm.save_noise_model(model, work / "nm", info=info, overwrite=True)
+    model, info = make_noise_model(noisy[None], clean=mapped[None], axes="SYX", kind=a.kind, seed=a.seed)
+    save_noise_model(model, work / "nm", info=info, overwrite=True)
     row = {"n2v": [], "pn2v": [], "n2v_steps": [], "pn2v_steps": []}
     for seed in range(a.seed, a.seed + a.seeds):
         for key, kw in (("n2v", {"method": "n2v"}),

@@ -214,7 +214,7 @@ def _pn2v_noise_model(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: 
                       trained: set[str]) -> tuple[Path, str]:
     """Fit and save PN2V's noise model; returns its folder and a note. Bootstrapping uses the
     ``n2v`` row's model when this run trained one, else trains one with the same budget."""
-    from bigdenoise import noise_models as nm
+    from bigdenoise.calibration import make_noise_model, save_noise_model
 
     kind = a.noise_kind
     if key == "pn2v-bootstrap":  # Prakash et al. 2020: an N2V prediction is the pseudo-signal
@@ -225,17 +225,17 @@ def _pn2v_noise_model(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: 
             t0 = time.perf_counter()
             _train(n2v, str(noisy_path), None, "SYX", {"method": "n2v"}, a)
             note = f"an N2V model trained for it ({time.perf_counter() - t0:.0f} s)"
-        model, info = nm.make_noise_model(str(noisy_path), bootstrap=n2v, axes="SYX", kind=kind, seed=a.seed)
+        model, info = make_noise_model(str(noisy_path), bootstrap=n2v, axes="SYX", kind=kind, seed=a.seed)
         note = f"{kind} noise model bootstrapped from the {note}'s prediction (that N2V budget comes on top)"
     elif "pairs" in ds.noise_model:
         noisy, clean = ds.noise_model["pairs"]
-        model, info = nm.make_noise_model(noisy, clean=clean, axes="SYX", kind=kind, seed=a.seed)
+        model, info = make_noise_model(noisy, clean=clean, axes="SYX", kind=kind, seed=a.seed)
         note = f"{kind} noise model from {ds.noise_model['what']}"
     else:
-        model, info = nm.make_noise_model(ds.noisy, repeats_axis="S", axes="SYX", kind=kind, seed=a.seed)
+        model, info = make_noise_model(ds.noisy, repeats_axis="S", axes="SYX", kind=kind, seed=a.seed)
         note = f"{kind} noise model from the {len(ds.noisy)} repeated frames"
     path = folder / f"noise-model-{key}"
-    nm.save_noise_model(model, path, info=info, overwrite=True)
+    save_noise_model(model, path, info=info, overwrite=True)
     return path, note
 
 

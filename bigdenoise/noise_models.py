@@ -24,10 +24,9 @@ data they were measured on (ADU, counts...), all differentiable in ``s``:
   gain), fitted by least squares of ``(x - s)^2`` on ``s``. Its default (``a = 1``,
   ``b = 0``) is the placeholder a PN2V model is built with before a measured model is loaded.
 
-Calibration pairs come from clean/noisy pairs, from repeated noisy frames of a static field
-(their mean is the signal) or, with no calibration data at all, from a trained N2V model's
-prediction used as pseudo-signal (bootstrapping, Prakash et al. 2020). Pairs are read from a
-bounded random sample of storage chunks, never the whole volume.
+This module is pure: arrays in, models out, and the noise-model directory format. Reading
+calibration pairs from volumes (clean/noisy pairs, repeated frames, bootstrapping from an N2V
+model) and placing a noise model on disk safely live in :mod:`bigdenoise.calibration`.
 
 Every noise model is an ``nn.Module`` holding its arrays as buffers, so a PN2V model package
 stores it in ``weights.safetensors`` like any network (see :class:`NoiseModelSlot`). A
@@ -49,7 +48,7 @@ from torch import nn
 
 from ._version import __version__
 from .errors import ConfigError, InputError, ModelError
-from .files import load_tensors, read_versioned_json
+from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_versioned_json
 
 FORMAT = "bigdenoise-noise-model"
 FORMAT_VERSION = 1
@@ -507,31 +506,26 @@ def check_fits_data(model: NoiseModel, p_low: float, p_high: float, what: str, t
         )
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- files and plot
 
 
-def save_noise_model(model: NoiseModel, path: str | Path, *, info: dict[str, Any] | None = None,
-                     overwrite: bool = False, protect: dict[str, Any] | None = None, plot: bool = True) -> Path:
-    """Write ``model`` as a directory: ``noise_model.json``, ``noise_model.safetensors`` and
-    (``plot=True``) ``noise_model.png``. ``overwrite`` replaces a noise model bigdenoise wrote;
-    ``protect`` names paths the directory must not overlap (``outputs.destination``)."""
-    from .files import atomic_save_tensors, atomic_write_bytes
-    from .outputs import NOISE_MODEL, destination
-
-    dest = destination(path, NOISE_MODEL, protect=protect, overwrite=overwrite)
-    work = dest.start()
+def write_noise_model(model: NoiseModel, directory: str | Path, *, info: dict[str, Any] | None = None,
+                      plot: bool = True) -> None:
+    """Write ``model`` into the existing ``directory``: ``noise_model.json`` (format, version,
+    kind, sizes, ranges, ``info``), ``noise_model.safetensors`` (its buffers) and (``plot=True``)
+    ``noise_model.png``, each atomically. Where the directory may go (never over an input,
+    replacing only our own outputs) is :func:`bigdenoise.calibration.save_noise_model`'s job."""
+    directory = Path(directory)
     document = {"format": FORMAT, "format_version": FORMAT_VERSION, "bigdenoise_version": __version__,
                 **model.header(), "info": info or {}}
-    atomic_save_tensors(model.state_dict(), work / TENSORS_FILE, metadata={"format": FORMAT, "kind": model.kind})
-    atomic_write_bytes(work / JSON_FILE, json.dumps(document, indent=2).encode())
+    atomic_save_tensors(model.state_dict(), directory / TENSORS_FILE, metadata={"format": FORMAT, "kind": model.kind})
+    atomic_write_bytes(directory / JSON_FILE, json.dumps(document, indent=2).encode())
     if plot:
-        plot_noise_model(model, work / PLOT_FILE)
-    dest.commit()
-    return dest.path
+        plot_noise_model(model, directory / PLOT_FILE)
 
 
 def load_noise_model(path: str | Path) -> NoiseModel:
-    """Load a noise model directory written by :func:`save_noise_model` (no pickle)."""
+    """Load a noise model directory written by :func:`write_noise_model` (no pickle)."""
     path = Path(path)
     json_path, tensors_path = path / JSON_FILE, path / TENSORS_FILE
     if not json_path.is_file():
@@ -574,143 +568,3 @@ def plot_noise_model(model: NoiseModel, path: str | Path, n_signals: int = 5) ->
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-# --------------------------------------------------------------------------- calibration data
-
-
-def _choose(grid: tuple[int, ...], n: int, rng: np.random.Generator) -> list[tuple[int, ...]]:
-    total = math.prod(grid)
-    picks = range(total) if total <= n else sorted(rng.choice(total, n, replace=False).tolist())
-    return [tuple(int(i) for i in np.unravel_index(k, grid)) for k in picks]
-
-
-def _capped(box, rng: np.random.Generator, cap: int = 512, keep_axis: int | None = None):
-    from .geometry import Box
-
-    offset, shape = list(box.offset), list(box.shape)
-    for i, n in enumerate(shape):
-        if i != keep_axis and n > cap:
-            offset[i] += int(rng.integers(0, n - cap + 1))
-            shape[i] = cap
-    return Box(tuple(offset), tuple(shape))
-
-
-def _subsample(s: np.ndarray, x: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    s, x = s.ravel(), x.ravel()
-    if s.size > n:
-        keep = rng.choice(s.size, n, replace=False)
-        s, x = s[keep], x[keep]
-    return s.astype(np.float64), x.astype(np.float64)
-
-
-def calibration_pairs(noisy: Any, *, clean: Any = None, repeats_axis: str | None = None, bootstrap: Any = None,
-                      axes: str | None = None, max_chunks: int = 64, max_pairs: int = 2_000_000,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(signal, noisy) value pairs for fitting a noise model, from exactly one source.
-
-    Parameters
-    ----------
-    noisy : volume (path, array or Volume) of noisy raw values.
-    clean : a volume of the same shape with the clean signal (calibration pairs).
-    repeats_axis : an axis of ``noisy`` (e.g. ``"S"``) along which the frames are repeated
-        acquisitions of a static field; the signal is their mean (it keeps 1/R of the noise
-        variance for R frames).
-    bootstrap : a trained N2V model (directory or Model) whose prediction is the pseudo-signal.
-    max_chunks : storage chunks (boxes of at most 512 voxels per axis) read at random.
-    max_pairs : pairs kept, drawn at random from what was read.
-
-    Returns
-    -------
-    signal, noisy : (P,) float64
-    """
-    from .volume import Volume, open_volume
-
-    given = [n for n, v in (("clean", clean), ("repeats_axis", repeats_axis), ("bootstrap", bootstrap)) if v is not None]
-    if len(given) != 1:
-        raise ConfigError("give exactly one source of signal for the noise model: calibration pairs (--clean), "
-                          "repeated frames of a static field (--repeats-axis) or an N2V model to bootstrap from "
-                          f"(--bootstrap); got {', '.join(given) or 'none'}")
-    volume = noisy if isinstance(noisy, Volume) else open_volume(noisy, axes)
-    rng = np.random.default_rng(seed)
-    signals, values = [], []
-    if clean is not None:
-        ref = clean if isinstance(clean, Volume) else open_volume(clean, volume.axes)
-        if ref.shape != volume.shape:
-            raise InputError(f"{ref.source} (clean) has shape {ref.shape} but {volume.source} has {volume.shape}; "
-                             f"calibration pairs must match voxel for voxel")
-        indices = _choose(volume.chunk_grid(), max_chunks, rng)
-        per_box = max(1, max_pairs // len(indices))
-        for index in indices:
-            box = _capped(volume.chunk_box(index), rng)
-            s, x = _subsample(ref.read(box), volume.read(box), per_box, rng)
-            signals.append(s)
-            values.append(x)
-    elif repeats_axis is not None:
-        axis_name = repeats_axis.upper()
-        if len(axis_name) != 1 or axis_name not in volume.axes:
-            raise ConfigError(f"--repeats-axis {repeats_axis!r} is not an axis of {volume.source} (axes {volume.axes})")
-        axis = volume.axes.index(axis_name)
-        repeats = volume.shape[axis]
-        if repeats < 2:
-            raise InputError(f"{volume.source} has {repeats} frame along {axis_name}; repeated frames need at least 2")
-        grid = list(volume.chunk_grid())
-        grid[axis] = 1
-        indices = _choose(tuple(grid), max_chunks, rng)
-        per_box = max(1, max_pairs // len(indices))
-        for index in indices:
-            box = volume.chunk_box(index)
-            box = _capped(type(box)(tuple(0 if i == axis else o for i, o in enumerate(box.offset)),
-                                    tuple(repeats if i == axis else n for i, n in enumerate(box.shape))),
-                          rng, keep_axis=axis)
-            frames = volume.read(box).astype(np.float64)
-            mean = np.broadcast_to(frames.mean(axis=axis, keepdims=True), frames.shape)
-            s, x = _subsample(mean, frames, per_box, rng)
-            signals.append(s)
-            values.append(x)
-    else:
-        from .infer import denoise_block, plan_for
-        from .package import Model, load_model
-        from .tiling import read_box
-
-        model = bootstrap if isinstance(bootstrap, Model) else load_model(bootstrap)
-        plan = plan_for(model, volume.shape, volume.axes, source=volume.source)
-        indices = _choose(volume.chunk_grid(), max_chunks, rng)
-        per_box = max(1, max_pairs // len(indices))
-        for index in indices:
-            box = _capped(volume.chunk_box(index), rng, cap=256)
-            rbox = read_box(plan, box)
-            data = volume.read(rbox)
-            pred = denoise_block(data, rbox, box, plan, model)
-            s, x = _subsample(pred, data[box.relative_to(rbox.offset).slices], per_box, rng)
-            signals.append(s)
-            values.append(x)
-    return np.concatenate(signals), np.concatenate(values)
-
-
-def make_noise_model(noisy: Any, *, clean: Any = None, repeats_axis: str | None = None, bootstrap: Any = None,
-                     axes: str | None = None, kind: str = "histogram", bins: int = 256, gaussians: int = 3,
-                     degree: int = 1, steps: int = 1000, max_chunks: int = 64, max_pairs: int = 2_000_000,
-                     seed: int = 0) -> tuple[NoiseModel, dict[str, Any]]:
-    """Read calibration pairs (see :func:`calibration_pairs`) and fit a noise model of ``kind``.
-
-    Returns the model and a provenance record (source, number of pairs, settings) for its JSON.
-    """
-    if kind not in KINDS:
-        raise ConfigError(f"unknown noise model kind {kind!r}; choose one of {', '.join(KINDS)}")
-    s, x = calibration_pairs(noisy, clean=clean, repeats_axis=repeats_axis, bootstrap=bootstrap, axes=axes,
-                             max_chunks=max_chunks, max_pairs=max_pairs, seed=seed)
-    model = fit(s, x, kind, bins=bins, gaussians=gaussians, degree=degree, steps=steps, seed=seed)
-    if clean is not None:
-        source = {"signal_from": "clean", "clean": _describe(clean)}
-    elif repeats_axis is not None:
-        source = {"signal_from": "repeats", "repeats_axis": repeats_axis.upper()}
-    else:
-        source = {"signal_from": "bootstrap", "bootstrap": _describe(getattr(bootstrap, "path", bootstrap))}
-    return model, {"noisy": _describe(noisy), **source, "pairs": int(s.size), "seed": seed}
-
-
-def _describe(source: Any) -> str:
-    if isinstance(source, (str, Path)):
-        return str(source)
-    return str(getattr(source, "source", type(source).__name__))

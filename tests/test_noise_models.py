@@ -6,8 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
+import zarr
 
 from bigdenoise import noise_models as nm
+from bigdenoise.calibration import calibration_pairs, make_noise_model, save_noise_model
 from bigdenoise.cli import main
 from bigdenoise.errors import ConfigError, InputError, ModelError
 
@@ -107,13 +109,13 @@ def test_repeated_frames_of_a_static_field(tmp_path):
     field = smooth_volume((64, 64))[1] + 200  # clean, about 100..500
     frames = GAIN * rng.poisson(np.broadcast_to(field / GAIN, (repeats, 64, 64))) + rng.normal(0, READ_SIGMA, (repeats, 64, 64))
     src = write_zarr(tmp_path / "frames.zarr", frames.astype(np.float32), (repeats, 32, 32), "SYX")
-    model, info = nm.make_noise_model(src, repeats_axis="S", kind="gaussian")
+    model, info = make_noise_model(src, repeats_axis="S", kind="gaussian")
     assert info["pairs"] == frames.size and info["signal_from"] == "repeats"
     h = model.header()
     # x is one of the frames averaged into the signal: (x - mean) keeps (R-1)/R of the variance
     assert h["gain"] == pytest.approx(GAIN * (1 - 1 / repeats), rel=0.15)
     with pytest.raises(ConfigError, match="not an axis"):
-        nm.make_noise_model(src, repeats_axis="Z")
+        make_noise_model(src, repeats_axis="Z")
 
 
 def test_cli_calibration_pairs_write_data_files(tmp_path, capsys):
@@ -150,10 +152,27 @@ def test_bootstrap_from_an_n2v_model(tmp_path, model_2d, capsys):
     assert data.min() - 100 < lo < hi < data.max() + 100  # pseudo-signal in the data's range
 
 
+def test_bootstrap_takes_the_axes_from_the_model(tmp_path, model_2d, capsys):
+    """Without --axes and without axes in the metadata, a volume with as many dimensions as the
+    bootstrap model's axes (SYX) gets them; one with another number of dimensions still stops."""
+    model_dir, _, data = model_2d
+    bare = zarr.create_array(str(tmp_path / "bare.zarr"), shape=data.shape, chunks=(1, 32, 32), dtype=data.dtype)
+    bare[...] = data
+    out = tmp_path / "nm"
+    assert main(["noise-model", "--noisy", str(tmp_path / "bare.zarr"), "--bootstrap", str(model_dir),
+                 "--out", str(out), "--kind", "gaussian"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "noise_model.json").read_text())["info"]["pairs"] == data.size
+    four = zarr.create_array(str(tmp_path / "four.zarr"), shape=(1, *data.shape), chunks=(1, 1, 32, 32),
+                             dtype=data.dtype)
+    four[...] = data[None]
+    with pytest.raises(InputError, match="cannot tell the axes"):
+        calibration_pairs(str(tmp_path / "four.zarr"), bootstrap=model_dir)
+
+
 def test_tirf_repeated_frames(tmp_path):
     tif = shared_data("acsn_scmos_tirf", "TIRF_200Hz.tif", what="the TIRF data")
-    model, info = nm.make_noise_model(str(tif), axes="SYX", repeats_axis="S", max_pairs=200_000)
-    nm.save_noise_model(model, tmp_path / "nm", info=info)
+    model, info = make_noise_model(str(tif), axes="SYX", repeats_axis="S", max_pairs=200_000)
+    save_noise_model(model, tmp_path / "nm", info=info)
     s_lo, s_hi = nm._pair(model.signal_range)
     x_lo, x_hi = nm._pair(model.x_range)
     assert 80 < s_lo < s_hi < 200 and x_lo < s_lo and x_hi > s_hi  # about 103 ADU mean
@@ -168,15 +187,15 @@ def test_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: exactly one of --clean / --repeats-axis / --bootstrap
         main(["noise-model", "--noisy", src, "--out", str(tmp_path / "nm")])
     with pytest.raises(ConfigError, match="exactly one"):
-        nm.calibration_pairs(src, clean=other, repeats_axis="S")
+        calibration_pairs(src, clean=other, repeats_axis="S")
     with pytest.raises(InputError, match="must match voxel for voxel"):
-        nm.calibration_pairs(src, clean=other)
+        calibration_pairs(src, clean=other)
     assert main(["noise-model", "--noisy", src, "--repeats-axis", "Q", "--out", str(tmp_path / "nm")]) == 2
     assert "not an axis" in capsys.readouterr().err
     assert not (tmp_path / "nm").exists()
     with pytest.raises(ConfigError, match="noise_model.json is missing"):
         nm.load_noise_model(tmp_path / "absent")
-    path = nm.save_noise_model(nm.fit_gaussian(clean, noisy), tmp_path / "g", plot=False)
+    path = save_noise_model(nm.fit_gaussian(clean, noisy), tmp_path / "g", plot=False)
     doc = json.loads((path / "noise_model.json").read_text())
     (path / "noise_model.json").write_text(json.dumps({**doc, "format_version": 99}))
     with pytest.raises(ModelError, match="upgrade"):

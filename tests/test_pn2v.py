@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import bigdenoise as bd
 from bigdenoise import noise_models as nm
+from bigdenoise.calibration import make_noise_model, save_noise_model
 from bigdenoise.cli import main
 from bigdenoise.config import NetConfig
 from bigdenoise.errors import ConfigError
@@ -39,8 +40,8 @@ def pn2v_model(tmp_path_factory):
     """A noise model measured on clean/noisy pairs and a tiny PN2V model trained with it."""
     root = tmp_path_factory.mktemp("pn2v")
     data, clean = smooth_volume((3, 64, 72))
-    model, info = nm.make_noise_model(data, clean=clean, axes="SYX", bins=64)
-    nm.save_noise_model(model, root / "nm", info=info)
+    model, info = make_noise_model(data, clean=clean, axes="SYX", bins=64)
+    save_noise_model(model, root / "nm", info=info)
     src = write_zarr(root / "in.zarr", data, (1, 32, 32), "SYX")
     bd.train(src, root / "model", method="pn2v", progress=False,
              options={"noise_model": str(root / "nm"), "samples": 8}, **PN2V)
@@ -218,7 +219,7 @@ def test_missing_or_mismatched_noise_model_is_a_clear_error(tmp_path, pn2v_model
                  **PN2V)
     # a noise model measured at other intensities (e.g. another gain / offset, or rescaled data)
     s, x = smooth_volume((64, 64))[::-1]
-    nm.save_noise_model(nm.fit_histogram(s * 10 + 5000, x * 10 + 5000), tmp_path / "far", plot=False)
+    save_noise_model(nm.fit_histogram(s * 10 + 5000, x * 10 + 5000), tmp_path / "far", plot=False)
     with pytest.raises(ConfigError, match="another intensity range"):
         bd.train(src, tmp_path / "c", method="pn2v", progress=False, options={"noise_model": str(tmp_path / "far")},
                  **PN2V)

@@ -207,4 +207,5 @@ METHOD = Method(
     receptive_radius=lambda nets, options: nets["unet"].receptive_radius,
     factor=lambda nets, options: nets["unet"].factor,
     setup=setup,
+    predict_options=("prediction",),
 )
