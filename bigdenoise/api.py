@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +16,13 @@ from .clusters import JobOptions, check_cluster, dask_client
 from .execute import BlockSettings, run_blocks
 from .fingerprint import differences, fingerprint
 from .infer import plan_for
-from .package import Model, load_model
+from .package import Model, load_model, prediction_options, with_options
 from .runtime import check_compiler
 from .tiling import block_shape_for
 from .train import fit, pick_device
 from .outputs import PREDICTION, destination
 from .volume import Volume, open_volume
-from .writer import create_output, finish_output, load_done, output_chunks, run_record
+from .writer import create_output, finish_output, load_done, output_chunks, resolve_dtype, run_record
 
 
 def _volume(source: Any, axes: str | None) -> Volume:
@@ -57,7 +58,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
             inexact: bool = False, batch_size: int | None = None, precision: str = "fp32", device: str = "auto",
             skip_background: float | None = None, background_value: float = 0.0,
             block_voxels: int = 4 * 2**20, jobs: JobOptions | None = None, compiled: bool = False,
-            progress: bool = True) -> dict:
+            options: Mapping[str, Any] | None = None, progress: bool = True) -> dict:
     """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
 
     The output has the input's shape and axes (an OME-Zarr input gives an OME-Zarr output),
@@ -72,6 +73,9 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     as fit in the free memory of a GPU (``infer.forward_batch_size``). ``compiled=True`` runs the
     networks through ``torch.compile`` on each worker: seconds of compilation per worker process
     and input shape, then faster forward passes (worth it on large volumes).
+    ``options`` overrides method options that only act at prediction time (the method's
+    ``predict_options``, e.g. PN2V's ``{"prediction": "prior_mean"}``) for this prediction;
+    values may be strings (``"prior_mean"``, ``"0.5"``), parsed by the method's options model.
     Returns a summary of the run.
     """
     check_cluster(cluster, workers)
@@ -81,6 +85,8 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     if model_path is None:
         raise InputError("predict needs a model saved on disk (a model directory); save it first")
     loaded = model if isinstance(model, Model) else load_model(model_path)
+    overrides = prediction_options(loaded, options)
+    loaded = with_options(loaded, overrides)
     try:
         volume = _volume(source, axes)
     except InputError:
@@ -90,6 +96,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
         volume = _volume(source, model_axes)
     if volume.path is None and cluster != "threads":
         cluster = "threads"  # an in-memory array cannot be shipped to worker processes
+    resolve_dtype(dtype, volume.dtype)  # an unknown --dtype is refused before anything is written
     block = block_shape_for(output_chunks(volume, chunks), volume.shape, block_voxels)
     plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, inexact=inexact,
                     block=block, source=volume.source)
@@ -102,13 +109,13 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     record = {"model": model_path, "model_sha256": _digest(Path(model_path)), "source": volume.source,
               "input": fingerprint(volume), "block_shape": list(block), "tile": list(plan.tile),
               "halo": list(plan.halo), "overlap": list(plan.overlap), "precision": precision,
-              "skip_background": skip_background, "compiled": compiled}
+              "skip_background": skip_background, "compiled": compiled, "options": dict(overrides)}
     with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
         spec = create_output(dest.start(), volume, chunks=chunks, dtype=dtype, exist_ok=resume, attributes=record,
                              fill_value=background_value)
         skip = _resumed_blocks(spec, record, volume.shape, block, dest) if resume else None
         settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
-                                 skip_background, compiled)
+                                 skip_background, compiled, overrides)
         summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip)
     finish_output(spec)
     dest.commit()
@@ -116,13 +123,14 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
 
 
 RESUME_IGNORES = ("model", "source")  # where they are, in the spelling given: content decides
+RESUME_DEFAULTS = {"options": {}}  # what a record written before the key existed meant
 
 
 def _resumed_blocks(spec, record: dict, shape: tuple[int, ...], block: tuple[int, ...], dest) -> np.ndarray:
     """Which blocks of the block grid the run being resumed finished; a ConfigError when the input's
     content, the model or the settings differ from that run's."""
     previous = run_record(spec)
-    changed = [k for k in record if k not in RESUME_IGNORES and previous.get(k) != record[k]]
+    changed = [k for k in record if k not in RESUME_IGNORES and previous.get(k, RESUME_DEFAULTS.get(k)) != record[k]]
     if "input" in changed:
         fields = ", ".join(differences(previous.get("input"), record["input"]))
         raise ConfigError(f"cannot resume {dest.path}: the input {record['source']} is not the data that run "

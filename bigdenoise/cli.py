@@ -21,6 +21,19 @@ def parse_duration(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
 
 
+def at_least(least: int):
+    """An argparse type: a whole number not below ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is below the least allowed value {least}")
+        return value
+    return parse
+
+
 def parse_shape(text: str) -> tuple[int, ...]:
     """``64,256,256`` (or ``64x256x256``) -> a tuple of positive ints."""
     try:
@@ -30,6 +43,33 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
     return values
+
+
+def parse_option(text: str) -> tuple[str, str | None]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``; ``help`` -> ``("help", None)``."""
+    key, sep, value = text.partition("=")
+    key = key.strip().replace("-", "_")
+    if key == "help" and not sep:
+        return "help", None
+    if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (or help)")
+    return key, value
+
+
+def _add_option(p, what: str, example: str) -> None:
+    p.add_argument("--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
+                   help=f"{what}, e.g. --option {example}; VALUE is parsed as the option's type (none: None). "
+                        f"Repeatable. `--option help` lists them with types, defaults and descriptions")
+
+
+def _options(a: argparse.Namespace) -> dict[str, str]:
+    """The ``--option`` pairs as a dict; a ConfigError for a key given twice with different values."""
+    options: dict[str, str] = {}
+    for key, value in a.option:
+        if key in options and options[key] != value:
+            raise ConfigError(f"--option {key} is given twice, as {options[key]!r} and {value!r}; give it once")
+        options[key] = value
+    return options
 
 
 class Parser(argparse.ArgumentParser):
@@ -90,6 +130,8 @@ def _add_train(sub) -> None:
                         "normalisation; prediction subtracts it too")
     net.add_argument("--batch-norm", action="store_true",
                      help="use batch norm (the default for n2v; n2n, care and noise2stack default to none)")
+    _add_option(p, "an option of the method (its pydantic options; the flags above are shortcuts for some)",
+                "masked_fraction=0.02")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -112,12 +154,12 @@ def _add_noise_model(sub) -> None:
     p.add_argument("--kind", choices=("histogram", "gmm", "gaussian"), default="histogram",
                    help="histogram (PN2V paper, default), gmm (signal-dependent gaussian mixture) or gaussian "
                         "(Poisson-Gaussian)")
-    p.add_argument("--bins", type=int, default=256, help="histogram bins per axis (default 256)")
-    p.add_argument("--gaussians", type=int, default=3, help="gmm: gaussians (default 3)")
-    p.add_argument("--degree", type=int, default=1, help="gmm: polynomial degree in the signal (default 1)")
-    p.add_argument("--steps", type=int, default=1000, help="gmm: Adam steps of the fit (default 1000)")
-    p.add_argument("--max-pairs", type=int, default=2_000_000, help="(signal, noisy) pairs used (default 2e6)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bins", type=at_least(2), default=256, help="histogram bins per axis (default 256)")
+    p.add_argument("--gaussians", type=at_least(1), default=3, help="gmm: gaussians (default 3)")
+    p.add_argument("--degree", type=at_least(0), default=1, help="gmm: polynomial degree in the signal (default 1)")
+    p.add_argument("--steps", type=at_least(1), default=1000, help="gmm: Adam steps of the fit (default 1000)")
+    p.add_argument("--max-pairs", type=at_least(1), default=2_000_000, help="(signal, noisy) pairs used (default 2e6)")
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing noise model directory")
 
 
@@ -168,6 +210,8 @@ def _add_predict(sub) -> None:
                    help="run the network through torch.compile on each worker: seconds of compilation per worker "
                    "process; on a CPU the default eager path is faster (benchmarks/RESULTS.md); meant for GPUs "
                    "(a CPU needs a C++ compiler, g++ or $CXX)")
+    _add_option(p, "override a prediction-time option of the model's method for this prediction (one that does "
+                "not change the networks)", "prediction=prior_mean (pn2v)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -219,6 +263,16 @@ def _train_kwargs(a: argparse.Namespace) -> dict:
               "noise_model", "samples"):
         if getattr(a, k) is not None:
             options[k] = getattr(a, k)
+    given = _options(a)
+    if given:
+        from .methods import get_method, parse_options
+
+        parsed = parse_options(get_method(a.method), given, base=options)
+        for k, v in parsed.items():
+            if k in options and options[k] != v:
+                flag = "--n2v2" if k == "replacement" else "--" + k.replace("_", "-")
+                raise ConfigError(f"--option {k}={given[k]} contradicts {flag} ({options[k]!r}); give it once")
+        options.update(parsed)
     if net:
         kw["net"] = net
     if options:
@@ -260,14 +314,14 @@ def run(a: argparse.Namespace) -> int:
                         halo=a.halo, inexact=a.inexact, batch_size=a.batch_size, precision=a.precision, device=a.device,
                         skip_background=a.skip_background, background_value=a.background_value,
                         block_voxels=a.block_voxels, jobs=_job_options(a), compiled=a.compile,
-                        progress=not a.quiet)
+                        options=_options(a), progress=not a.quiet)
         extra = f"; skipped {s['skipped']} blocks already done" if s["skipped"] else ""
         if s["background_blocks"]:
             extra += f"; {s['background_blocks']} background blocks left unwritten"
         print(f"denoised {s['voxels']:,} voxels in {s['blocks']} blocks in {s['seconds']:.1f} s "
               f"({s['voxels_per_s'] / 1e6:.2f} Mvox/s) into {s['output']}{extra}")
     elif a.command == "noise-model":
-        from .noise_models import make_noise_model, save_noise_model
+        from .calibration import make_noise_model, save_noise_model
         from .outputs import NOISE_MODEL, destination
 
         protect = {"noisy volume": a.noisy, "clean volume": a.clean, "bootstrap model": a.bootstrap}
@@ -287,8 +341,49 @@ def run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _options_help(argv: list[str]) -> int | None:
+    """``bigdenoise train --method M --option help`` / ``bigdenoise predict --model D --option help``:
+    print the method's options (train) or the model's prediction-time options (predict) and
+    return 0, without the other required arguments; None when no such help is asked for."""
+    words = [w for w in argv if not w.startswith("-")]
+    command = words[0] if words else None
+    if command not in ("train", "predict"):
+        return None
+    rest = argv[argv.index(command) + 1:]
+    if not any(w == "--option=help" or (w == "help" and i and rest[i - 1] == "--option") for i, w in enumerate(rest)):
+        return None
+    p = Parser(prog=f"bigdenoise {command}", add_help=False)
+    if command == "train":
+        p.add_argument("--method", default="n2v")
+    else:
+        p.add_argument("--model", required=True)
+    a, _ = p.parse_known_args(rest)
+    from .methods import describe_options, get_method
+
+    try:
+        if command == "train":
+            method = get_method(a.method)
+            print(f"options of method {method.name} (bigdenoise train --method {method.name} --option KEY=VALUE):\n"
+                  f"{describe_options(method)}")
+        else:
+            from .package import load_model
+
+            method = load_model(a.model).method
+            keys = method.predict_options
+            print(f"prediction-time options of method {method.name} (bigdenoise predict --option KEY=VALUE):\n"
+                  f"{describe_options(method, keys)}" if keys else
+                  f"method {method.name} has no prediction-time options (`bigdenoise predict --option`)")
+    except BigDenoiseError as exc:
+        print(f"bigdenoise {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bigdenoise`` command; returns the exit status."""
+    status = _options_help(list(sys.argv[1:] if argv is None else argv))
+    if status is not None:
+        return status
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

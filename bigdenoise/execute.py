@@ -13,6 +13,7 @@ import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from .clusters import gpu_for_worker
 from .errors import BigDenoiseError
 from .geometry import Block
 from .infer import denoise_block, for_inference, model_device
-from .package import Model, load_model
+from .package import Model, load_model, with_options
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
 from .writer import OutputSpec, mark_done, to_dtype, write_block
@@ -47,9 +48,10 @@ class BlockSettings:
     torch_threads: int = 0
     skip_background: float | None = None
     compiled: bool = False  # torch.compile the networks on each worker (infer.for_inference)
+    options: tuple[tuple[str, Any], ...] = ()  # prediction-time method options (package.prediction_options)
 
 
-_models: dict[tuple[str, str, str, bool], Model] = {}
+_models: dict[tuple, Model] = {}
 _outputs: dict[OutputSpec, object] = {}
 _lock = threading.Lock()
 _compute_lock = threading.Lock()
@@ -57,13 +59,14 @@ _compute_lock = threading.Lock()
 
 def worker_model(settings: BlockSettings) -> Model:
     """The model of ``settings``, loaded once per process (batch norms folded for inference,
-    ``infer.for_inference``) and kept for later tasks."""
-    key = (settings.model_path, settings.model_digest, settings.device, settings.compiled)
+    ``infer.for_inference``; the prediction-time ``options`` applied) and kept for later tasks."""
+    key = (settings.model_path, settings.model_digest, settings.device, settings.compiled, settings.options)
     with _lock:
         if key not in _models:
             if settings.torch_threads > 0:
                 torch.set_num_threads(settings.torch_threads)
             model = load_model(settings.model_path, device=gpu_for_worker(settings.device))
+            model = with_options(model, settings.options)
             _models[key] = for_inference(model, compiled=settings.compiled)
         return _models[key]
 

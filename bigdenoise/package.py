@@ -6,7 +6,9 @@ networks are rebuilt from the config by the method's own ``build``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from ._version import __version__
 from .config import TrainConfig
 from .errors import BigDenoiseError, ConfigError, ModelError
 from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_versioned_json
-from .methods import Method, Nets, get_method
+from .methods import Method, Nets, get_method, parse_options
 from .normalize import Stats
 from .runtime import nets_to_fast_layout
 
@@ -81,6 +83,36 @@ class Model:
     @property
     def channel_halo(self) -> int:
         return int(self.method.channel_halo(self.options))
+
+
+PREDICT_TIME = "at prediction time"
+
+
+def prediction_options(model: Model, options: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """``options`` (values may be strings, as from ``predict --option KEY=VALUE``) checked against
+    the model's method: only its ``predict_options`` may be given, each value parsed by the
+    method's options model. Returned as sorted ``(key, value)`` pairs (hashable, for
+    ``execute.BlockSettings``); a ConfigError names a bad key or value."""
+    if not options:
+        return ()
+    parsed = parse_options(model.method, options, base=model.train_config.options,
+                           allowed=model.method.predict_options, when=PREDICT_TIME)
+    return tuple(sorted(parsed.items()))
+
+
+def with_options(model: Model, overrides: Mapping[str, Any] | tuple[tuple[str, Any], ...]) -> Model:
+    """``model`` predicting with its trained method options updated by ``overrides``
+    (:func:`prediction_options`); the networks are shared, ``model`` itself is unchanged."""
+    overrides = dict(overrides)
+    if not overrides:
+        return model
+    prediction_options(model, overrides)  # only prediction-time options, valid values
+    config = model.train_config
+    try:
+        config = TrainConfig.model_validate({**config.model_dump(), "options": {**config.options, **overrides}})
+    except ValueError as exc:
+        raise ConfigError(f"options {overrides} do not apply to this model: {exc}") from None
+    return dataclasses.replace(model, train_config=config)
 
 
 MEMORY_FRACTION = 0.5  # of the memory available now that one model's parameters may take

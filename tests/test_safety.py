@@ -25,7 +25,7 @@ import zarr
 
 import bigdenoise as bd
 from bigdenoise.cli import main
-from bigdenoise.noise_models import make_noise_model, save_noise_model
+from bigdenoise.calibration import make_noise_model, save_noise_model
 from bigdenoise.outputs import STAGING
 
 from conftest import TINY, smooth_volume, write_zarr
@@ -87,7 +87,10 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own errors exit
+        code = exc.code
     return code, capsys.readouterr().err
 
 
@@ -144,6 +147,10 @@ SILENT_ACCEPTANCE = [
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --overlap -2", "must not be negative"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --cluster slurm --jobs 0", "--jobs 0"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --overwrite --resume", "contradict"),
+    ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --dtype bogus", "dtype 'bogus'"),
+    ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --tile 32,32,32", "--tile 32,32,32"),
+    ("noise-model --noisy {r}/proj/data.zarr --clean {r}/proj/clean.zarr --out {r}/nm2 --bins 0", "--bins"),
+    ("train {r}/proj/data.zarr --out {r}/m2 --seed -1", "seed"),
     ("train {r}/proj/data.zarr --out {r}/m2 --lr inf", "lr"),
     ("train {r}/proj/data.zarr --out {r}/m2 --batch-size 0", "batch_size"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --cluster tcp://garbage:notaport",

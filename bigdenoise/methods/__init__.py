@@ -8,13 +8,14 @@ Adding a method is one file plus one line in ``_REGISTRY`` below.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import types
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
 
@@ -81,6 +82,9 @@ class Method:
         nets are built and the input's normalisation ``stats`` is estimated, before training
         (not on resume: its result is part of the nets' tensors, saved in checkpoints and the
         package). PN2V loads its noise model here and records ``stats`` next to it.
+    predict_options : names of options that only change how trained nets predict (never the
+        nets' shapes nor training), so ``predict --option KEY=VALUE`` may override them for one
+        prediction (:func:`parse_options`, ``package.with_options``); e.g. PN2V's ``prediction``.
     """
 
     name: str
@@ -97,8 +101,12 @@ class Method:
     net_defaults: Mapping[str, Any] = field(default_factory=dict)
     target_normalization: str = "input"
     setup: Callable[[Nets, Any, Any], None] | None = None
+    predict_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        unknown = set(self.predict_options) - set(self.options.model_fields)
+        if unknown:
+            raise ValueError(f"Method.predict_options names no option of {self.name}: {sorted(unknown)}")
         if self.target_normalization not in ("input", "own"):
             raise ValueError(f"Method.target_normalization must be 'input' or 'own', got {self.target_normalization!r}")
 
@@ -123,3 +131,73 @@ def get_method(name: str) -> Method:
 
 def method_names() -> list[str]:
     return sorted(_registry())
+
+
+def _type_name(annotation: Any) -> str:
+    """``float``, ``int | None``, ``mmse|prior_mean`` (a Literal's choices)."""
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _admits_none(annotation: Any) -> bool:
+    return annotation is type(None) or (get_origin(annotation) in (Union, types.UnionType)
+                                        and type(None) in get_args(annotation))
+
+
+def option_fields(method: Method, keys: Iterable[str] | None = None) -> list[tuple[str, str, Any, str]]:
+    """``(name, type, default, description)`` of the method's options (only ``keys`` if given)."""
+    fields = method.options.model_fields
+    names = list(fields) if keys is None else [k for k in fields if k in set(keys)]
+    return [(k, _type_name(fields[k].annotation), fields[k].get_default(call_default_factory=True),
+             fields[k].description or "") for k in names]
+
+
+def describe_options(method: Method, keys: Iterable[str] | None = None) -> str:
+    """The method's options (only ``keys`` if given), one per line: name, type, default, description."""
+    rows = option_fields(method, keys)
+    if not rows:
+        return f"method {method.name} has no such options"
+    width = max(len(f"{n} ({t})") for n, t, _, _ in rows)
+    return "\n".join(f"  {f'{n} ({t})':<{width}}  default {d!r}" + (f": {text}" if text else "")
+                      for n, t, d, text in rows)
+
+
+def _summary(method: Method, keys: Iterable[str] | None) -> str:
+    rows = option_fields(method, keys)
+    return ", ".join(f"{n} ({t}, default {d!r})" for n, t, d, _ in rows) or "none"
+
+
+def parse_options(method: Method, raw: Mapping[str, Any], *, base: Mapping[str, Any] | None = None,
+                  allowed: Iterable[str] | None = None, when: str = "") -> dict[str, Any]:
+    """``raw`` options of ``method`` (values typically strings from ``--option KEY=VALUE``),
+    validated by the method's pydantic model on top of ``base`` and returned with their
+    parsed values (``"0.5"`` -> 0.5, ``"true"`` -> True; ``"none"``/``"null"`` -> None where the
+    option admits None). ``allowed``: the only keys that may be given (e.g. ``predict_options``),
+    ``when`` (e.g. ``"at prediction time"``) names that restriction in errors. A ConfigError
+    names the bad key or value and lists the options with their types and defaults."""
+    fields = method.options.model_fields
+    known = list(fields) if allowed is None else [k for k in fields if k in set(allowed)]
+    listing = f"the options of method {method.name}{' settable ' + when if when else ''}: {_summary(method, known)}"
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(f"unknown option {key!r} for method {method.name}; {listing}")
+        if key not in known:
+            raise ConfigError(f"option {key!r} of method {method.name} cannot be set {when or 'here'} (it shapes the "
+                              f"networks or only acts in training); {listing}")
+    values = {k: None if isinstance(v, str) and v.strip().lower() in ("none", "null")
+              and _admits_none(fields[k].annotation) else v for k, v in raw.items()}
+    try:
+        parsed = method.options.model_validate({**(base or {}), **values})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'options'}"
+            + (f"={raw[e['loc'][0]]!r}" if e["loc"] and e["loc"][0] in raw else "") + f": {e['msg']}"
+            for e in exc.errors())
+        raise ConfigError(f"invalid option of method {method.name}: {problems}; {listing}") from None
+    return {k: getattr(parsed, k) for k in raw}
