@@ -123,14 +123,13 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
 
 
 RESUME_IGNORES = ("model", "source")  # where they are, in the spelling given: content decides
-RESUME_DEFAULTS = {"options": {}}  # what a record written before the key existed meant
 
 
 def _resumed_blocks(spec, record: dict, shape: tuple[int, ...], block: tuple[int, ...], dest) -> np.ndarray:
     """Which blocks of the block grid the run being resumed finished; a ConfigError when the input's
     content, the model or the settings differ from that run's."""
     previous = run_record(spec)
-    changed = [k for k in record if k not in RESUME_IGNORES and previous.get(k, RESUME_DEFAULTS.get(k)) != record[k]]
+    changed = [k for k in record if k not in RESUME_IGNORES and previous.get(k) != record[k]]
     if "input" in changed:
         fields = ", ".join(differences(previous.get("input"), record["input"]))
         raise ConfigError(f"cannot resume {dest.path}: the input {record['source']} is not the data that run "

@@ -143,7 +143,8 @@ def _add_noise_model(sub) -> None:
                     "NM/noise_model.safetensors and a plot NM/noise_model.png. Use it with "
                     "`bigdenoise train --method pn2v --noise-model NM`.")
     p.add_argument("--noisy", required=True, help="noisy volume (raw values, as the data to denoise)")
-    p.add_argument("--axes", help="axes of the noisy volume, e.g. SYX (default: from metadata)")
+    p.add_argument("--axes", help="axes of the noisy volume, e.g. SYX (default: from metadata, else the "
+                   "--bootstrap model's)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--clean", help="clean volume of the same shape: calibration pairs")
     source.add_argument("--repeats-axis", metavar="AXIS",
