@@ -35,7 +35,9 @@ MARKER = ".bigdenoise.json"
 MARKER_FORMAT = "bigdenoise-output"
 STAGING = ".bigdenoise-partial"
 SET_ASIDE = ".bigdenoise-replaced"
-_ALWAYS = (MARKER, ".*.tmp")  # the marker, and atomic writes a crash left behind
+# the marker, atomic writes a crash left behind, and our own outputs' staging siblings (checked
+# themselves when they are used)
+_ALWAYS = (MARKER, ".*.tmp", f".*{STAGING}", f".*{SET_ASIDE}")
 
 
 @dataclass(frozen=True)

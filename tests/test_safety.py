@@ -456,3 +456,16 @@ def test_killed_training_always_leaves_a_checkpoint_that_resumes(project):
                           + ["--resume"], capture_output=True, text=True, timeout=300)
     assert code.returncode == 0, code.stderr
     assert bd.load_model(out).info["steps"] == steps[-1] + 2
+
+
+def test_our_own_staging_siblings_are_not_foreign(tmp_path):
+    """A demo folder holding a sub-output's killed replacement is still ours; a user's file is not."""
+    from bigdenoise.errors import OutputError
+    from bigdenoise.outputs import DEMO, destination
+
+    folder = destination(tmp_path / "demo", DEMO).start()
+    (folder / f".model{STAGING}").mkdir()
+    assert destination(folder, DEMO, resume=True).work == folder
+    (folder / "thesis.docx").write_bytes(b"mine")
+    with pytest.raises(OutputError, match="holds thesis.docx"):
+        destination(folder, DEMO, resume=True)
