@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,6 +147,10 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
     if cluster in JOBQUEUE:
         jobs = jobs or JobOptions()
         with jobqueue_cluster(cluster, jobs) as jc, Client(jc) as client:
+            submit = jc.job_cls.submit_command
+            if shutil.which(submit) is None:  # else every submission fails in the background and the run waits
+                raise ConfigError(f"--cluster {cluster} submits jobs with {submit}, which is not on this machine's "
+                                  f"PATH; run bigdenoise on the cluster's login node, or choose --cluster local")
             jc.scale(jobs=jobs.jobs)
             yield client, torch_threads_per_worker(jobs.cores, jobs.worker_processes)
         return

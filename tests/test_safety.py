@@ -147,6 +147,7 @@ SILENT_ACCEPTANCE = [
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --overlap -2", "must not be negative"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --cluster slurm --jobs 0", "--jobs 0"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --overwrite --resume", "contradict"),
+    ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --cluster slurm", "sbatch, which is not"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --dtype bogus", "dtype 'bogus'"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --tile 32,32,32", "--tile 32,32,32"),
     ("noise-model --noisy {r}/proj/data.zarr --clean {r}/proj/clean.zarr --out {r}/nm2 --bins 0", "--bins"),
