@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 from tqdm.auto import tqdm
 
@@ -40,6 +41,20 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+ACTIVATION_BYTES = 2 * 12 * 4  # per patch voxel and feature: ~12 live maps in fp32, kept again for the backward
+
+
+def check_training_memory(config: TrainConfig, device: torch.device) -> None:
+    """A ConfigError when one training batch's activations alone would need more memory than the
+    device has free (a rough lower bound: a batch this large would be killed by the system)."""
+    needed = config.batch_size * math.prod(config.patch_shape) * config.net.features * ACTIVATION_BYTES
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else psutil.virtual_memory().available
+    if needed > free:
+        raise ConfigError(f"a training batch of {config.batch_size} patches of {config.patch_shape} with "
+                          f"{config.net.features} features needs about {needed / 2**30:.1f} GiB, more than the "
+                          f"{free / 2**30:.1f} GiB free on {device}; lower --batch-size, --patch or --features")
 
 
 def estimate_stats(volume: Volume, n_chunks: int, seed: int, background: np.ndarray | None = None) -> Stats:
@@ -235,6 +250,7 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
     """Build the nets, normalisation, sampler and validation batches of a run (``saved``: the
     checkpoint being resumed, whose statistics are kept)."""
     device = pick_device(config.device)
+    check_training_memory(config, device)
     options = config.method_options
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)

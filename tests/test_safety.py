@@ -152,6 +152,7 @@ SILENT_ACCEPTANCE = [
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --tile 32,32,32", "--tile 32,32,32"),
     ("noise-model --noisy {r}/proj/data.zarr --clean {r}/proj/clean.zarr --out {r}/nm2 --bins 0", "--bins"),
     ("train {r}/proj/data.zarr --out {r}/m2 --seed -1", "seed"),
+    ("train {r}/proj/data.zarr --out {r}/m2 --batch-size 100000 --patch 64,64 --features 512", "GiB, more than"),
     ("train {r}/proj/data.zarr --out {r}/m2 --lr inf", "lr"),
     ("train {r}/proj/data.zarr --out {r}/m2 --batch-size 0", "batch_size"),
     ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --cluster tcp://garbage:notaport",
