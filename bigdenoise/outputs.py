@@ -168,7 +168,10 @@ def destination(path: str | Path, kind: Kind, *, protect: Mapping[str, Any] | No
 def storage_root(path: Path) -> Path:
     """The file or folder that holds the data at ``path``: a Zarr node is protected with its whole
     store (the first ``.zarr`` component in any case, else the topmost folder of Zarr nodes)."""
-    path = Path(os.path.realpath(Path(path).expanduser()))
+    path = Path(path).expanduser()
+    while any(c in path.name for c in "*?["):  # a glob of input files: protect their folder
+        path = path.parent
+    path = Path(os.path.realpath(path))
     for parent in reversed([path, *path.parents]):
         if parent.name.lower().endswith(".zarr"):
             return parent

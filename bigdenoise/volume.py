@@ -18,10 +18,10 @@ import numpy as np
 from bigdenoise.axes import AXES_ALLOWED, axis_roles, net_axes
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
+from bigdenoise.tiff import SUFFIXES as TIFF_SUFFIXES, TiffData, is_sequence, open_sequence, open_tiff
 from bigdenoise.ome import parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale
 
 
-_TIFF_SUFFIXES = (".tif", ".tiff")
 _DEFAULT_CHUNK = {"S": 1, "T": 1, "Z": 64, "Y": 256, "X": 256}
 _MAX_SAMPLE_EDGE = 512  # voxels per axis read from one chunk when sampling values
 
@@ -42,7 +42,7 @@ class Volume:
     chunks
         Storage chunk shape, one entry per axis (the unit of efficient reads).
     scale, units
-        Per-axis physical voxel size and unit (from OME-Zarr metadata), or None.
+        Per-axis physical voxel size and unit (from OME-Zarr, OME-TIFF or ImageJ metadata), or None.
     ome
         The OME-Zarr group attributes as found (``{"multiscales": ...}`` for NGFF 0.4,
         ``{"ome": {...}}`` for NGFF 0.5), to copy to outputs; None for plain arrays.
@@ -159,11 +159,13 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
     ----------
     source
         Path (str or Path) to a Zarr array (``vol.zarr`` or ``store.zarr/group/array``), an
-        OME-Zarr image group (level 0 is used) or a TIFF file; or a numpy, dask or open zarr
-        array (in-memory and open arrays cannot be sent to worker processes).
+        OME-Zarr image group (level 0 is used), a TIFF file (series 0), or a sequence of TIFF
+        planes: a folder of them or a glob pattern (``planes/*.tif``; natural order, the planes
+        are the first axis); or a numpy, dask or open zarr array (in-memory and open arrays
+        cannot be sent to worker processes).
     axes
         Axis letters, one of :data:`AXES_ALLOWED` (case-insensitive). Optional when the
-        input says its axes (OME-Zarr metadata, ``attrs["axes"]``) or is 2D.
+        input says its axes (OME-Zarr, ImageJ or OME-TIFF metadata, ``attrs["axes"]``) or is 2D.
 
     Raises
     ------
@@ -184,10 +186,12 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
             "a numpy array or a dask array"
         )
     path = Path(source).expanduser().absolute()
+    if is_sequence(source):
+        return _from_tiff(str(source), open_sequence(str(path)), axes, str(path))
     if not path.exists():
         raise InputError(f"{source} does not exist: check the path")
-    if path.is_file() and path.suffix.lower() in _TIFF_SUFFIXES:
-        return _open_tiff(str(source), path, axes)
+    if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES:
+        return _from_tiff(str(source), open_tiff(str(source), path), axes, str(path))
     return _open_zarr(str(source), path, axes)
 
 
@@ -215,20 +219,11 @@ def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
     return Volume(array, axes, source, chunks)
 
 
-def _open_tiff(source: str, path: Path, axes: str | None) -> Volume:
-    import tifffile
-    import zarr
-
-    try:
-        # series 0, level 0: a plain zarr array even for multi-series or pyramidal files.
-        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
-        array = zarr.open(store, mode="r")
-    except Exception as e:
-        raise InputError(f"{source} could not be read as a TIFF file ({e})") from e
-    weakref.finalize(array, store.close)  # close the file once the array is garbage
-    axes = _resolve_axes(axes, _attr_axes(array), array.shape, source)
-    _check_array(array, source)
-    return Volume(array, axes, source, tuple(array.chunks), path=str(path))
+def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volume:
+    weakref.finalize(data.array, data.close)  # close the files once the array is garbage
+    axes = _resolve_axes(axes, data.axes, data.array.shape, source)
+    _check_array(data.array, source)
+    return Volume(data.array, axes, source, tuple(data.array.chunks), data.scale, data.units, path=path)
 
 
 def split_store_path(path: Path) -> tuple[Path, str]:

@@ -1,0 +1,139 @@
+"""TIFF inputs, read lazily through tifffile's Zarr stores: single files (plain, ImageJ, OME-TIFF)
+and sequences of one file per plane (a folder or a glob pattern).
+
+What the file's metadata say about axes and voxel size is returned with the array, so that
+``volume.open_volume`` needs no ``--axes`` for an ImageJ or OME-TIFF stack and outputs keep the
+voxel size.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .axes import AXES_ALLOWED
+from .errors import InputError
+
+SUFFIXES = (".tif", ".tiff")
+GLOB_CHARACTERS = "*?["
+# tifffile's axis letters -> ours ("I": an image sequence, one independent image per index)
+_AXES = {"Z": "Z", "Y": "Y", "X": "X", "T": "T", "I": "S"}
+_UNITS = {"um": "micrometer", "µm": "micrometer", "\u00b5m": "micrometer", "micron": "micrometer",
+          "nm": "nanometer", "mm": "millimeter", "pixel": None, "": None}
+
+
+@dataclass(frozen=True)
+class TiffData:
+    """A lazily read TIFF input: ``array`` (zarr, over tifffile's store), the axes its metadata
+    name (None when unknown), per-axis voxel size and unit (None when absent), and ``close``."""
+
+    array: Any
+    axes: str | None
+    scale: tuple[float, ...] | None
+    units: tuple[str | None, ...] | None
+    close: Any
+
+
+def is_sequence(source: str | Path) -> bool:
+    """A glob pattern, or a folder of TIFF files that is not a Zarr store."""
+    text = str(source)
+    if any(c in text for c in GLOB_CHARACTERS):
+        return True
+    path = Path(text).expanduser()
+    zarr_files = ("zarr.json", ".zarray", ".zgroup")
+    return path.is_dir() and not any((path / f).exists() for f in zarr_files) and any(
+        p.suffix.lower() in SUFFIXES for p in path.iterdir())
+
+
+def open_tiff(source: str, path: Path) -> TiffData:
+    """Series 0, level 0 of one TIFF file, with the axes and voxel size its ImageJ or OME
+    metadata give."""
+    import tifffile
+    import zarr
+
+    try:
+        with tifffile.TiffFile(str(path)) as tif:
+            series = tif.series[0]
+            axes = _our_axes(series.axes)
+            scale, units = _voxel_size(tif, series.axes) if axes else (None, None)
+        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+        array = zarr.open(store, mode="r")
+    except Exception as e:
+        raise InputError(f"{source} could not be read as a TIFF file ({e})") from e
+    if axes is not None and len(axes) != array.ndim:
+        axes = scale = units = None
+    return TiffData(array, axes, scale, units, store.close)
+
+
+def open_sequence(source: str) -> TiffData:
+    """One file per plane (``source`` a folder or a glob pattern), naturally sorted; the planes
+    are the first axis. A gap in the files' numbering or a plane of another shape is an error
+    naming it."""
+    import tifffile
+    import zarr
+
+    path = Path(source).expanduser()
+    pattern = str(path / "*.tif*") if path.is_dir() else str(path)
+    try:
+        sequence = tifffile.TiffSequence(pattern)
+    except Exception as e:  # noqa: BLE001 - tifffile names what it could not parse
+        raise InputError(f"{source}: no TIFF plane sequence there ({e})") from None
+    files = list(sequence)
+    numbers = [re.findall(r"\d+", Path(f).stem) for f in files]
+    if all(numbers):  # numbered planes: a gap in the numbering is a missing plane
+        present = {int(n[-1]) for n in numbers}
+        gaps = [i for i in range(min(present), max(present) + 1) if i not in present]
+        if gaps and len(present) == len(files):
+            raise InputError(f"{source}: the plane numbering has gaps (planes {gaps[:5]} missing between "
+                             f"{Path(files[0]).name} and {Path(files[-1]).name}); add the missing files or "
+                             f"remove the rest")
+    shapes = {}
+    for f in files:
+        try:
+            with tifffile.TiffFile(f) as tif:
+                shapes[f] = (tif.series[0].shape, tif.series[0].dtype)
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{f} could not be read as a TIFF file ({e})") from None
+    first = shapes[files[0]]
+    odd = next((f for f in files if shapes[f] != first), None)
+    if odd is not None:
+        raise InputError(f"{odd} holds a {shapes[odd][0]} {shapes[odd][1]} plane but {files[0]} a {first[0]} "
+                         f"{first[1]} one: every plane of a sequence must match")
+    store = sequence.aszarr()
+    return TiffData(zarr.open(store, mode="r"), None, None, None, store.close)
+
+
+def _our_axes(tiff_axes: str) -> str | None:
+    letters = "".join(_AXES.get(a, "?") for a in tiff_axes)
+    return letters if letters in AXES_ALLOWED else None
+
+
+def _voxel_size(tif: Any, tiff_axes: str) -> tuple[tuple[float, ...] | None, tuple[str | None, ...] | None]:
+    """Voxel size and unit per axis from OME-XML or ImageJ metadata (1.0 and None where absent)."""
+    sizes: dict[str, float] = {}
+    unit = None
+    if tif.is_ome and tif.ome_metadata:
+        pixels = next(el for el in ET.fromstring(tif.ome_metadata).iter() if el.tag.endswith("Pixels"))
+        for axis in "XYZ":
+            if pixels.get(f"PhysicalSize{axis}") is not None:
+                sizes[axis] = float(pixels.get(f"PhysicalSize{axis}"))
+        unit = _UNITS.get(pixels.get("PhysicalSizeXUnit", "µm"), pixels.get("PhysicalSizeXUnit"))
+    elif tif.is_imagej and tif.imagej_metadata is not None:
+        meta = tif.imagej_metadata
+        tags = tif.pages[0].tags
+        for axis, tag in (("X", "XResolution"), ("Y", "YResolution")):
+            if tag in tags:
+                num, den = tags[tag].value
+                if num:
+                    sizes[axis] = den / num
+        if "spacing" in meta:
+            sizes["Z"] = float(meta["spacing"])
+        unit = _UNITS.get(str(meta.get("unit", "")), re.sub(r"\W", "", str(meta.get("unit", ""))) or None)
+    if not sizes:
+        return None, None
+    scale = tuple(sizes.get(a, 1.0) for a in tiff_axes)
+    units = tuple(unit if a in sizes else None for a in tiff_axes)
+    return scale, units

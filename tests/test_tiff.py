@@ -1,0 +1,82 @@
+"""TIFF inputs: plane folders and globs, ImageJ and OME-TIFF axes and voxel sizes, kept in outputs."""
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+import bigdenoise as bd
+from bigdenoise.cli import main
+from bigdenoise.errors import InputError
+from bigdenoise.geometry import Box
+from bigdenoise.volume import open_volume
+
+from conftest import smooth_volume
+
+
+def _planes(folder, data, name="plane_{}.tif", start=1):
+    folder.mkdir()
+    for i, plane in enumerate(data):
+        tifffile.imwrite(folder / name.format(i + start), plane)
+    return folder
+
+
+@pytest.fixture
+def stack():
+    return (np.arange(40 * 24 * 20) % 251).astype(np.uint16).reshape(40, 24, 20)
+
+
+def test_a_folder_of_planes_equals_the_same_data_in_one_tiff(tmp_path, stack):
+    folder = _planes(tmp_path / "planes", stack)  # plane_1 .. plane_40: natural, not lexical, order
+    tifffile.imwrite(tmp_path / "one.tif", stack)
+    for source in (folder, str(folder / "plane_*.tif")):
+        vol = open_volume(source, axes="ZYX")
+        assert vol.shape == stack.shape and vol.axes == "ZYX"
+        np.testing.assert_array_equal(vol.read(Box.from_shape(vol.shape)), stack)
+    whole = open_volume(tmp_path / "one.tif", axes="ZYX")
+    np.testing.assert_array_equal(whole.read(Box.from_shape(whole.shape)), stack)
+
+
+def test_a_missing_or_mis_sized_plane_is_named(tmp_path, stack):
+    folder = _planes(tmp_path / "gap", stack)
+    (folder / "plane_17.tif").unlink()
+    with pytest.raises(InputError, match=r"planes \[17\] missing"):
+        open_volume(folder, axes="ZYX")
+    odd = _planes(tmp_path / "odd", stack)
+    tifffile.imwrite(odd / "plane_9.tif", stack[0, :20])
+    with pytest.raises(InputError, match="plane_9.tif holds a"):
+        open_volume(odd, axes="ZYX")
+
+
+def test_imagej_and_ome_tiff_give_axes_and_voxel_size(tmp_path, stack):
+    tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, resolution=(1 / 0.4, 1 / 0.4),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "ome.tif", stack, ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeX": 0.4, "PhysicalSizeY": 0.4, "PhysicalSizeZ": 2.0})
+    for name in ("ij.tif", "ome.tif"):
+        vol = open_volume(tmp_path / name)  # no axes needed
+        assert vol.axes == "ZYX"
+        assert vol.scale == pytest.approx((2.0, 0.4, 0.4)) and vol.units == ("micrometer",) * 3
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    with pytest.raises(InputError, match="cannot tell the axes"):
+        open_volume(tmp_path / "plain.tif")
+
+
+@pytest.mark.slow
+def test_a_plane_folder_is_denoised_and_the_voxel_size_kept(tmp_path, model_3d, capsys):
+    model_dir, _, _ = model_3d
+    data, _ = smooth_volume((24, 40, 36), seed=1)
+    folder = _planes(tmp_path / "planes", data.astype(np.float32))
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(folder / "*.tif"), "--model", str(model_dir), "--out", str(out), "--axes", "ZYX",
+                 "--cluster", "threads", "--quiet"]) == 0
+    assert zarr.open_array(str(out), mode="r").shape == data.shape
+    # an output inside the folder of planes is refused, as for any input
+    assert main(["predict", str(folder / "*.tif"), "--model", str(model_dir), "--out", str(folder / "o.zarr"),
+                 "--axes", "ZYX", "--cluster", "threads", "--quiet"]) == 2
+    tifffile.imwrite(tmp_path / "ij.tif", data.astype(np.float32), imagej=True, resolution=(1 / 0.4, 1 / 0.4),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    bd.predict(tmp_path / "ij.tif", model_dir, tmp_path / "ij.zarr", cluster="threads", progress=False)
+    written = zarr.open_array(str(tmp_path / "ij.zarr"), mode="r")
+    assert written.attrs["scale"] == pytest.approx([2.0, 0.4, 0.4]) and written.attrs["units"] == ["micrometer"] * 3
+    assert open_volume(tmp_path / "ij.zarr").scale == pytest.approx((2.0, 0.4, 0.4))
