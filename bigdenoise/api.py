@@ -61,7 +61,8 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
             options: Mapping[str, Any] | None = None, progress: bool = True) -> dict:
     """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
 
-    The output has the input's shape and axes (an OME-Zarr input gives an OME-Zarr output),
+    The output has the input's shape and axes (an OME-Zarr input, or an ``out`` ending in
+    ``.ome.zarr``, gives an OME-Zarr image),
     chunked like the input unless ``chunks`` is given. ``resume=True`` continues an
     interrupted run into the same ``out`` (the input must hold the same data, checked by
     content), skipping the blocks it finished. ``overwrite=True`` replaces an earlier
@@ -112,7 +113,7 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
               "skip_background": skip_background, "compiled": compiled, "options": dict(overrides)}
     with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
         spec = create_output(dest.start(), volume, chunks=chunks, dtype=dtype, exist_ok=resume, attributes=record,
-                             fill_value=background_value)
+                             fill_value=background_value, as_ome=dest.path.name.lower().endswith(".ome.zarr"))
         skip = _resumed_blocks(spec, record, volume.shape, block, dest) if resume else None
         settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
                                  skip_background, compiled, overrides)

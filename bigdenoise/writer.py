@@ -74,10 +74,10 @@ def create_array(path: str | Path, volume: Volume, chunks: tuple[int, ...], dtyp
 
 def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
                   dtype: str = "float32", exist_ok: bool = False, attributes: dict | None = None,
-                  fill_value: float = 0) -> OutputSpec:
+                  fill_value: float = 0, as_ome: bool = False) -> OutputSpec:
     """Create the output for ``volume`` in the folder ``path`` (an ``outputs.Destination``'s
     started ``work``): a Zarr v3 array of the volume's shape, or an OME-Zarr image (level ``0``,
-    axes and scale copied) when the input is OME-Zarr.
+    axes, scale and units copied) when the input is OME-Zarr or ``as_ome`` asks for one.
 
     With ``exist_ok`` an array already there is reused (for resuming): its shape, chunks and dtype
     must match. Chunks never written (skipped background) read as ``fill_value``.
@@ -85,7 +85,8 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
     path = Path(path)
     out_dtype = resolve_dtype(dtype, volume.dtype)
     chunks = output_chunks(volume, chunks)
-    array_path = "0" if volume.ome is not None else ""
+    ome = volume.ome is not None or as_ome
+    array_path = "0" if ome else ""
     spec = OutputSpec(str(path), array_path, tuple(volume.shape), chunks, out_dtype.str)
     if exist_ok and (path / "zarr.json").is_file():
         try:
@@ -99,14 +100,14 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
             )
         return spec
     fill = to_dtype(np.asarray(fill_value, dtype=np.float32), out_dtype).item()
-    if volume.ome is None:
+    if not ome:
         create_array(path, volume, chunks, out_dtype, {"bigdenoise": attributes or {}}, fill)
     else:
-        ome = ome_metadata(volume)
+        metadata = ome_metadata(volume)
         group = zarr.create_group(store=str(path), zarr_format=3)
         group.create_array("0", shape=spec.shape, chunks=chunks, dtype=out_dtype, fill_value=fill,
-                           dimension_names=[a["name"] for a in ome["multiscales"][0]["axes"]])
-        group.attrs.update({"ome": ome, "bigdenoise": attributes or {}})
+                           dimension_names=[a["name"] for a in metadata["multiscales"][0]["axes"]])
+        group.attrs.update({"ome": metadata, "bigdenoise": attributes or {}})
     return spec
 
 

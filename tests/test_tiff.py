@@ -80,3 +80,22 @@ def test_a_plane_folder_is_denoised_and_the_voxel_size_kept(tmp_path, model_3d, 
     written = zarr.open_array(str(tmp_path / "ij.zarr"), mode="r")
     assert written.attrs["scale"] == pytest.approx([2.0, 0.4, 0.4]) and written.attrs["units"] == ["micrometer"] * 3
     assert open_volume(tmp_path / "ij.zarr").scale == pytest.approx((2.0, 0.4, 0.4))
+
+
+@pytest.mark.slow
+def test_an_ome_zarr_suffix_gives_an_ome_zarr_image_whatever_the_input(tmp_path, model_3d):
+    from ome_zarr_models.v05.image import Image
+
+    model_dir, _, _ = model_3d
+    data, _ = smooth_volume((24, 40, 36), seed=1)
+    tifffile.imwrite(tmp_path / "ij.tif", data, imagej=True, resolution=(1 / 0.4, 1 / 0.4),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    bd.predict(tmp_path / "ij.tif", model_dir, tmp_path / "out.ome.zarr", cluster="threads", progress=False)
+    group = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")
+    Image.from_zarr(group)  # validates the NGFF 0.5 metadata
+    ms = group.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"] and ms["axes"][0]["unit"] == "micrometer"
+    assert ms["datasets"][0]["coordinateTransformations"][0]["scale"] == pytest.approx([2.0, 0.4, 0.4])
+    assert group["0"].shape == data.shape
+    reopened = open_volume(tmp_path / "out.ome.zarr")
+    assert reopened.axes == "ZYX" and reopened.scale == pytest.approx((2.0, 0.4, 0.4))
