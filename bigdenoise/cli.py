@@ -174,19 +174,28 @@ def _add_predict(sub) -> None:
     p.add_argument("--cluster", default="local",
                    help="threads | local | slurm | pbs | lsf | tcp://HOST:PORT (default local)")
     p.add_argument("--workers", type=int, help="worker processes for --cluster local")
-    jobs = p.add_argument_group("batch jobs (--cluster slurm|pbs|lsf, through dask-jobqueue)")
-    jobs.add_argument("--jobs", type=int, default=1, help="jobs to submit (default 1)")
-    jobs.add_argument("--job-cores", type=int, default=8, help="cores per job (default 8)")
-    jobs.add_argument("--job-memory", default="32GB", help="memory per job (default 32GB)")
+    jobs = p.add_argument_group("batch jobs (--cluster slurm|pbs|lsf, through dask-jobqueue; what is not given "
+                                "comes from the site's jobqueue.yaml)")
+    jobs.add_argument("--jobs", type=int, default=1, help="jobs kept running (default 1; a job that ends is replaced)")
+    jobs.add_argument("--min-jobs", type=int, help="adaptive: fewest jobs (default --jobs)")
+    jobs.add_argument("--max-jobs", type=int, help="adaptive: most jobs, added while blocks wait (default --jobs)")
+    jobs.add_argument("--job-cores", type=int, help="cores per job")
+    jobs.add_argument("--job-memory", help="memory per job, e.g. 32GB")
     jobs.add_argument("--job-gpus", type=int, default=0, help="GPUs per job: one worker per GPU")
     jobs.add_argument("--job-processes", type=int, help="worker processes per job (default: GPUs, else cores/4)")
-    jobs.add_argument("--walltime", default="02:00:00")
+    jobs.add_argument("--walltime", help="per job, e.g. 02:00:00")
+    jobs.add_argument("--lifetime", help="a worker retires gracefully after this long, e.g. 1h50m (default: the "
+                      "walltime less 10%%, at least 5 minutes; off: never), so its blocks move before the job is killed")
     jobs.add_argument("--queue", help="queue / partition")
     jobs.add_argument("--account", help="account / project to charge")
+    jobs.add_argument("--interface", help="network interface of the workers, e.g. ib0")
+    jobs.add_argument("--local-directory", help="workers' scratch folder on the compute nodes")
     jobs.add_argument("--job-directive", action="append", default=[], metavar="LINE",
                       help="extra scheduler directive, e.g. --job-directive=--constraint=a100 (repeatable)")
     jobs.add_argument("--job-prologue", action="append", default=[], metavar="LINE",
                       help="shell line run before each worker, e.g. 'source ~/venv/bin/activate' (repeatable)")
+    jobs.add_argument("--print-job-script", action="store_true",
+                      help="print the job script these settings make and exit, submitting nothing")
     p.add_argument("--chunks", type=parse_shape, help="output chunks (default: the input's)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, input (input dtype, clipped), uint16...")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -284,8 +293,9 @@ def _train_kwargs(a: argparse.Namespace) -> dict:
 def _job_options(a: argparse.Namespace):
     from .clusters import JobOptions
 
-    return JobOptions(jobs=a.jobs, cores=a.job_cores, memory=a.job_memory, gpus=a.job_gpus,
-                      processes=a.job_processes, walltime=a.walltime, queue=a.queue, account=a.account,
+    return JobOptions(jobs=a.jobs, min_jobs=a.min_jobs, max_jobs=a.max_jobs, cores=a.job_cores, memory=a.job_memory,
+                      gpus=a.job_gpus, processes=a.job_processes, walltime=a.walltime, lifetime=a.lifetime,
+                      queue=a.queue, account=a.account, interface=a.interface, local_directory=a.local_directory,
                       directives=tuple(a.job_directive), prologue=tuple(a.job_prologue))
 
 
@@ -309,6 +319,13 @@ def run(a: argparse.Namespace) -> int:
         info = model.info
         print(f"trained {a.method} for {info['steps']} steps ({info['train_seconds']} s on {info['device']}); "
               f"best validation loss {info['best_val_loss']:.4g}; model written to {a.out}")
+    elif a.command == "predict" and a.print_job_script:
+        from .clusters import JOBQUEUE, jobqueue_cluster
+
+        if a.cluster not in JOBQUEUE:
+            raise ConfigError(f"--print-job-script needs --cluster slurm, pbs or lsf, not {a.cluster}")
+        with jobqueue_cluster(a.cluster, _job_options(a)) as cluster:
+            print(cluster.job_script())
     elif a.command == "predict":
         s = api.predict(a.input, a.model, a.out, axes=a.axes, cluster=a.cluster, workers=a.workers, chunks=a.chunks,
                         dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, tile=a.tile, overlap=a.overlap,

@@ -26,38 +26,84 @@ JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 class JobOptions:
     """Batch jobs for ``--cluster slurm|pbs|lsf``: each job runs ``processes`` Dask workers.
 
+    Every setting left as None is taken from the site's dask-jobqueue configuration
+    (``~/.config/dask/jobqueue.yaml`` or ``$DASK_CONFIG``), where admins set interfaces, modules
+    and accounts; directives and prologue lines given here are added to the site's.
+
     Attributes
     ----------
-    jobs : number of jobs to submit.
+    jobs : jobs kept running; ``min_jobs``/``max_jobs`` make the number adaptive instead.
     cores, memory : per job (``memory`` as the batch system reads it, e.g. ``"32GB"``).
     gpus : GPUs per job; one worker process per GPU, each pinned to its own GPU.
     processes : worker processes per job (default: ``gpus`` if any, else one per 4 cores).
-    walltime, queue, account : passed to the batch system.
+    walltime, queue, account, interface, local_directory : passed to dask-jobqueue.
+    lifetime : how long a worker runs before it retires gracefully (its blocks move to others
+        and a new job replaces it), e.g. ``"1h50m"``; None derives it from the walltime
+        (:func:`worker_lifetime`), ``"off"`` keeps workers until the batch system stops them.
     directives : extra scheduler directives, e.g. ``["--constraint=a100"]`` for SLURM.
     prologue : shell lines run before the worker starts (``module load ...``, venv activation).
     """
 
     jobs: int = 1
-    cores: int = 8
-    memory: str = "32GB"
+    min_jobs: int | None = None
+    max_jobs: int | None = None
+    cores: int | None = None
+    memory: str | None = None
     gpus: int = 0
     processes: int | None = None
-    walltime: str = "02:00:00"
+    walltime: str | None = None
+    lifetime: str | None = None
     queue: str | None = None
     account: str | None = None
+    interface: str | None = None
+    local_directory: str | None = None
     directives: tuple[str, ...] = field(default_factory=tuple)
     prologue: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        low = [f"{name} {value}" for name, value, least in (("--jobs", self.jobs, 1), ("--job-cores", self.cores, 1),
-               ("--job-gpus", self.gpus, 0), ("--job-processes", self.processes, 1))
+        low = [f"{name} {value}" for name, value, least in (
+               ("--jobs", self.jobs, 1), ("--min-jobs", self.min_jobs, 0), ("--max-jobs", self.max_jobs, 1),
+               ("--job-cores", self.cores, 1), ("--job-gpus", self.gpus, 0), ("--job-processes", self.processes, 1))
                if value is not None and value < least]
         if low:
-            raise ConfigError(f"{', '.join(low)}: jobs, cores and processes must be at least 1, GPUs at least 0")
+            raise ConfigError(f"{', '.join(low)}: jobs, cores and processes must be at least 1, GPUs and "
+                              f"--min-jobs at least 0")
+        if self.min_jobs is not None and self.max_jobs is not None and self.min_jobs > self.max_jobs:
+            raise ConfigError(f"--min-jobs {self.min_jobs} is above --max-jobs {self.max_jobs}")
 
-    @property
-    def worker_processes(self) -> int:
-        return self.processes or self.gpus or max(1, self.cores // 4)
+    def bounds(self) -> tuple[int, int]:
+        """The fewest and most jobs the adaptive cluster keeps."""
+        return (self.jobs if self.min_jobs is None else self.min_jobs,
+                max(self.jobs, self.min_jobs or 0) if self.max_jobs is None else self.max_jobs)
+
+
+def parse_walltime(text: str) -> int:
+    """Seconds of a batch walltime: ``HH:MM:SS``, ``MM:SS``, ``D-HH:MM:SS`` or plain minutes."""
+    days, _, clock = text.rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        if not 1 <= len(parts) <= 3:
+            raise ValueError
+        if len(parts) == 1:
+            parts = [0, parts[0], 0]
+        seconds = sum(p * f for p, f in zip(reversed(parts), (1, 60, 3600)))
+        return seconds + 86400 * (int(days) if days else 0)
+    except ValueError:
+        raise ConfigError(f"walltime {text!r} is not like 02:00:00, 1-00:00:00 or 90") from None
+
+
+def worker_lifetime(walltime: str | None, lifetime: str | None) -> tuple[str, str] | None:
+    """``(lifetime, stagger)`` for dask's ``--lifetime`` and ``--lifetime-stagger``: the given
+    lifetime, or the walltime less a margin (10 %, at least 5 minutes) so that a worker hands its
+    blocks over before the batch system kills it; stagger 5 % of it (at most 5 minutes) so that
+    workers do not all leave at once. None when switched off or no walltime is known."""
+    if lifetime == "off" or (lifetime is None and walltime is None):
+        return None
+    if lifetime is not None:
+        return lifetime, "1m"
+    seconds = parse_walltime(walltime)
+    life = max(60, seconds - max(300, seconds // 10))
+    return f"{life}s", f"{min(300, life // 20)}s"
 
 
 CONNECT_TIMEOUT = 30.0  # seconds to reach a scheduler and hear it answer
@@ -71,26 +117,52 @@ def check_cluster(cluster: str, workers: int | None = None) -> None:
         raise ConfigError(f"unknown cluster {cluster!r}; use threads, local, slurm, pbs, lsf or tcp://HOST:PORT")
 
 
-def jobqueue_cluster(kind: str, options: JobOptions):
-    """A dask-jobqueue cluster object (jobs are submitted when it is scaled)."""
+def _jobqueue_class(kind: str):
     try:
         import dask_jobqueue
     except ImportError:
         raise ConfigError(
             f"--cluster {kind} needs dask-jobqueue: pip install 'bigdenoise[jobqueue]' (or dask-jobqueue)"
         ) from None
-    directives = list(options.directives)
+    return getattr(dask_jobqueue, JOBQUEUE[kind])
+
+
+def job_shape(kind: str, options: JobOptions) -> tuple[int | None, int | None]:
+    """Cores per job and worker processes per job: ours, else the site's (None: not known)."""
+    site = dask.config.get(f"jobqueue.{kind}", {})
+    cores = options.cores or site.get("cores")
+    processes = options.processes or options.gpus or site.get("processes") or (max(1, cores // 4) if cores else None)
+    return cores, processes
+
+
+def jobqueue_cluster(kind: str, options: JobOptions):
+    """A dask-jobqueue cluster object (jobs are submitted when it is scaled): the settings given
+    in ``options``, the site's configuration for the rest, its directives, prologue and worker
+    arguments extended with ours (the allocator settings, a lifetime)."""
+    cls = _jobqueue_class(kind)
+    site = dask.config.get(f"jobqueue.{kind}", {})
+    directives = list(site.get("job-extra-directives") or []) + list(options.directives)
     if options.gpus:
         directives.append({"slurm": f"--gres=gpu:{options.gpus}", "pbs": f"-l ngpus={options.gpus}",
                            "lsf": f'-gpu "num={options.gpus}"'}[kind])
-    cls = getattr(dask_jobqueue, JOBQUEUE[kind])
-    kwargs = dict(cores=options.cores, memory=options.memory, processes=options.worker_processes,
-                  walltime=options.walltime, queue=options.queue, job_extra_directives=directives,
-                  job_script_prologue=[f"export {k}={v}" for k, v in ALLOCATOR_ENV.items()]
-                  + list(options.prologue))
-    if options.account:
-        kwargs["account"] = options.account
-    return cls(**kwargs)
+    prologue = (list(site.get("job-script-prologue") or []) + [f"export {k}={v}" for k, v in ALLOCATOR_ENV.items()]
+                + list(options.prologue))
+    extra_args = list(site.get("worker-extra-args") or [])
+    walltime = options.walltime or site.get("walltime")
+    life = worker_lifetime(walltime, options.lifetime)
+    if life is not None:
+        extra_args += ["--lifetime", life[0], "--lifetime-stagger", life[1]]
+    cores, processes = job_shape(kind, options)
+    given = dict(cores=options.cores, memory=options.memory, processes=processes, walltime=options.walltime,
+                 queue=options.queue, account=options.account, interface=options.interface,
+                 local_directory=options.local_directory)
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    try:
+        return cls(job_extra_directives=directives, job_script_prologue=prologue, worker_extra_args=extra_args,
+                   **kwargs)
+    except ValueError as exc:
+        raise ConfigError(f"--cluster {kind}: {exc}; give --job-cores and --job-memory, or set them in the site's "
+                          f"jobqueue.yaml") from None
 
 
 def torch_threads_per_worker(cores: int, workers: int) -> int:
@@ -146,13 +218,16 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
         return
     if cluster in JOBQUEUE:
         jobs = jobs or JobOptions()
+        submit = _jobqueue_class(cluster).job_cls.submit_command
+        if shutil.which(submit) is None:  # else every submission fails in the background and the run waits
+            raise ConfigError(f"--cluster {cluster} submits jobs with {submit}, which is not on this machine's "
+                              f"PATH; run bigdenoise on the cluster's login node, or choose --cluster local")
         with jobqueue_cluster(cluster, jobs) as jc, Client(jc) as client:
-            submit = jc.job_cls.submit_command
-            if shutil.which(submit) is None:  # else every submission fails in the background and the run waits
-                raise ConfigError(f"--cluster {cluster} submits jobs with {submit}, which is not on this machine's "
-                                  f"PATH; run bigdenoise on the cluster's login node, or choose --cluster local")
-            jc.scale(jobs=jobs.jobs)
-            yield client, torch_threads_per_worker(jobs.cores, jobs.worker_processes)
+            low, high = jobs.bounds()
+            jc.adapt(minimum_jobs=low, maximum_jobs=high)  # retired or killed workers' jobs are replaced
+            print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+            cores, processes = job_shape(cluster, jobs)
+            yield client, torch_threads_per_worker(cores, processes or 1) if cores else 0
         return
     if cluster == "local" and device == "cuda":
         try:

@@ -221,9 +221,17 @@ def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
 
 def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volume:
     weakref.finalize(data.array, data.close)  # close the files once the array is garbage
-    axes = _resolve_axes(axes, data.axes, data.array.shape, source)
+    found, scale, units = data.axes, data.scale, data.units
+    if axes is not None and found is not None and axes.upper() != found:
+        # ImageJ calls the planes of any stack "slices" (Z): given axes win over a TIFF's, and
+        # its voxel sizes are kept for the axes both name alike
+        same = [len(axes) == len(found) and a == b for a, b in zip(axes.upper(), found)]
+        scale = tuple(v if k else 1.0 for v, k in zip(scale, same)) if scale and any(same) else None
+        units = tuple(u if k else None for u, k in zip(units, same)) if units and any(same) else None
+        found = None
+    axes = _resolve_axes(axes, found, data.array.shape, source)
     _check_array(data.array, source)
-    return Volume(data.array, axes, source, tuple(data.array.chunks), data.scale, data.units, path=path)
+    return Volume(data.array, axes, source, tuple(data.array.chunks), scale, units, path=path)
 
 
 def split_store_path(path: Path) -> tuple[Path, str]:

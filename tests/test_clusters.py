@@ -42,3 +42,73 @@ def test_local_workers_start_with_the_allocator_settings():
         plugins = client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert list(environ.values()) == [ALLOCATOR_ENV]
     assert all("bigdenoise-allocator" in names for names in plugins.values())
+
+
+def test_the_sites_jobqueue_yaml_fills_what_the_flags_do_not_give(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "jobqueue.yaml").write_text(
+        "jobqueue:\n  slurm:\n    cores: 12\n    memory: 48GB\n    walltime: '01:00:00'\n    account: site-acct\n"
+        "    job-extra-directives: ['--constraint=site-rule']\n    job-script-prologue: ['module load site-python']\n")
+    env = {**os.environ, "DASK_CONFIG": str(tmp_path)}
+    base = [sys.executable, "-m", "bigdenoise.cli", "predict", "in.zarr", "--model", "m", "--out", "o.zarr",
+            "--cluster", "slurm", "--print-job-script"]
+    script = subprocess.run(base, env=env, capture_output=True, text=True, timeout=120)
+    assert script.returncode == 0, script.stderr
+    text = script.stdout
+    for line in ("#SBATCH -A site-acct", "#SBATCH --constraint=site-rule", "#SBATCH --cpus-per-task=12",
+                 "#SBATCH -t 01:00:00", "module load site-python", "export MALLOC_ARENA_MAX=1",
+                 "--lifetime 3240s", "--lifetime-stagger 162s"):
+        assert line in text, (line, text)
+    assert not (tmp_path / "o.zarr").exists()
+    ours = subprocess.run(base + ["--job-cores", "4", "--job-directive=--exclusive", "--lifetime", "off"], env=env,
+                          capture_output=True, text=True, timeout=120).stdout
+    assert "#SBATCH --cpus-per-task=4" in ours and "#SBATCH --constraint=site-rule" in ours
+    assert "#SBATCH --exclusive" in ours and "--lifetime" not in ours
+
+
+def test_worker_lifetime_follows_the_walltime():
+    from bigdenoise.clusters import parse_walltime, worker_lifetime
+
+    assert parse_walltime("02:00:00") == 7200 and parse_walltime("1-00:00:00") == 86400 and parse_walltime("90") == 5400
+    assert worker_lifetime("02:00:00", None) == ("6480s", "300s")  # 10 % margin, stagger capped at 5 min
+    assert worker_lifetime("00:30:00", None) == ("1500s", "75s")  # the margin is at least 5 minutes
+    assert worker_lifetime(None, None) is None and worker_lifetime("02:00:00", "off") is None
+    assert worker_lifetime(None, "1h") == ("1h", "1m")
+    with pytest.raises(ConfigError, match="walltime"):
+        parse_walltime("two hours")
+    assert JobOptions(jobs=3).bounds() == (3, 3) and JobOptions(min_jobs=0, max_jobs=8).bounds() == (0, 8)
+    with pytest.raises(ConfigError, match="above"):
+        JobOptions(min_jobs=5, max_jobs=2)
+
+
+@pytest.mark.slow
+def test_workers_that_retire_by_lifetime_mid_run_leave_identical_bytes(tmp_path, model_2d):
+    """Each worker retires after a few seconds and is restarted: its blocks move, the output is
+    byte-identical to an uninterrupted run."""
+    import time
+
+    import numpy as np
+    import zarr
+    from distributed import LocalCluster
+
+    import bigdenoise as bd
+    from conftest import smooth_volume, write_zarr
+
+    model_dir, _, _ = model_2d
+    data, _ = smooth_volume((128, 64, 72), seed=5)
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 64, 72), "SYX")
+    kw = dict(progress=False, batch_size=1, tile=(32, 32), block_voxels=1)
+    t0 = time.monotonic()
+    bd.predict(src, model_dir, tmp_path / "ref.zarr", cluster="threads", **kw)
+    # a worker lives a quarter of a run, however fast this machine is, and long enough to start up
+    life = min(20.0, max(3.0, (time.monotonic() - t0) / 4))
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0", lifetime=f"{life:.2f}s",
+                      lifetime_stagger=f"{life / 4:.2f}s", lifetime_restart=True) as lc:
+        start = {w.worker_address for w in lc.workers.values()}
+        bd.predict(src, model_dir, tmp_path / "out.zarr", cluster=lc.scheduler_address, **kw)
+        retired = start - {w.worker_address for w in lc.workers.values()}
+    assert retired, "the workers should have retired during the run"
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...],
+                                  zarr.open_array(str(tmp_path / "ref.zarr"), mode="r")[...])

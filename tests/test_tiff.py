@@ -57,6 +57,9 @@ def test_imagej_and_ome_tiff_give_axes_and_voxel_size(tmp_path, stack):
         vol = open_volume(tmp_path / name)  # no axes needed
         assert vol.axes == "ZYX"
         assert vol.scale == pytest.approx((2.0, 0.4, 0.4)) and vol.units == ("micrometer",) * 3
+    # ImageJ calls every stack's planes slices: given axes win, the in-plane sizes stay
+    frames = open_volume(tmp_path / "ij.tif", axes="SYX")
+    assert frames.axes == "SYX" and frames.scale == pytest.approx((1.0, 0.4, 0.4))
     tifffile.imwrite(tmp_path / "plain.tif", stack)
     with pytest.raises(InputError, match="cannot tell the axes"):
         open_volume(tmp_path / "plain.tif")
