@@ -3,7 +3,7 @@
 A method is a frozen record of plain functions. It may own several networks, train them in
 several stages (each stage optimises some of the networks with its own loss) and predict in
 any way it likes (one pass, sampling, posterior means), all without touching the engine.
-Adding a method is one file plus one line in ``_REGISTRY`` below.
+Adding a method is one file plus one line in ``_registry()`` below.
 """
 
 from __future__ import annotations
@@ -116,9 +116,9 @@ class Method:
 
 
 def _registry() -> dict[str, Method]:
-    from . import care, n2n, n2v, noise2stack, pn2v
+    from . import care, dbsn, n2n, n2v, noise2stack, pn2v
 
-    return {m.name: m for m in (n2v.METHOD, n2n.METHOD, care.METHOD, noise2stack.METHOD, pn2v.METHOD)}
+    return {m.name: m for m in (n2v.METHOD, n2n.METHOD, care.METHOD, noise2stack.METHOD, pn2v.METHOD, dbsn.METHOD)}
 
 
 def get_method(name: str) -> Method:

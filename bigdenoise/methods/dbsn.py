@@ -1,0 +1,274 @@
+"""D-BSN + noise-level network + distillation (Wu, Liu, Cao, Ren, Zuo, ECCV 2020, "Unpaired
+Learning of Deep Image Denoising"), for self-supervised training on noisy volumes alone.
+
+Networks (all in normalised units, ``(raw - mean) / std``):
+
+- ``bsn``: :class:`~bigdenoise.nets.blindspot.BlindSpotNet`, blind to each voxel's own value:
+  the signal's mean ``mu`` and its uncertainty ``sigma_mu^2`` from the surroundings.
+- ``noise``: :class:`NoiseLevel`, 1x1 convolutions giving the noise variance ``sigma_n^2``
+  per voxel, a function of the signal (``mu``, detached: the noise level never trains ``mu``):
+  ``noise="pg"`` (default; Poisson-Gaussian microscopy noise, variance affine in the signal:
+  ``sigma_n^2 = tau softplus(G (a mu + b) / tau)``, tau = 0.05, a smooth positive floor; the
+  gain G = ``NOISE_GAIN`` lets Adam move the level fast enough) or
+  ``"hg"`` (the paper's heteroscedastic mode: a free 1x1-conv MLP of ``mu``). ``"awgn"`` (one level
+  per image, averaged over the whole volume in a pre-pass before tiling) is **not built yet**
+  and refused.
+- ``unet``: the project's U-Net (``--depth``, ``--features``...), distilled from the posterior.
+
+Loss (slides S14, ``loss="constrained"``, the default) per voxel::
+
+    1/2 [ (y - mu)^2 / (sigma_mu^2 + sigma_n^2) + log sigma_n^2 + sigma_mu^2 / sigma_n^2 ]
+
+an upper bound of the Gaussian NLL ``1/2 [(y - mu)^2 / (sigma_mu^2 + sigma_n^2) + log(sigma_mu^2
++ sigma_n^2)]`` (``loss="nll"``, what the authors' released scripts train with), equal to it at
+``sigma_mu = 0``. Only the sum of the variances enters the NLL, so the split between them is
+not identifiable under it; the bound penalises ``sigma_mu^2`` and keeps ``sigma_n^2`` the noise.
+
+Stages (fractions of the budget; a 0 fraction drops the stage), as the authors' code:
+``mu`` (MSE of ``mu`` against ``y`` on every voxel), ``variance`` (the loss with the features
+and ``mu`` frozen: the sigma head and the noise net), ``joint`` (the loss, everything of stage
+one), ``distill`` (the U-Net trained on pseudo-pairs ``y -> x_hat``, the posterior mean of the
+frozen stage-one nets; MSE). The paper's synthetic pairs from unpaired clean images
+(``--clean``) are not built.
+
+Posterior mean (Gaussian prior ``N(mu, sigma_mu^2)``, Gaussian noise ``N(0, sigma_n^2)``)::
+
+    x_hat = (sigma_mu^2 y + sigma_n^2 mu) / (sigma_mu^2 + sigma_n^2)
+
+Prediction (``prediction``, settable at prediction time): ``distilled`` (default: the U-Net,
+one pass, its receptive radius), ``posterior`` (``x_hat``; the D-BSN's radius) or ``mu``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from ..errors import ConfigError
+from ..nets.blindspot import BlindSpotNet, check_branches
+from ..nets.unet import build_unet
+from . import Method, Nets, Stage
+
+PG_TAU = 0.05  # the pg noise level's softplus temperature (normalised variance units)
+MIN_VARIANCE = 1e-4  # floor of sigma_n^2 (normalised units), so the loss and the posterior stay finite
+INITIAL_NOISE_VARIANCE = 0.5  # sigma_n^2 of an untrained noise net (normalised units)
+NOISE_GAIN = 10.0
+"""The noise net's 1x1 convs' output is multiplied by this. Adam moves every parameter by about
+the learning rate per step, so without a gain the pg net's two parameters travel ~0.1 in a
+few hundred steps, while the normalised noise variance may be anywhere in (0, 1): at 400
+steps on synthetic Poisson-Gaussian data the learned sigma_n stayed 1.7x the truth, its
+offset stuck near the start."""
+
+
+def _parse_branches(value):
+    """``"3:2,5:3"`` (command line) or ``[[3, 2], [5, 3]]`` -> ``((3, 2), (5, 3))``."""
+    if isinstance(value, str):
+        try:
+            return tuple(tuple(int(v) for v in part.split(":")) for part in value.replace(" ", "").split(",") if part)
+        except ValueError:
+            raise ValueError(f"branches {value!r}: write k:d pairs separated by commas, e.g. 3:2,5:3") from None
+    return value
+
+
+class DBSNOptions(BaseModel):
+    """D-BSN options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    noise: Literal["pg", "hg", "awgn"] = Field(
+        "pg", description="noise level sigma_n^2: pg (affine in the signal, Poisson-Gaussian), hg (1x1-conv MLP of "
+        "the signal), awgn (one level per image: not built yet)")
+    loss: Literal["constrained", "nll"] = Field(
+        "constrained", description="constrained: the slides' bound (keeps sigma_n the noise); nll: plain Gaussian NLL")
+    width: int = Field(32, ge=1, le=512, description="D-BSN feature channels (paper: 96)")
+    blocks: int = Field(2, ge=0, le=64, description="dilated residual blocks per branch (paper: 8)")
+    branches: tuple[tuple[int, int], ...] = Field(
+        ((3, 2), (5, 3)), description="masked kernel k and dilation d of each branch (k:d,k:d), d >= (k+1)/2")
+    block_kernel: int = Field(3, ge=3, le=9, description="kernel of the dilated convolutions (5 reaches the paper's radius)")
+    noise_width: int = Field(16, ge=1, le=256, description="channels of the hg noise net's 1x1 convolutions")
+    mu_fraction: float = Field(0.2, ge=0, description="budget share of stage mu (MSE of mu)")
+    variance_fraction: float = Field(0.1, ge=0, description="budget share of stage variance (sigma heads, mu frozen)")
+    joint_fraction: float = Field(0.3, ge=0, description="budget share of stage joint (D-BSN and noise net)")
+    distill_fraction: float = Field(0.4, ge=0, description="budget share of stage distill (U-Net on y -> posterior)")
+    prediction: Literal["distilled", "posterior", "mu"] = Field(
+        "distilled", description="distilled: the U-Net; posterior: Bayes posterior mean of the D-BSN; mu: its prior mean")
+
+    @field_validator("branches", mode="before")
+    @classmethod
+    def _branches(cls, value):
+        return _parse_branches(value)
+
+    @field_validator("noise")
+    @classmethod
+    def _noise(cls, value):
+        if value == "awgn":
+            raise ValueError("noise=awgn (one noise level per image, from a whole-volume pre-pass) is not built yet; "
+                             "use pg (Poisson-Gaussian, the default) or hg, which also fit a constant noise level")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        check_branches(self.branches, self.block_kernel)  # ValueError for a leaking configuration
+        if self.mu_fraction + self.variance_fraction + self.joint_fraction + self.distill_fraction <= 0:
+            raise ValueError("at least one stage fraction must be > 0")
+        if self.variance_fraction + self.joint_fraction <= 0 and self.distill_fraction > 0:
+            raise ValueError("distillation needs trained variances: give variance_fraction or joint_fraction > 0")
+        if self.prediction == "distilled" and self.distill_fraction <= 0:
+            raise ValueError("prediction=distilled needs distill_fraction > 0; or predict with posterior or mu")
+        return self
+
+
+class NoiseLevel(nn.Module):
+    """Noise variance ``sigma_n^2`` ``(N, 1, *spatial)`` of the signal ``mu`` ``(N, 1, *spatial)`` by 1x1 convs.
+
+    ``kind="pg"``: one 1x1 conv, ``o = NOISE_GAIN (a mu + b)`` (zero ``a`` at start), ``sigma_n^2 =
+    tau softplus(o / tau) + MIN_VARIANCE``: affine in the signal where it is positive.
+    ``kind="hg"``: 1x1 -> ``width`` -> ReLU -> 1x1 -> ReLU -> 1x1 (last zero-initialised) times
+    ``NOISE_GAIN``, ``sigma_n^2 = softplus(o) + MIN_VARIANCE``. Both start at ``INITIAL_NOISE_VARIANCE``.
+    """
+
+    def __init__(self, ndim: int, kind: str, width: int = 16) -> None:
+        super().__init__()
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+        self.kind = kind
+        if kind == "pg":
+            self.net = conv(1, 1, 1)
+            start = PG_TAU * math.log(math.expm1(INITIAL_NOISE_VARIANCE / PG_TAU))
+        elif kind == "hg":
+            self.net = nn.Sequential(conv(1, width, 1), nn.ReLU(), conv(width, width, 1), nn.ReLU(), conv(width, 1, 1))
+            start = math.log(math.expm1(INITIAL_NOISE_VARIANCE))
+        else:
+            raise ConfigError(f"noise level kind {kind!r} is not built; use pg or hg")
+        last = self.net if kind == "pg" else self.net[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(start / NOISE_GAIN)
+
+    def forward(self, mu: torch.Tensor) -> torch.Tensor:
+        o = NOISE_GAIN * self.net(mu)
+        if self.kind == "pg":
+            return PG_TAU * F.softplus(o / PG_TAU) + MIN_VARIANCE
+        return F.softplus(o) + MIN_VARIANCE
+
+
+def build(net, ndim: int, options: DBSNOptions) -> Nets:
+    return {
+        "bsn": BlindSpotNet(ndim, 1, width=options.width, blocks=options.blocks, branches=options.branches,
+                            block_kernel=options.block_kernel),
+        "noise": NoiseLevel(ndim, options.noise, options.noise_width),
+        "unet": build_unet(ndim, 1, 1, **net.model_dump()),
+    }
+
+
+def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: DBSNOptions) -> dict[str, np.ndarray]:
+    """Nothing to mask: the network is blind by construction; every voxel is a target."""
+    return {"input": sample["input"]}
+
+
+# --- the formulas (pure tensor functions) -------------------------------------------------------
+
+def posterior_mean(y: torch.Tensor, mu: torch.Tensor, var_mu: torch.Tensor, var_n: torch.Tensor) -> torch.Tensor:
+    """``(var_mu y + var_n mu) / (var_mu + var_n)``: the mean of x given y under the prior
+    ``N(mu, var_mu)`` and the noise ``N(0, var_n)`` (``var_n > 0``)."""
+    return (var_mu * y + var_n * mu) / (var_mu + var_n)
+
+
+def gaussian_nll(y, mu, var_mu, var_n) -> torch.Tensor:
+    """Mean over voxels of ``1/2 [(y - mu)^2 / (var_mu + var_n) + log(var_mu + var_n)]``."""
+    var = var_mu + var_n
+    return 0.5 * ((y - mu) ** 2 / var + torch.log(var)).mean()
+
+
+def constrained_loss(y, mu, var_mu, var_n) -> torch.Tensor:
+    """Mean over voxels of ``1/2 [(y - mu)^2 / (var_mu + var_n) + log var_n + var_mu / var_n]`` (slides
+    S14), >= :func:`gaussian_nll` (``log(a + b) <= log b + a / b``), equal where ``var_mu = 0``."""
+    return 0.5 * ((y - mu) ** 2 / (var_mu + var_n) + torch.log(var_n) + var_mu / var_n).mean()
+
+
+LOSSES = {"constrained": constrained_loss, "nll": gaussian_nll}
+
+
+# --- stages -------------------------------------------------------------------------------------
+
+def mu_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
+    """Stage mu: MSE between the blind mean and the noisy input, every voxel."""
+    y = batch["input"]
+    return ((nets["bsn"].mean(y).float() - y) ** 2).mean()
+
+
+def variance_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
+    """Stage variance: the loss for the sigma head and the noise net, the features and mu frozen."""
+    y, bsn = batch["input"], nets["bsn"]
+    with torch.no_grad():
+        f = bsn.features(y)
+        mu = bsn.mu_head(f)
+    var_mu = bsn.variance(bsn.sigma_head(f))
+    return LOSSES[options.loss](y, mu.float(), var_mu.float(), nets["noise"](mu).float())
+
+
+def joint_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
+    """Stage joint: the loss for the whole D-BSN and the noise net (which sees mu detached)."""
+    y = batch["input"]
+    mu, var_mu = nets["bsn"](y)
+    return LOSSES[options.loss](y, mu.float(), var_mu.float(), nets["noise"](mu.detach()).float())
+
+
+def posterior(nets: Nets, y: torch.Tensor) -> torch.Tensor:
+    """The posterior mean ``x_hat`` ``(N, 1, *spatial)`` of ``y`` ``(N, 1, *spatial)`` from the D-BSN and noise net."""
+    mu, var_mu = nets["bsn"](y)
+    var_n = nets["noise"](mu)
+    return posterior_mean(y.float(), mu.float(), var_mu.float(), var_n.float())  # float32 under autocast too
+
+
+def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
+    """Stage distill: MSE between the U-Net's output for ``y`` and the frozen posterior mean."""
+    y = batch["input"]
+    with torch.no_grad():
+        target = posterior(nets, y).float()
+    return ((nets["unet"](y).float() - target) ** 2).mean()
+
+
+def stages(options: DBSNOptions) -> tuple[Stage, ...]:
+    every = (
+        Stage("mu", ("bsn",), mu_loss, fraction=options.mu_fraction),
+        Stage("variance", ("bsn", "noise"), variance_loss, fraction=options.variance_fraction),
+        Stage("joint", ("bsn", "noise"), joint_loss, fraction=options.joint_fraction),
+        Stage("distill", ("unet",), distill_loss, fraction=options.distill_fraction),
+    )
+    return tuple(s for s in every if s.fraction > 0)
+
+
+# --- prediction ---------------------------------------------------------------------------------
+
+def predict(nets: Nets, x: torch.Tensor, options: DBSNOptions) -> torch.Tensor:
+    """``x`` ``(N, 1, *spatial)`` -> ``(N, 1, *spatial)`` by ``options.prediction``; the D-BSN
+    paths run one tile at a time (its full-resolution feature maps bound the memory)."""
+    if options.prediction == "distilled":
+        return nets["unet"](x)
+    one = posterior if options.prediction == "posterior" else (lambda n, t: n["bsn"].mean(t))
+    return torch.cat([one(nets, x[i:i + 1]) for i in range(x.shape[0])])
+
+
+def receptive_radius(nets: Nets, options: DBSNOptions) -> int:
+    """The radius of the nets the chosen prediction runs: the U-Net's, or the D-BSN's."""
+    return nets["unet" if options.prediction == "distilled" else "bsn"].receptive_radius
+
+
+METHOD = Method(
+    name="dbsn",
+    options=DBSNOptions,
+    inputs=("input",),
+    build=build,
+    prepare=prepare,
+    stages=stages,
+    predict=predict,
+    receptive_radius=receptive_radius,
+    factor=lambda nets, options: nets["unet"].factor,
+    predict_options=("prediction",),
+)

@@ -1,0 +1,252 @@
+"""D-BSN (methods/dbsn.py, nets/blindspot.py): the blind spot, the receptive radius, the
+posterior, the loss bound, and exact tiling of the posterior and distilled paths."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import bigdenoise as bd
+from bigdenoise.errors import ConfigError
+from bigdenoise.config import NetConfig, make_config
+from bigdenoise.infer import predict_whole
+from bigdenoise.methods import dbsn, get_method
+from bigdenoise.nets import blindspot
+from bigdenoise.nets.blindspot import BlindSpotNet
+from bigdenoise.package import with_options
+
+from conftest import assert_exact, assert_not_exact, rough_copy, short_halo, smooth_volume, write_zarr
+
+TINY_DBSN = dict(steps=4, val_every=4, batch_size=2, val_patches=2, stats_chunks=4,
+                 net={"depth": 2, "features": 4}, options={"width": 4, "blocks": 2})
+
+
+def _tiny_bsn(ndim, seed=0, **kw):
+    torch.manual_seed(seed)
+    kw.setdefault("width", 8)
+    return BlindSpotNet(ndim, 1, **kw).double()
+
+
+def _centre_gradients(net, ndim, n, batch=3, seed=1):
+    """|d out_c / d y| summed over a batch of random inputs, for out = mu and sigma_mu^2 at the centre c."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch, 1) + (n,) * ndim, generator=g, dtype=torch.float64, requires_grad=True)
+    mu, var_mu = net(x)
+    c = (slice(None), 0) + (n // 2,) * ndim
+    g_mu, = torch.autograd.grad(mu[c].sum(), x, retain_graph=True)
+    g_var, = torch.autograd.grad(var_mu[c].sum(), x)
+    return g_mu.abs().sum(0)[0], g_var.abs().sum(0)[0]
+
+
+def _assert_blind(net, ndim):
+    n = 2 * net.receptive_radius + 3
+    centre = (n // 2,) * ndim
+    for grad in _centre_gradients(net, ndim, n):
+        assert grad[centre].item() == 0.0, "the output depends on its own voxel: the blind spot leaks"
+        for axis in range(ndim):  # the nearest neighbours are seen
+            for step in (-1, 1):
+                near = list(centre)
+                near[axis] += step
+                assert grad[tuple(near)].item() > 0
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_blind_spot_by_autograd_in_train_and_eval_mode_and_after_an_optimiser_step(ndim):
+    method = get_method("dbsn")
+    options = method.options(width=8)
+    torch.manual_seed(0)
+    nets = {k: v.double() for k, v in method.build(NetConfig(depth=1, features=4), ndim, options).items()}
+    net = nets["bsn"]
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        _assert_blind(net, ndim)
+    net.train()
+    opt = torch.optim.Adam([p for k in ("bsn", "noise") for p in nets[k].parameters()], lr=0.05)
+    y = torch.randn((2, 1) + (16,) * ndim, dtype=torch.float64)
+    for stage_loss in (dbsn.mu_loss, dbsn.joint_loss):
+        opt.zero_grad()
+        stage_loss(nets, {"input": y}, options).backward()
+        opt.step()
+    for mode in ("train", "eval"):
+        net.train(mode == "train")
+        _assert_blind(net, ndim)
+    for conv in (b[0] for b in net.branches):  # the centre tap the convolution applies is zero
+        assert isinstance(conv, (blindspot.MaskedConv2d, blindspot.MaskedConv3d))
+        assert torch.count_nonzero((conv.weight * conv.mask)[(..., ) + tuple(k // 2 for k in conv.kernel_size)]) == 0
+    # loading arbitrary weights (a package from a stranger, rough_copy) cannot unmask it
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_()
+    _assert_blind(net, ndim)
+
+
+def test_leaking_configurations_are_refused_and_would_leak():
+    with pytest.raises(ValueError, match="d >= 3"):
+        BlindSpotNet(2, branches=((5, 2),))
+    with pytest.raises(ConfigError, match="blind voxel"):
+        make_config(method="dbsn", axes="YX", options={"branches": "3:2,5:2"})
+    assert make_config(method="dbsn", axes="YX", options={"branches": "3:2,7:4"}).method_options.branches == (
+        (3, 2), (7, 4))
+    # the refusal matters: built anyway, (k=5, d=2) sees the centre through offset a=2 + d*(-1)
+    checked = blindspot.check_branches
+    try:
+        blindspot.check_branches = lambda branches, block_kernel: tuple(tuple(b) for b in branches)
+        leaky = _tiny_bsn(2, branches=((5, 2),), blocks=1)
+    finally:
+        blindspot.check_branches = checked
+    n = 2 * leaky.receptive_radius + 3
+    g_mu, _ = _centre_gradients(leaky, 2, n)
+    assert g_mu[n // 2, n // 2] > 0
+
+
+def test_awgn_is_refused_until_built():
+    with pytest.raises(ConfigError, match="awgn.*not built yet"):
+        make_config(method="dbsn", axes="YX", options={"noise": "awgn"})
+
+
+@pytest.mark.parametrize("ndim, config", [
+    (2, {}),
+    (3, {}),
+    (2, {"blocks": 1, "branches": ((3, 2),), "block_kernel": 5}),
+    (2, {"blocks": 3, "branches": ((5, 3), (3, 2))}),
+])
+def test_computed_receptive_radius_is_the_measured_support(ndim, config):
+    net = _tiny_bsn(ndim, **config)
+    r = net.receptive_radius
+    expected = max(k // 2 + net.blocks * d * (net.block_kernel // 2) for k, d in net.branch_specs)
+    assert r == expected
+    n = 2 * r + 5
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn((4, 1) + (n,) * ndim, generator=g, dtype=torch.float64)
+    c = (slice(None), 0) + (n // 2,) * ndim
+    with torch.no_grad():
+        base = net(x)
+        for axis in range(ndim):
+            for offset, changes in ((r, True), (-r, True), (r + 1, False), (-(r + 1), False)):
+                y = x.clone()
+                at = [n // 2] * ndim
+                at[axis] += offset
+                y[(slice(None), 0) + tuple(at)] += 10.0
+                out = net(y)
+                moved = any(bool((o[c] != b[c]).any()) for o, b in zip(out, base))
+                assert moved == changes, f"axis {axis}, offset {offset}: changed={moved}, radius {r}"
+
+
+def test_the_method_reports_the_radius_of_the_path_it_predicts_with():
+    method = get_method("dbsn")
+    nets = method.build(NetConfig(depth=2, features=4), 2, method.options())
+    radius = {p: method.receptive_radius(nets, method.options(prediction=p)) for p in ("distilled", "posterior", "mu")}
+    assert radius == {"distilled": nets["unet"].receptive_radius, "posterior": nets["bsn"].receptive_radius,
+                      "mu": nets["bsn"].receptive_radius}
+    assert method.factor(nets, method.options()) == nets["unet"].factor == 4
+
+
+def test_posterior_closed_form_and_limits():
+    g = torch.Generator().manual_seed(0)
+    y, mu = torch.randn(1000, generator=g, dtype=torch.float64), torch.randn(1000, generator=g, dtype=torch.float64)
+    var_mu = torch.rand(1000, generator=g, dtype=torch.float64) + 0.01
+    var_n = torch.rand(1000, generator=g, dtype=torch.float64) + 0.01
+    # product of the Gaussians N(x; mu, var_mu) N(y; x, var_n): precision-weighted mean
+    expected = (mu / var_mu + y / var_n) / (1 / var_mu + 1 / var_n)
+    torch.testing.assert_close(dbsn.posterior_mean(y, mu, var_mu, var_n), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dbsn.posterior_mean(y, mu, var_mu, var_n * 1e-12), y, rtol=0, atol=1e-9)  # sigma_n -> 0
+    torch.testing.assert_close(dbsn.posterior_mean(y, mu, var_mu * 0, var_n), mu, rtol=1e-15, atol=1e-15)  # sigma_mu = 0
+    # Monte Carlo: x ~ N(mu, var_mu), y = x + N(0, var_n); the posterior's MSE is var_mu var_n / (var_mu + var_n)
+    rng = np.random.default_rng(0)
+    s_mu, s_n, m = 0.7, 0.5, 0.3
+    x = m + s_mu * rng.standard_normal(400_000)
+    yy = x + s_n * rng.standard_normal(x.size)
+    est = dbsn.posterior_mean(torch.from_numpy(yy), torch.tensor(m), torch.tensor(s_mu**2), torch.tensor(s_n**2))
+    mse = float(((est.numpy() - x) ** 2).mean())
+    best = s_mu**2 * s_n**2 / (s_mu**2 + s_n**2)
+    assert abs(mse - best) < 0.01 * best and mse < min(s_mu**2, s_n**2)
+
+
+def test_constrained_loss_bounds_the_nll_and_equals_it_without_sigma_mu():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        y, mu = torch.randn(2, generator=g, dtype=torch.float64) * 3
+        var_mu, var_n = torch.rand(2, generator=g, dtype=torch.float64) ** 3 * 5 + 1e-6
+        args = [torch.tensor([v]) for v in (y, mu, var_mu, var_n)]
+        nll, bound = dbsn.gaussian_nll(*args), dbsn.constrained_loss(*args)
+        assert bound >= nll - 1e-12
+        args[2] = torch.zeros(1, dtype=torch.float64)
+        torch.testing.assert_close(dbsn.constrained_loss(*args), dbsn.gaussian_nll(*args), rtol=1e-15, atol=0)
+    # the NLL is -log N(y; mu, var_mu + var_n) up to the constant log(2 pi) / 2
+    y, mu, var = torch.tensor([1.3]), torch.tensor([0.2]), torch.tensor([0.7])
+    logpdf = torch.distributions.Normal(mu, var.sqrt()).log_prob(y)
+    torch.testing.assert_close(dbsn.gaussian_nll(y, mu, var * 0.4, var * 0.6), (-logpdf - 0.5 * math.log(2 * math.pi))[0])
+
+
+@pytest.mark.parametrize("noise", ["pg", "hg"])
+def test_stages_train_what_they_say(noise):
+    """mu trains the D-BSN only; variance leaves the features and mu untouched; distill only the U-Net."""
+    method = get_method("dbsn")
+    options = method.options(width=4, noise=noise)
+    torch.manual_seed(0)
+    nets = method.build(NetConfig(depth=1, features=4), 2, options)
+    batch = {"input": torch.randn(2, 1, 16, 16)}
+    assert [s.name for s in method.stages(options)] == ["mu", "variance", "joint", "distill"]
+    assert [s.name for s in method.stages(method.options(variance_fraction=0))] == ["mu", "joint", "distill"]
+    for stage in method.stages(options):
+        for net in nets.values():
+            net.zero_grad(set_to_none=True)
+        stage.loss(nets, batch, options).backward()
+        trained = {f"{k}.{n}" for k, net in nets.items() for n, p in net.named_parameters() if p.grad is not None}
+        assert trained and all(t.split(".")[0] in stage.nets for t in trained), (stage.name, trained)
+        if stage.name == "variance":
+            assert all(t.startswith(("bsn.sigma_head", "noise.")) for t in trained)
+            assert any(t.startswith("noise.") for t in trained)
+
+
+_ROUGH = {}
+
+
+def _rough_dbsn(tmp_path_factory, noise):
+    """A tiny dbsn package (noise level ``noise``) trained a few steps, then given random He
+    weights (conftest.rough_copy), and its data; built once per noise mode."""
+    if noise not in _ROUGH:
+        root = tmp_path_factory.mktemp(f"dbsn_{noise}")
+        data, _ = smooth_volume((3, 64, 72), seed=4)
+        src = write_zarr(root / "in.zarr", data, (1, 32, 32), "SYX")
+        config = {**TINY_DBSN, "options": {**TINY_DBSN["options"], "noise": noise}}
+        bd.train(src, root / "model", method="dbsn", progress=False, patch=(32, 32), **config)
+        _ROUGH[noise] = rough_copy(root / "model", root / "rough"), data
+    return _ROUGH[noise]
+
+
+@pytest.mark.parametrize("noise, prediction", [("pg", "posterior"), ("hg", "posterior"), ("pg", "distilled")])
+def test_tiled_equals_whole_and_a_short_halo_differs(tmp_path, tmp_path_factory, noise, prediction):
+    model_dir, data = _rough_dbsn(tmp_path_factory, noise)
+    model = with_options(bd.load_model(model_dir), {"prediction": prediction})
+    assert model.options.noise == noise
+    expected_radius = model.nets["bsn" if prediction == "posterior" else "unet"].receptive_radius
+    assert model.receptive_radius == expected_radius
+    ref = predict_whole(data, model)
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 13, 17), "SYX")
+    common = dict(cluster="threads", progress=False, tile=16, block_voxels=2000, options={"prediction": prediction})
+    bd.predict(src, model_dir, tmp_path / "out.zarr", **common)
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...], ref, data)
+    summary = bd.predict(src, model_dir, tmp_path / "short.zarr", halo=short_halo(model), inexact=True, **common)
+    assert summary["halo"][1:] == (short_halo(model),) * 2
+    assert_not_exact(zarr.open_array(str(tmp_path / "short.zarr"), mode="r")[...], ref)
+
+
+def test_3d_posterior_tiled_equals_whole_and_a_short_halo_differs(tmp_path):
+    data, _ = smooth_volume((12, 40, 36), seed=5)
+    src = write_zarr(tmp_path / "train.zarr", data, (8, 16, 16), "ZYX")
+    bd.train(src, tmp_path / "model", method="dbsn", progress=False, patch=(8, 16, 16),
+             **{**TINY_DBSN, "net": {"depth": 1, "features": 4}, "options": {"width": 4, "blocks": 1}})
+    model_dir = rough_copy(tmp_path / "model", tmp_path / "rough")
+    model = with_options(bd.load_model(model_dir), {"prediction": "posterior"})
+    assert model.receptive_radius == model.nets["bsn"].receptive_radius == 5
+    ref = predict_whole(data, model)
+    src = write_zarr(tmp_path / "in.zarr", data, (5, 11, 9), "ZYX")
+    common = dict(cluster="threads", progress=False, tile=(4, 8, 8), block_voxels=3000,
+                  options={"prediction": "posterior"})
+    bd.predict(src, model_dir, tmp_path / "out.zarr", **common)
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...], ref, data)
+    bd.predict(src, model_dir, tmp_path / "short.zarr", halo=short_halo(model), inexact=True, **common)
+    assert_not_exact(zarr.open_array(str(tmp_path / "short.zarr"), mode="r")[...], ref)
