@@ -78,13 +78,15 @@ class TrainConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _method_net_defaults(cls, data: Any) -> Any:
-        """Network settings the method prefers, where the configuration does not set them."""
+        """Training and network settings the method prefers, where the configuration does not set them."""
         if not isinstance(data, dict):
             return data
         try:
-            defaults = dict(get_method(data.get("method", "n2v")).net_defaults)
+            method = get_method(data.get("method", "n2v"))
         except ConfigError:
             return data  # reported by _check
+        data = {**method.train_defaults, **{k: v for k, v in data.items() if v is not None}}
+        defaults = dict(method.net_defaults)
         if defaults:
             net = data.get("net") or {}
             if isinstance(net, NetConfig):

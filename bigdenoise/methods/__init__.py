@@ -72,6 +72,8 @@ class Method:
         are built over the remaining spatial axes, and ``sample["input"]`` holds the
         ``2 * channel_halo + 1`` planes around the target plane (``tiling.reflect_indices``
         mode ``"stack"`` at the volume's ends) while other keys hold the target plane only.
+    train_defaults : training settings this method prefers (``TrainConfig`` fields, e.g. COSDD's
+        ``{"lr": 2e-3}``), used where the configuration does not set them.
     net_defaults : network settings this method prefers (e.g. ``{"batch_norm": False}``),
         used where the configuration does not set them.
     target_normalization : ``"input"``: every volume is normalised with the input's statistics
@@ -99,6 +101,7 @@ class Method:
     channel_halo: Callable[[Any], int] = lambda options: 0
     stack_axis: Callable[[Any], str | None] = lambda options: None
     net_defaults: Mapping[str, Any] = field(default_factory=dict)
+    train_defaults: Mapping[str, Any] = field(default_factory=dict)
     target_normalization: str = "input"
     setup: Callable[[Nets, Any, Any], None] | None = None
     predict_options: tuple[str, ...] = ()
@@ -116,9 +119,10 @@ class Method:
 
 
 def _registry() -> dict[str, Method]:
-    from . import care, dbsn, n2n, n2v, noise2stack, pn2v
+    from . import care, cosdd, dbsn, n2n, n2v, noise2stack, pn2v
 
-    return {m.name: m for m in (n2v.METHOD, n2n.METHOD, care.METHOD, noise2stack.METHOD, pn2v.METHOD, dbsn.METHOD)}
+    return {m.name: m for m in (n2v.METHOD, n2n.METHOD, care.METHOD, noise2stack.METHOD, pn2v.METHOD, dbsn.METHOD,
+                                cosdd.METHOD)}
 
 
 def get_method(name: str) -> Method:

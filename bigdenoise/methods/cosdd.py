@@ -1,0 +1,378 @@
+"""COSDD: correlated-noise removal with a VAE whose noise decoder sees one row (Salmon & Krull 2023).
+
+Networks (normalised units, ``(raw - mean) / std``), one file each under :mod:`bigdenoise.nets`:
+
+- ``encoder``: :class:`~bigdenoise.nets.lvae.LadderVAE`: data -> latents (q and p per level,
+  analytic KL) -> signal code ``s_code`` at full resolution.
+- ``ar_decoder``: :class:`~bigdenoise.nets.ar_decoder.ARDecoder`: ``p(x | s_code)`` pixel by
+  pixel, each pixel seeing only the ``receptive_field`` (default 40) pixels before it along one
+  axis, through a Gaussian mixture; it can model noise correlated along that axis, not the signal.
+- ``signal_decoder``: :class:`~bigdenoise.nets.lvae.SignalDecoder`: ``s_code`` -> signal.
+- ``direct_denoiser``: the project's U-Net (``--depth``, ``--features``...), distilled.
+
+Training, two stages through the shared loop:
+
+1. ``vae`` (``1 - distill_fraction`` of the budget): ELBO = mean per-pixel NLL of the AR decoder
+   + KL summed over all latents / pixel count (beta 1, no free bits, as the authors), plus the
+   signal decoder's MSE to the noisy patch on the *detached* signal code (paper Eq. 6; its
+   gradient never reaches the encoder). The encoder's buffer ``kl_per_pixel`` keeps the last
+   training batch's KL per pixel (it travels in the package); a ``UserWarning`` is raised when
+   it falls below ``COLLAPSE_KL`` (posterior collapse: the latents carry nothing, the signal
+   decoder outputs the mean). The loop has no other channel for such reports.
+2. ``distill`` (``distill_fraction``): MSE of the U-Net on the (not dequantised) patch against
+   the mean of ``distill_samples`` signal-decoder outputs of latent samples, computed without
+   gradients (nothing flows into the VAE or the signal decoder).
+
+Data: integer data is dequantised (``dequantize``): a patch whose values lie on a lattice (the
+normalised grey levels) gets uniform noise of one grey level, centred, before the ELBO, so a
+clipped 8-bit background cannot shrink a mixture component onto a spike (the scale floor
+``min_scale`` is the second guard).
+
+Direction (``direction``): the axis along which the noise is correlated. The shared loop's
+dihedral augmentation transposes half of the square training patches, and ``setup`` sees the
+statistics but no data, so a direction chosen once for the volume would be wrong for those
+patches. ``auto`` (the default) therefore chooses it **per training patch** in ``prepare``
+(:func:`noise_axis`: lag-1 autocorrelation of the high-passed patch along x vs y) and the AR
+decoder runs along each patch's own axis; the encoder then learns stripes in both orientations
+as noise. ``x``/``y`` fix the axis for every patch (right only when the configuration has
+``augment=False``). The counts of patches decoded along x and y are kept in the AR decoder's
+buffer ``axis_counts`` (in the package). Prediction does not need the direction.
+
+Prediction (``prediction``, settable at prediction time):
+
+- ``direct`` (default): one U-Net pass; exact tiling like N2V (the U-Net's radius and factor).
+- ``sampled``: the mean of ``samples`` (default 100) signal-decoder outputs of latent samples
+  ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile). The halo is the encoder +
+  signal decoder's receptive radius, measured by a gradient probe (:func:`sampled_radius`), and
+  tiles sit on multiples of ``2**levels``, so every tile sees what a whole-image pass sees
+  **except its latent noise**. :func:`signal_samples` can key that noise by ``(seed, sample,
+  level, channel, global coordinate)`` (:func:`~bigdenoise.nets.lvae.coordinate_noise`, a
+  counter-based hash), which makes tiles equal the whole image exactly (tested), but
+  ``Method.predict`` is not told where its tiles lie, so :func:`predict` draws from a generator
+  seeded per call (:data:`SAMPLE_SEED`). Tiled sampled predictions are therefore **not exact
+  yet**: they differ from a whole-image pass by Monte-Carlo noise of order
+  ``std(sample) / sqrt(samples)``. Passing each tile's global origin to ``predict`` is the
+  missing piece.
+
+Training budget: the VAE needs a few hundred steps at a learning rate of 2e-3 (the authors'
+Adamax rate, this method's default through ``train_defaults``) before its latents carry the
+signal; very short runs leave the signal decoder near the mean.
+
+Sizes: CPU defaults 3 levels, s_code 32, AR decoder 32 channels, kernel 5, dilations 2,4,2,1
+(receptive field 40), 3 mixture components, signal decoder 3 layers. The paper: "large" 14
+levels, s_code 128; "small" 6 levels, s_code 64; both with RF 40 and 3-5 components, on a GPU.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..nets.ar_decoder import ARDecoder
+from ..nets.lvae import LadderVAE, SignalDecoder, coordinate_noise
+from ..nets.unet import build_unet
+from . import Method, Nets, Stage
+
+SampleCount = Literal[1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 500, 1000]
+"""The sample counts ``prediction=sampled`` accepts: a menu, because prediction-time options are
+Literals (``tests/test_options.py`` checks each choice leaves the networks' shapes unchanged)."""
+SAMPLE_SEED = 0
+"""Seed of ``prediction=sampled``'s latent noise (one generator per call)."""
+
+COLLAPSE_KL = 1e-3
+"""KL per pixel (nats) below which the latents are taken to have collapsed."""
+
+
+class COSDDOptions(BaseModel):
+    """COSDD options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    direction: Literal["x", "y", "auto"] = Field(
+        "auto", description="axis of the noise correlation: auto (chosen per training patch, robust to the "
+        "loop's rotations), x (rows) or y (columns; x and y need augment=False)")
+    levels: int = Field(3, ge=1, le=8, description="ladder VAE levels, each down-sampling by 2 (paper: 6 or 14)")
+    s_code: int = Field(32, ge=2, le=512, description="signal code channels; latents s_code/2 per level (paper: 64 or 128)")
+    ar_channels: int = Field(32, ge=1, le=512, description="AR decoder feature channels (paper: 64)")
+    ar_kernel: int = Field(5, ge=2, le=15, description="AR decoder 1-D kernel")
+    ar_dilations: tuple[int, ...] = Field(
+        (2, 4, 2, 1), description="dilations of the AR decoder's layers after the first; receptive field "
+        "(ar_kernel - 1) * (1 + sum): 40 by default, the paper's value")
+    components: int = Field(3, ge=1, le=16, description="Gaussians of the noise mixture (paper: 3-5)")
+    min_scale: float = Field(1e-3, gt=0, description="floor of the mixture's scales (normalised units)")
+    decoder_layers: int = Field(3, ge=1, le=16, description="signal decoder conv layers (paper: 4)")
+    dequantize: bool = Field(True, description="add uniform noise of one grey level to integer-valued patches")
+    distill_fraction: float = Field(0.3, gt=0, lt=1, description="budget share of the direct denoiser's distillation")
+    distill_samples: int = Field(4, ge=1, le=64, description="latent samples averaged per distillation target")
+    prediction: Literal["direct", "sampled"] = Field(
+        "direct", description="direct: the distilled U-Net (exact tiling); sampled: mean of `samples` signal-decoder "
+        "outputs (tiled is not exact: latent noise is not keyed by voxel coordinates)")
+    samples: SampleCount = Field(100, description="latent samples averaged by prediction=sampled (paper: 100)")
+
+    @field_validator("samples", mode="before")
+    @classmethod
+    def _samples(cls, value):
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
+    @field_validator("ar_dilations", mode="before")
+    @classmethod
+    def _dilations(cls, value):
+        if isinstance(value, str):
+            value = [int(v) for v in value.replace(" ", "").split(",") if v]
+        value = tuple(value)
+        if not value or any(int(d) < 1 for d in value):
+            raise ValueError("ar_dilations must be one or more positive integers, e.g. 2,4,2,1")
+        return value
+
+
+def build(net, ndim: int, options: COSDDOptions) -> Nets:
+    return {
+        "encoder": LadderVAE(ndim, levels=options.levels, s_code=options.s_code),
+        "ar_decoder": ARDecoder(ndim, options.s_code, channels=options.ar_channels, kernel=options.ar_kernel,
+                                dilations=options.ar_dilations, components=options.components,
+                                min_scale=options.min_scale),
+        "signal_decoder": SignalDecoder(ndim, options.s_code, layers=options.decoder_layers),
+        "direct_denoiser": build_unet(ndim, 1, 1, **net.model_dump()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparing examples (pure numpy)
+
+
+def grey_step(x: np.ndarray) -> float:
+    """The lattice step of ``x`` when its values are integers after an affine map (normalised
+    integer data: one grey level), else 0."""
+    u = np.unique(x)
+    if u.size < 2 or u.size > 65536:
+        return 0.0
+    step = float(np.diff(u).min())
+    if step <= 0:
+        return 0.0
+    r = (u.astype(np.float64) - float(u[0])) / step
+    if r[-1] > 65536 or np.abs(r - np.round(r)).max() > 1e-2:
+        return 0.0
+    return step
+
+
+def _box_mean(x: np.ndarray, k: int) -> np.ndarray:
+    """Mean over k x k windows of the last two axes ('valid')."""
+    c = np.cumsum(np.cumsum(np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 0), (1, 0)]), -1), -2)
+    s = c[..., k:, k:] - c[..., :-k, k:] - c[..., k:, :-k] + c[..., :-k, :-k]
+    return s / (k * k)
+
+
+def lag1_autocorrelation(x: np.ndarray, box: int = 5) -> tuple[float, float]:
+    """``(rho_x, rho_y)``: lag-1 autocorrelation along the last axis and along the one before, of
+    ``x`` (..., Y, X) high-passed by subtracting a ``box`` x ``box`` mean."""
+    x = np.asarray(x, np.float64)
+    h = box // 2
+    if min(x.shape[-2:]) <= box + 1:
+        box, h = 1, 0
+    hp = x[..., h:x.shape[-2] - h, h:x.shape[-1] - h] - (_box_mean(x, box) if box > 1 else x.mean())
+    hp = hp - hp.mean()
+    var = float((hp * hp).mean())
+    if var <= 0:
+        return 0.0, 0.0
+    rx = float((hp[..., :, 1:] * hp[..., :, :-1]).mean()) / var
+    ry = float((hp[..., 1:, :] * hp[..., :-1, :]).mean()) / var
+    return rx, ry
+
+
+def noise_axis(x: np.ndarray) -> Literal["x", "y"]:
+    """The axis along which ``x``'s (..., Y, X) high-passed values correlate most: ``"x"`` (rows) or ``"y"``."""
+    rx, ry = lag1_autocorrelation(x)
+    return "y" if ry > rx else "x"
+
+
+def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: COSDDOptions) -> dict[str, np.ndarray]:
+    """``input``: the patch; ``noisy``: the patch dequantised (ELBO); ``axis``: 0 (x) or 1 (y), the
+    AR decoder's axis for this patch."""
+    x = sample["input"].astype(np.float32)
+    noisy = x
+    if options.dequantize:
+        step = grey_step(x)
+        if step > 0:
+            noisy = (x + rng.uniform(-step / 2, step / 2, x.shape)).astype(np.float32)
+    axis = options.direction if options.direction != "auto" else noise_axis(x)
+    return {"input": x, "noisy": noisy, "axis": np.array([float(axis == "y")], np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def _ar_log_prob(ar: ARDecoder, x: torch.Tensor, code: torch.Tensor, along_y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel log-likelihood (N, 1, *spatial), each batch item decoded along its own axis."""
+    out = torch.empty_like(x)
+    for flag in (False, True):
+        idx = (along_y == flag).nonzero().flatten()
+        if idx.numel():
+            out[idx] = ar.log_prob(x[idx], code[idx], along_y=flag)
+    return out
+
+
+def elbo_terms(nets: Nets, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(nll, kl, sd_mse)`` per pixel for a batch: the AR decoder's mean negative
+    log-likelihood, the KL summed over latents / pixel count, the signal decoder's MSE on the
+    detached signal code."""
+    x = batch["noisy"].float()
+    code, kl = nets["encoder"](x)
+    code = code.float()
+    along_y = batch["axis"][:, 0] > 0.5
+    nll = -_ar_log_prob(nets["ar_decoder"], x, code, along_y).mean()
+    kl = kl.float().sum() / x.numel()
+    sd = ((nets["signal_decoder"](code.detach()).float() - x) ** 2).mean()
+    return nll, kl, sd
+
+
+def vae_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptions) -> torch.Tensor:
+    """ELBO (NLL + KL per pixel) plus the signal decoder's MSE (stop-gradient into the encoder)."""
+    nll, kl, sd = elbo_terms(nets, batch)
+    enc = nets["encoder"]
+    if enc.training and torch.is_grad_enabled():
+        with torch.no_grad():
+            enc.kl_per_pixel.fill_(float(kl.detach()))
+            along_y = (batch["axis"][:, 0] > 0.5).sum()
+            counts = nets["ar_decoder"].axis_counts
+            counts += torch.stack([batch["axis"].shape[0] - along_y, along_y]).to(counts)
+        if float(kl.detach()) < COLLAPSE_KL:
+            warnings.warn(f"cosdd: the KL is {float(kl.detach()):.2e} nats per pixel: the latents may have collapsed (the "
+                          f"signal decoder then outputs the mean); check the noise direction, train longer or with "
+                          f"another seed", UserWarning, stacklevel=2)
+    return nll + kl + sd
+
+
+def signal_samples(nets: Nets, x: torch.Tensor, n: int, generator: torch.Generator | None = None,
+                   origins: torch.Tensor | None = None, seed: int = 0) -> torch.Tensor:
+    """Mean of ``n`` signal-decoder outputs of latent samples ``z ~ q(z | x)``; ``x`` (N, 1, *spatial).
+
+    The latent noise: ``torch.randn`` (from ``generator`` when given), or, with ``origins``
+    ((N, k) global voxel coordinates of each item's first voxel, spatial ones multiples of the
+    encoder's ``factor``), keyed by ``(seed, sample, level, channel, global coordinate)``
+    (:func:`~bigdenoise.nets.lvae.coordinate_noise`): then tiles with a halo of
+    :func:`sampled_radius` give exactly the whole image's values.
+    """
+    enc, dec = nets["encoder"], nets["signal_decoder"]
+    xp, sizes = enc._pad(x)
+    feats = enc.bottom_up(xp)
+
+    def drawn(level, shape, like):
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+    total = None
+    for k in range(n):
+        if origins is not None:
+            noise = coordinate_noise(seed, k, origins)
+        else:
+            noise = drawn if generator is not None else None
+        code, _, _ = enc.top_down(feats, noise)
+        s = dec(code).float()
+        total = s if total is None else total + s
+    return (total / n)[(slice(None), slice(None), *(slice(0, m) for m in sizes))]
+
+
+def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptions) -> torch.Tensor:
+    """MSE of the direct denoiser against the mean of ``distill_samples`` signal-decoder outputs."""
+    x = batch["input"]
+    with torch.no_grad():
+        target = signal_samples(nets, x.float(), options.distill_samples)
+    return ((nets["direct_denoiser"](x).float() - target) ** 2).mean()
+
+
+def stages(options: COSDDOptions) -> tuple[Stage, ...]:
+    return (Stage("vae", ("encoder", "ar_decoder", "signal_decoder"), vae_loss, fraction=1.0 - options.distill_fraction),
+            Stage("distill", ("direct_denoiser",), distill_loss, fraction=options.distill_fraction))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prediction
+
+
+def predict(nets: Nets, x: torch.Tensor, options: COSDDOptions) -> torch.Tensor:
+    """Denoised tiles ``(N, 1, *spatial)`` for ``x`` ``(N, 1, *spatial)``."""
+    if options.prediction == "direct":
+        return nets["direct_denoiser"](x)
+    g = torch.Generator(device=x.device).manual_seed(SAMPLE_SEED)
+    return signal_samples(nets, x, options.samples, generator=g)
+
+
+def _probe_radius(fn, ndim: int, factor: int, size: int = 128) -> int:
+    """How far an output voxel of ``fn`` (N, 1, *spatial) -> (N, C, *spatial) looks along the last
+    axis, measured: for each phase of the ``factor`` grid, the support of the gradient of one
+    output voxel (summed over channels) with respect to the input; the input widens until the
+    support stays inside it. Float64, random data."""
+    while True:
+        shape = (1, 1) + (factor,) * (ndim - 1) + (size,)
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(shape, generator=g, dtype=torch.float64, requires_grad=True)
+        y = fn(x).sum(1)
+        centre = (size // 2) // factor * factor
+        radius, touches = 0, False
+        for q in range(factor):
+            (grad,) = torch.autograd.grad(y[(0,) + (factor // 2,) * (ndim - 1) + (centre + q,)], x, retain_graph=True)
+            cols = grad.abs().reshape(-1, size).sum(0).nonzero().flatten()
+            if cols.numel():
+                lo, hi = int(cols.min()), int(cols.max())
+                radius = max(radius, centre + q - lo, hi - centre - q)
+                touches = touches or lo == 0 or hi == size - 1
+        if not touches:
+            return radius
+        size *= 2
+
+
+def sampled_radius(nets: Nets) -> int:
+    """Receptive radius of ``signal_decoder(encoder(x))``, measured by a gradient probe
+    (:func:`_probe_radius`) on a 2D twin of the same structure (levels, decoder layers; every
+    kernel is isotropic, so the radius is the same along every axis, also in 3D) with 4 channels
+    and random float64 weights, latents at ``mean + std`` so both of q's outputs count. Cached
+    on the encoder."""
+    enc = nets["encoder"]
+    cached = getattr(enc, "_sampled_radius", None)
+    if cached is not None:
+        return cached
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        e = LadderVAE(2, levels=enc.levels, s_code=4).double()
+        d = SignalDecoder(2, 4, layers=nets["signal_decoder"].layers).double()
+
+    def fn(x):
+        return d(e(x, noise=lambda level, shape, like: torch.ones(shape, dtype=like.dtype))[0])
+
+    with torch.enable_grad():
+        radius = _probe_radius(fn, 2, e.factor)
+    enc._sampled_radius = radius
+    return radius
+
+
+def receptive_radius(nets: Nets, options: COSDDOptions) -> int:
+    if options.prediction == "direct":
+        return nets["direct_denoiser"].receptive_radius
+    return sampled_radius(nets)
+
+
+def factor(nets: Nets, options: COSDDOptions) -> int:
+    if options.prediction == "direct":
+        return nets["direct_denoiser"].factor
+    return max(nets["direct_denoiser"].factor, nets["encoder"].factor)
+
+
+METHOD = Method(
+    name="cosdd",
+    options=COSDDOptions,
+    inputs=("input",),
+    build=build,
+    prepare=prepare,
+    stages=stages,
+    predict=predict,
+    receptive_radius=receptive_radius,
+    factor=factor,
+    predict_options=("prediction", "samples"),
+    train_defaults={"lr": 2e-3},  # the authors' Adamax rate: at 4e-4 the latents stay empty for long
+)

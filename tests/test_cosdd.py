@@ -1,0 +1,294 @@
+"""COSDD (methods/cosdd.py, nets/lvae.py, nets/ar_decoder.py): the AR decoder's causality, a
+normalised mixture, the KL, the stop-gradients, the per-patch noise direction, the measured
+radius of the sampled path, and exact tiling of the direct denoiser."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+import bigdenoise as bd
+from bigdenoise.config import NetConfig
+from bigdenoise.infer import for_inference, predict_array, predict_whole
+from bigdenoise.methods import cosdd
+from bigdenoise.nets.ar_decoder import ARDecoder, mixture_log_prob
+from bigdenoise.package import with_options
+from bigdenoise.nets.lvae import LadderVAE, gaussian_kl, gaussian_log_prob
+
+from conftest import TINY, assert_exact, assert_not_exact, rough_copy, short_halo, smooth_volume, write_zarr
+
+SMALL = {"levels": 2, "s_code": 8, "ar_channels": 8, "distill_samples": 2}
+
+
+def _support(ar, shape, pos, along_y, trials=3):
+    """Input pixels the mixture parameters at ``pos`` depend on (union over random inputs)."""
+    seen = torch.zeros(shape[2:], dtype=torch.bool)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(trials):
+        x = torch.randn(shape, generator=g, requires_grad=True)
+        code = torch.randn((shape[0], ar.s_code) + shape[2:], generator=g)
+        out = sum(p[(0, slice(None)) + pos].sum() for p in ar.params(x, code, along_y))
+        (grad,) = torch.autograd.grad(out, x)
+        seen |= grad[0, 0] != 0
+    return seen
+
+
+@pytest.mark.parametrize("kernel, dilations", [(3, (2, 1)), (5, (2, 4, 2, 1))])
+def test_ar_decoder_sees_exactly_the_receptive_field_before_each_pixel(kernel, dilations):
+    torch.manual_seed(0)
+    ar = ARDecoder(2, 3, channels=8, kernel=kernel, dilations=dilations)
+    rf = ar.receptive_field
+    assert rf == (kernel - 1) * (1 + sum(dilations))
+    width = rf + 12
+    for i, j in [(3, rf + 5), (2, 4), (0, 0)]:
+        seen = _support(ar, (1, 1, 6, width), (i, j), False)
+        expected = torch.zeros_like(seen)
+        expected[i, max(0, j - rf):j] = True
+        assert torch.equal(seen, expected), (i, j, seen.nonzero().tolist())
+        # along y: the same after transposing, rows i-rf..i-1 of column i
+        seen = _support(ar, (1, 1, width, 6), (j, i), True)
+        assert torch.equal(seen, expected.T), (j, i, seen.nonzero().tolist())
+
+
+def test_mixture_integrates_to_one():
+    torch.manual_seed(0)
+    ar = ARDecoder(2, 4, channels=8, kernel=3, dilations=(1,), components=3, min_scale=0.05)
+    x = torch.randn(1, 1, 2, 3)
+    logits, loc, scale = ar.params(x, torch.randn(1, 4, 2, 3))
+    grid = torch.linspace(-30, 30, 60001, dtype=torch.float64)
+    for idx in np.ndindex(2, 3):
+        sel = (0, slice(None)) + idx
+        p = mixture_log_prob(grid[:, None], *(t[sel].detach().double()[None, :] for t in (logits, loc, scale)))
+        total = torch.trapezoid(p.exp().flatten(), grid)
+        assert abs(float(total) - 1) < 1e-4, float(total)
+
+
+def test_analytic_kl_matches_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    mq, mp = torch.randn(5, generator=g), torch.randn(5, generator=g)
+    sq, sp = torch.rand(5, generator=g) + 0.3, torch.rand(5, generator=g) + 0.3
+    z = mq + sq * torch.randn(200000, 5, generator=g)
+    mc = (gaussian_log_prob(z, mq, sq) - gaussian_log_prob(z, mp, sp)).mean(0)
+    torch.testing.assert_close(mc, gaussian_kl(mq, sq, mp, sp), atol=0.02, rtol=0.02)
+    # the ladder VAE's KL (summed over levels, given the latents above) against its one-sample log ratio
+    torch.manual_seed(0)
+    vae = LadderVAE(2, levels=2, s_code=4)
+    x = torch.randn(1, 1, 8, 8).expand(4000, -1, -1, -1)
+    with torch.no_grad():
+        _, kl, log_ratio = vae.top_down(vae.bottom_up(x))
+    sem = float(log_ratio.std()) / len(log_ratio) ** 0.5
+    assert abs(float(log_ratio.mean() - kl.mean())) < 4 * sem, (float(log_ratio.mean()), float(kl.mean()), sem)
+    assert float(kl.mean()) > 0
+
+
+def _batch(options, n=2, shape=(32, 32)):
+    rng = np.random.default_rng(0)
+    ex = [cosdd.prepare({"input": rng.normal(size=(1,) + shape).astype(np.float32)}, rng, options) for _ in range(n)]
+    return {k: torch.from_numpy(np.stack([e[k] for e in ex])) for k in ex[0]}
+
+
+def test_gradients_stop_where_the_method_says():
+    options = cosdd.COSDDOptions(**SMALL)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    batch = _batch(options)
+    _, _, sd = cosdd.elbo_terms(nets, batch)
+    sd.backward()
+    assert all(p.grad is None or not p.grad.any() for p in nets["encoder"].parameters()), \
+        "the signal decoder's loss reaches the encoder"
+    assert any(p.grad is not None and p.grad.any() for p in nets["signal_decoder"].parameters())
+    for net in nets.values():
+        net.zero_grad(set_to_none=True)
+    cosdd.distill_loss(nets, batch, options).backward()
+    for name in ("encoder", "ar_decoder", "signal_decoder"):
+        assert all(p.grad is None for p in nets[name].parameters()), f"the distillation loss reaches the {name}"
+    assert any(p.grad is not None and p.grad.any() for p in nets["direct_denoiser"].parameters())
+
+
+def _stripes(along, seed=0, shape=(64, 64)):
+    """A smooth signal plus white noise plus noise correlated along ``along`` ("x": rows)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    signal = np.sin(yy / 7.0) + np.cos(xx / 5.0)
+    g = np.exp(-np.arange(-6, 7) ** 2 / (2 * 2.0**2))
+    e = rng.normal(size=(shape[0] + 12, shape[1] + 12))
+    corr = np.apply_along_axis(lambda r: np.convolve(r, g, "valid"), 1, e)[6:-6]  # along rows
+    if along == "y":
+        corr = np.apply_along_axis(lambda c: np.convolve(c, g, "valid"), 0, e)[:, 6:-6]
+    return (signal + 0.1 * rng.normal(size=shape) + 0.3 * corr / g.sum() ** 0.5).astype(np.float32)
+
+
+def test_auto_direction_picks_the_axis_of_the_stripes():
+    options = cosdd.COSDDOptions()
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        assert cosdd.noise_axis(_stripes("x", seed)) == "x"
+        assert cosdd.noise_axis(_stripes("y", seed)) == "y"
+        assert cosdd.prepare({"input": _stripes("x", seed)[None]}, rng, options)["axis"][0] == 0
+        assert cosdd.prepare({"input": _stripes("y", seed)[None]}, rng, options)["axis"][0] == 1
+    fixed = cosdd.COSDDOptions(direction="x")
+    assert cosdd.prepare({"input": _stripes("y")[None]}, rng, fixed)["axis"][0] == 0
+
+
+def test_integer_patches_are_dequantised_by_one_grey_level():
+    rng = np.random.default_rng(0)
+    x = ((rng.integers(0, 40, (1, 32, 32)) - 20.0) / 7.5).astype(np.float32)  # normalised grey levels
+    ex = cosdd.prepare({"input": x}, rng, cosdd.COSDDOptions())
+    assert cosdd.grey_step(x) == pytest.approx(1 / 7.5, rel=1e-4)
+    d = ex["noisy"] - x
+    assert np.abs(d).max() <= 0.5 / 7.5 + 1e-6 and d.std() > 0.1 / 7.5
+    np.testing.assert_array_equal(ex["input"], x)
+    smooth = rng.normal(size=(1, 32, 32)).astype(np.float32)
+    assert cosdd.grey_step(smooth) == 0
+    np.testing.assert_array_equal(cosdd.prepare({"input": smooth}, rng, cosdd.COSDDOptions())["noisy"], smooth)
+
+
+def test_sampled_radius_is_the_encoder_and_signal_decoders_reach():
+    """The radius measured on a small twin holds for the real nets: an input change just beyond
+    it never reaches the centre output, one at the radius does (for some phase)."""
+    options = cosdd.COSDDOptions(**SMALL)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    radius = cosdd.sampled_radius(nets)
+    enc, dec = nets["encoder"], nets["signal_decoder"]
+    f, width = enc.factor, 4 * radius
+
+    def out(x):
+        with torch.no_grad():
+            return dec(enc(x.double(), noise=lambda level, shape, like: torch.ones(shape, dtype=like.dtype))[0])
+
+    enc.double(), dec.double()
+    x = torch.randn(1, 1, f, width, dtype=torch.float64)
+    base = out(x)
+    reached = False
+    for c in range(2 * radius // f * f, 2 * radius // f * f + f):
+        for d in (-radius - 1, radius + 1):
+            moved = x.clone()
+            moved[..., c + d] += 1.0
+            assert torch.equal(out(moved)[..., c], base[..., c]), (c, d)
+        for d in (-radius, radius):
+            moved = x.clone()
+            moved[..., c + d] += 1.0
+            reached |= not torch.equal(out(moved)[..., c], base[..., c])
+    assert reached
+
+
+def test_sampled_prediction_is_the_mean_of_seeded_samples():
+    options = cosdd.COSDDOptions(**SMALL, prediction="sampled", samples=4)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    x = torch.randn(2, 1, 16, 24)
+    with torch.no_grad():
+        a, b = cosdd.predict(nets, x, options), cosdd.predict(nets, x, options)
+        torch.manual_seed(1)
+        c = cosdd.signal_samples(nets, x, 4)  # unseeded draws
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert cosdd.factor(nets, options) == 4 and cosdd.receptive_radius(nets, options) == cosdd.sampled_radius(nets)
+
+
+@pytest.fixture(scope="module")
+def cosdd_model(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cosdd")
+    data, _ = smooth_volume((3, 64, 72))
+    src = write_zarr(root / "in.zarr", data, (1, 32, 32), "SYX")
+    bd.train(src, root / "model", method="cosdd", progress=False, options=SMALL, **TINY)
+    return root, src, data
+
+
+@pytest.fixture(scope="module")
+def rough_cosdd(tmp_path_factory, cosdd_model):
+    root, _, data = cosdd_model
+    return rough_copy(root / "model", tmp_path_factory.mktemp("rough-cosdd") / "model"), data
+
+
+def test_package_travels_with_every_net(cosdd_model):
+    root, _, data = cosdd_model
+    model = bd.load_model(root / "model")
+    assert set(model.nets) == {"encoder", "ar_decoder", "signal_decoder", "direct_denoiser"}
+    assert model.receptive_radius == model.nets["direct_denoiser"].receptive_radius
+    assert float(model.nets["ar_decoder"].axis_counts.sum()) > 0  # the patches' directions were recorded
+    assert float(model.nets["encoder"].kl_per_pixel) >= 0  # measured in training
+    y = predict_array(data, with_options(model, {"prediction": "sampled", "samples": 2}))
+    assert y.shape == data.shape and np.isfinite(y).all()
+
+
+@pytest.mark.parametrize("in_chunks, out_chunks, tile", [((1, 13, 17), None, 16), ((2, 64, 72), (1, 24, 40), 8)])
+def test_direct_denoiser_blockwise_equals_whole(tmp_path, rough_cosdd, in_chunks, out_chunks, tile):
+    model_dir, data = rough_cosdd
+    src = write_zarr(tmp_path / "in.zarr", data, in_chunks, "SYX")
+    bd.predict(src, model_dir, tmp_path / "out.zarr", cluster="threads", chunks=out_chunks, tile=tile,
+               block_voxels=2000, progress=False)
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    assert_exact(out, predict_whole(data, for_inference(bd.load_model(model_dir))), data)
+
+
+def test_direct_denoiser_halo_below_the_radius_is_not_exact(tmp_path, rough_cosdd):
+    model_dir, data = rough_cosdd
+    model = bd.load_model(model_dir)
+    src = write_zarr(tmp_path / "in.zarr", data, (2, 64, 72), "SYX")
+    bd.predict(src, model_dir, tmp_path / "out.zarr", cluster="threads", chunks=(1, 24, 40), tile=8,
+               block_voxels=2000, progress=False, halo=short_halo(model), inexact=True)
+    assert_not_exact(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...],
+                     predict_whole(data, for_inference(model)))
+
+
+def test_kl_per_pixel_is_recorded_and_a_collapse_warned(monkeypatch):
+    options = cosdd.COSDDOptions(**SMALL)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    for net in nets.values():
+        net.train()
+    batch = _batch(options, n=3)
+    torch.manual_seed(1)
+    kl = cosdd.elbo_terms(nets, batch)[1].detach()
+    torch.manual_seed(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cosdd.vae_loss(nets, batch, options)  # a healthy KL: no warning
+    assert float(nets["encoder"].kl_per_pixel) == pytest.approx(float(kl), rel=1e-5)
+    assert float(nets["ar_decoder"].axis_counts.sum()) == 3
+    monkeypatch.setattr(cosdd, "COLLAPSE_KL", float(kl) * 10)
+    with pytest.warns(UserWarning, match="collapsed"):
+        cosdd.vae_loss(nets, batch, options)
+
+
+@torch.no_grad()
+def test_coordinate_keyed_latent_noise_makes_tiles_equal_the_whole_image():
+    """The sampled path with noise keyed by global coordinates: two tiles with a halo of the
+    measured radius give the whole image's values exactly (what ``prediction=sampled`` would do
+    if ``Method.predict`` were told where its tiles lie); with per-call noise they do not."""
+    options = cosdd.COSDDOptions(**SMALL)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    radius, f = cosdd.sampled_radius(nets), nets["encoder"].factor
+    halo = -(-radius // f) * f
+    width, cut = 2 * halo + 3 * f, halo + f  # the second tile's core starts at `cut`
+    x = torch.randn(1, 1, 2 * f, width)
+    plane = 3  # a leading key, e.g. the S index
+    whole = cosdd.signal_samples(nets, x, 3, origins=torch.tensor([[plane, 0, 0]]), seed=7)
+    lo = cut - halo
+    tile = cosdd.signal_samples(nets, x[..., lo:], 3, origins=torch.tensor([[plane, 0, lo]]), seed=7)
+    err = float((tile[..., halo:] - whole[..., cut:]).abs().max())
+    spread = float(whole.max() - whole.min())
+    assert err <= 1e-5 * spread, (err, spread)
+    left = cosdd.signal_samples(nets, x[..., :cut + halo], 3, origins=torch.tensor([[plane, 0, 0]]), seed=7)
+    assert float((left[..., :cut] - whole[..., :cut]).abs().max()) <= 1e-5 * spread
+    torch.manual_seed(3)
+    unkeyed = cosdd.signal_samples(nets, x[..., lo:], 3)
+    assert float((unkeyed[..., halo:] - whole[..., cut:]).abs().max()) > 1e-3 * spread
+    other = cosdd.signal_samples(nets, x, 3, origins=torch.tensor([[plane + 1, 0, 0]]), seed=7)
+    assert not torch.equal(other, whole)  # another plane draws other noise
+    # the keyed draws are standard normal
+    from bigdenoise.nets.lvae import keyed_normal
+    z = keyed_normal([torch.arange(200000)])
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+
+
+def test_the_methods_own_learning_rate_is_the_default_and_an_explicit_one_wins():
+    from bigdenoise.config import make_config
+
+    assert make_config(method="cosdd", axes="SYX").lr == 2e-3
+    assert make_config(method="cosdd", axes="SYX", lr=1e-3).lr == 1e-3
+    assert make_config(method="n2v", axes="SYX").lr == 4e-4
