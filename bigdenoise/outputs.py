@@ -30,6 +30,7 @@ from typing import Any
 from ._version import __version__
 from .errors import OutputError
 from .files import atomic_write_bytes
+from .tiff import GLOB_CHARACTERS
 
 MARKER = ".bigdenoise.json"
 MARKER_FORMAT = "bigdenoise-output"
@@ -169,7 +170,7 @@ def storage_root(path: Path) -> Path:
     """The file or folder that holds the data at ``path``: a Zarr node is protected with its whole
     store (the first ``.zarr`` component in any case, else the topmost folder of Zarr nodes)."""
     path = Path(path).expanduser()
-    while any(c in path.name for c in "*?["):  # a glob of input files: protect their folder
+    while any(c in path.name for c in GLOB_CHARACTERS):  # a glob of input files: protect their folder
         path = path.parent
     path = Path(os.path.realpath(path))
     for parent in reversed([path, *path.parents]):
