@@ -214,12 +214,11 @@ def _write_marker(out: Path, document: dict) -> None:
 
 
 def _write_zarr(path: Path, array: np.ndarray) -> None:
-    import zarr
+    from .volume import open_volume
+    from .writer import create_array
 
     dest = destination(path, ZARR_COPY, overwrite=True)
-    z = zarr.create_array(store=str(dest.start()), shape=array.shape, chunks=CHUNKS, dtype=array.dtype,
-                          attributes={"axes": "SYX"}, dimension_names=("s", "y", "x"), zarr_format=3)
-    z[...] = array
+    create_array(dest.start(), open_volume(array, "SYX"), CHUNKS, array.dtype, {})[...] = array
     dest.commit()
 
 
