@@ -98,6 +98,54 @@ def _median_neighbours(
     return 0.5 * (lower + upper)[..., 0]
 
 
+def _check_mask_args(
+    patch: np.ndarray, window: int, replacement: str, struct_axis: int | None, struct_span: int
+) -> None:
+    """Raise ``ValueError`` for arguments :func:`n2v_mask` cannot honour."""
+    if patch.ndim < 2:
+        raise ValueError(f"patch must have shape (C, *spatial), got shape {patch.shape}")
+    if window < 3 or window % 2 == 0:
+        raise ValueError(f"window must be odd and >= 3, got {window}")
+    if replacement not in ("uniform", "median"):
+        raise ValueError(f"replacement must be 'uniform' or 'median', got {replacement!r}")
+    ndim = patch.ndim - 1
+    if struct_span < 0:
+        raise ValueError(f"struct_span must be >= 0, got {struct_span}")
+    if struct_span > 0 and (struct_axis is None or not 0 <= struct_axis < ndim):
+        raise ValueError(f"struct_span > 0 needs a struct_axis in [0, {ndim}), got {struct_axis}")
+
+
+def _clipped_windows(
+    coords: np.ndarray, spatial: tuple[int, ...], window: int, axis: int, span: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive bounds ``lo, hi`` (each (N, ndim)) of each chosen pixel's window clipped to
+    the patch; raise ``ValueError`` if a window holds nothing but the excluded positions (the
+    centre and, with ``span > 0``, its struct line along ``axis``)."""
+    shape = np.asarray(spatial, dtype=np.int64)
+    half = window // 2
+    lo = np.maximum(coords - half, 0)
+    hi = np.minimum(coords + half, shape - 1)
+    n_excluded = np.minimum(hi[:, axis], coords[:, axis] + span) - np.maximum(lo[:, axis], coords[:, axis] - span) + 1
+    if np.any(np.prod(hi - lo + 1, axis=1) - n_excluded <= 0):
+        raise ValueError(f"patch of spatial shape {spatial} is too small: a masked pixel has no neighbour to copy")
+    return lo, hi
+
+
+def _hide_struct_lines(
+    patch: np.ndarray, masked: np.ndarray, coords: np.ndarray, axis: int, span: int, rng: np.random.Generator
+) -> None:
+    """Struct-N2V: overwrite, in ``masked``, the in-patch pixels at offsets ±1..±``span`` along
+    ``axis`` from each of ``coords`` with values of pixels of ``patch`` drawn uniformly (the
+    same donor pixel for every channel)."""
+    steps = np.concatenate([np.arange(-span, 0), np.arange(1, span + 1)])
+    line = np.repeat(coords, len(steps), axis=0)
+    line[:, axis] += np.tile(steps, len(coords))
+    line = line[(line[:, axis] >= 0) & (line[:, axis] < patch.shape[1 + axis])]
+    flat = patch.reshape(patch.shape[0], -1)
+    donors = rng.integers(0, flat.shape[1], size=len(line))
+    masked[(slice(None),) + tuple(line.T)] = flat[:, donors]
+
+
 def n2v_mask(
     patch: np.ndarray,
     rng: np.random.Generator,
@@ -147,43 +195,17 @@ def n2v_mask(
     mask : ndarray of float32, shape (*spatial)
         1 at the masked pixels (where the loss is taken), 0 elsewhere.
     """
-    if patch.ndim < 2:
-        raise ValueError(f"patch must have shape (C, *spatial), got shape {patch.shape}")
-    if window < 3 or window % 2 == 0:
-        raise ValueError(f"window must be odd and >= 3, got {window}")
-    if replacement not in ("uniform", "median"):
-        raise ValueError(f"replacement must be 'uniform' or 'median', got {replacement!r}")
+    _check_mask_args(patch, window, replacement, struct_axis, struct_span)
     spatial = patch.shape[1:]
-    ndim = len(spatial)
-    if struct_span < 0:
-        raise ValueError(f"struct_span must be >= 0, got {struct_span}")
-    if struct_span > 0 and (struct_axis is None or not 0 <= struct_axis < ndim):
-        raise ValueError(f"struct_span > 0 needs a struct_axis in [0, {ndim}), got {struct_axis}")
-
-    shape = np.asarray(spatial, dtype=np.int64)
     coords = stratified_coords(spatial, fraction, rng)  # (N, ndim)
-    half = window // 2
-    lo = np.maximum(coords - half, 0)  # clipped window, inclusive bounds, (N, ndim)
-    hi = np.minimum(coords + half, shape - 1)
     span = struct_span if struct_span > 0 else 0
     axis = struct_axis if span > 0 else 0
-    # Excluded positions inside each clipped window: the centre plus the struct line (if any).
-    n_excluded = np.minimum(hi[:, axis], coords[:, axis] + span) - np.maximum(lo[:, axis], coords[:, axis] - span) + 1
-    if np.any(np.prod(hi - lo + 1, axis=1) - n_excluded <= 0):
-        raise ValueError(f"patch of spatial shape {spatial} is too small: a masked pixel has no neighbour to copy")
+    lo, hi = _clipped_windows(coords, spatial, window, axis, span)
 
     masked = patch.copy()
-    centre_index = (slice(None),) + tuple(coords.T)
-
     if span > 0:
-        steps = np.concatenate([np.arange(-span, 0), np.arange(1, span + 1)])
-        line = np.repeat(coords, len(steps), axis=0)
-        line[:, axis] += np.tile(steps, len(coords))
-        line = line[(line[:, axis] >= 0) & (line[:, axis] < shape[axis])]
-        flat = patch.reshape(patch.shape[0], -1)
-        donors = rng.integers(0, flat.shape[1], size=len(line))
-        masked[(slice(None),) + tuple(line.T)] = flat[:, donors]
-
+        _hide_struct_lines(patch, masked, coords, axis, span, rng)
+    centre_index = (slice(None),) + tuple(coords.T)
     if replacement == "uniform":
         masked[centre_index] = patch[(slice(None),) + tuple(_uniform_neighbours(coords, lo, hi, axis, span, rng).T)]
     else:
