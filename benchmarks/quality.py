@@ -1,5 +1,8 @@
 """Denoising quality of every bigdenoise method and of classical baselines, on real microscopy
-data and on natural images with synthetic noise: PSNR and SSIM, mean ± standard error over images.
+data and on natural images with synthetic noise: PSNR and SSIM over images, every learned row
+(and CAREamics) trained once per seed (``--seeds``, default 3) and reported as the mean over seeds
+± their spread (standard deviation, and [min, max] of the seeds' means), with the paired per-image
+PSNR gain over the first baseline (normally the noisy input).
 
 Each learned method is trained through the public API (``bigdenoise.train``) with the same
 wall-clock budget (``--budget``, passed as ``max_time``) on a Zarr stack written here, and
@@ -17,17 +20,24 @@ FOVs 001-007), ``w2s-c0|c1|c2`` (one channel, FOVs 004-010; CARE and the noise m
 001-003 of that channel: one acquisition setting per noise model, as PN2V needs), ``fmd`` (CARE by 2-fold cross-fitting on image halves), ``fmd-fish`` (FMD's Confocal_FISH_3 alone,
 the PN2V paper's Confocal Zebrafish at NR1: N2V and PN2V, matched and bootstrapped), ``hagen-mito|nucleus|
 membrane`` (256x256 tiles; CARE on the tiles outside the scored crop), ``tirf`` (20 repeated
-sCMOS frames against their mean), ``timelapse`` (nuclei time-lapse as reference + simulated
-Poisson–Gaussian noise) and ``phantom3d`` (a generated 3D phantom + Poisson–Gaussian noise).
+sCMOS frames; each against the mean of the frames outside its input window), ``timelapse``
+(nuclei time-lapse as reference + simulated Poisson–Gaussian noise) and ``phantom3d`` (a
+generated 3D phantom + Poisson–Gaussian noise).
 Outputs on W2S and Hagen are fitted ``a * x + b`` to the reference before scoring (their 8-bit
 files were contrast-stretched independently).
 
-``--quick`` (what RESULTS.md shows by default; under 15 minutes on 2 CPU cores): the data sets
-and methods of ``QUICK_PLAN`` (few images, 256x256 crops), 45 s per model.
+``--quick`` (what RESULTS.md shows by default): the data sets and methods of ``QUICK_PLAN`` (few
+images, 256x256 crops), 45 s per model and seed: under 15 minutes on 2 CPU cores with
+``--seeds 1``, about three times that with the default 3 seeds.
 
     python benchmarks/quality.py --quick --record
     python benchmarks/quality.py --budget 10m --record          # every data set and method
     python benchmarks/quality.py --datasets tirf,timelapse,phantom3d --methods n2v,noise2stack --section stack --record
+
+Training seeds: ``--seeds 3`` trains seeds ``--seed`` .. ``--seed + 2``; ``--seeds 0,5,9`` names
+them. The data (synthetic noise, crops) keep ``--seed``, so the seeds differ only in training.
+Each seed trains in its own folder (``<work>/<dataset>/seed<S>``). Deterministic baselines
+(filters, NLM, BM3D) run once.
 
 ``--record`` writes the tables into benchmarks/RESULTS.md (section "quality", or
 "quality-NAME" with ``--section NAME``) and a panel of crops per data set into
@@ -37,6 +47,7 @@ benchmarks/figures/quality_[NAME_]<dataset>.png.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import math
 import shutil
@@ -57,6 +68,8 @@ FIGURES = common.BENCH_DIR / "figures"
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v")
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy")
 FILTERS = ("noisy", "gaussian", "median", "nlm")
+SEEDED_BASELINES = ("careamics-n2v",)  # baselines that train, hence run once per seed
+DEFAULT_SEEDS = 3
 # --quick: what each data set runs (BM3D and CAREamics where the issues need them: they are slow on a CPU)
 QUICK_PLAN = {
     "bsd68-s25": (*FILTERS, "bm3d", "careamics-n2v", "n2v", "n2n"),
@@ -374,8 +387,38 @@ def save_panel(ds: Dataset, panels: list[tuple[str, np.ndarray, float]], path: P
 
 
 def _cell(values: list[float], digits: int) -> str:
+    """Mean ± standard error over images (one seed's run)."""
     mean, sem = metrics.mean_sem(values)
     return f"{mean:.{digits}f}" if math.isnan(sem) else f"{mean:.{digits}f} ± {sem:.{digits}f}"
+
+
+def seed_spread(per_seed: list[list[float]]) -> tuple[float, float, float, float]:
+    """Mean over seeds of each seed's mean over images, the standard deviation of those seed
+    means (ddof 1; NaN for one seed), and their min and max."""
+    means = np.array([np.mean(v) for v in per_seed], dtype=np.float64)
+    std = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
+    return float(means.mean()), std, float(means.min()), float(means.max())
+
+
+def _spread_cell(per_seed: list[list[float]], digits: int, sign: str = "") -> str:
+    """``mean ± std [min, max]`` over seeds, or the single value of a deterministic row."""
+    mean, std, lo, hi = seed_spread(per_seed)
+    if math.isnan(std):
+        return f"{mean:{sign}.{digits}f}"
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+
+
+def paired_diffs(run: dict, ref: dict) -> list[np.ndarray]:
+    """Per seed, the per-image PSNR of ``run`` minus that of ``ref`` on the same images; seeds
+    are paired by position, a deterministic row (one entry) pairs with every seed."""
+    a, b = run["psnr"], ref["psnr"]
+    if len(a) == 1:
+        a = a * len(b)
+    if len(b) == 1:
+        b = b * len(a)
+    if len(a) != len(b):
+        raise ValueError(f"cannot pair {len(a)} seeds with {len(b)}")
+    return [np.subtract(x, y) for x, y in zip(a, b)]
 
 
 NOT_PLANNED = "not in the quick plan"
@@ -384,39 +427,65 @@ HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("noise2stack", "n2v"), ("noise2stack-
 
 
 def head_to_head(results: dict) -> list[str]:
-    """Paired PSNR differences (same images) of the comparisons the issues ask for."""
+    """Paired PSNR differences (same images, seeds paired) of the comparisons the issues ask for."""
     lines = []
     for m, ref in HEAD_TO_HEAD:
         cells = []
         for d, res in results.items():
             if m in res["runs"] and ref in res["runs"]:
-                diff = np.subtract(res["runs"][m]["psnr"], res["runs"][ref]["psnr"])
-                mean, sem = metrics.mean_sem(list(diff))
-                spread = "" if math.isnan(sem) else f" ± {sem:.2f}"
-                cells.append(f"{d} {mean:+.2f}{spread} dB ({int(np.sum(diff > 0))}/{len(diff)} images higher)")
+                diffs = paired_diffs(res["runs"][m], res["runs"][ref])
+                higher = sum(int(np.sum(x > 0)) for x in diffs)
+                total = sum(len(x) for x in diffs)
+                cells.append(f"{d} {_spread_cell([list(x) for x in diffs], 2, '+')} dB "
+                             f"({higher}/{total} image-seed pairs higher)")
         if cells:
             lines.append(f"- {m} − {ref}: " + "; ".join(cells))
-    return ["PSNR of a method minus its reference method on the same images (mean ± standard error of the paired "
-            "differences):", "", *lines] if lines else []
+    return ["PSNR of a method minus its reference method on the same images, seeds paired (mean over seeds of the "
+            "paired mean over images ± standard deviation across seeds [min, max]):", "", *lines] if lines else []
+
+
+def first_baseline(res: dict, methods: list[str]) -> str | None:
+    """The first baseline of ``methods`` that ran on a data set (normally ``noisy``)."""
+    return next((m for m in methods if m in BASELINES and m in res["runs"]), None)
 
 
 def panel_name(dataset: str, a: argparse.Namespace) -> str:
     return f"quality_{a.section + '_' if a.section else ''}{dataset}.png"
 
 
+def metric_table(results: dict, rows: list[str], metric: str, digits: int) -> list[str]:
+    """Markdown table, one row per method and a column per data set, of ``metric`` over seeds."""
+    names = list(results)
+    lines = [f"| method | {' | '.join(names)} |", "|" + " --- |" * (len(names) + 1)]
+    for m in rows:
+        cells = [_spread_cell(results[d]["runs"][m][metric], digits) if m in results[d]["runs"] else "—"
+                 for d in names]
+        lines.append(f"| {m} | {' | '.join(cells)} |")
+    return lines
+
+
+def gain_table(results: dict, rows: list[str], methods: list[str]) -> list[str]:
+    """Markdown table of each method's paired per-image PSNR gain over the data set's first
+    baseline (:func:`first_baseline`), over seeds."""
+    names = list(results)
+    bases = {d: first_baseline(results[d], methods) for d in names}
+    lines = [f"| method | {' | '.join(f'{d} (− {bases[d]})' for d in names)} |", "|" + " --- |" * (len(names) + 1)]
+    for m in rows:
+        cells = []
+        for d in names:
+            run, base = results[d]["runs"].get(m), bases[d]
+            if not run or base is None or m == base:
+                cells.append("—")
+            else:
+                diffs = paired_diffs(run, results[d]["runs"][base])
+                cells.append(_spread_cell([list(x) for x in diffs], 2, "+"))
+        lines.append(f"| {m} | {' | '.join(cells)} |")
+    return lines
+
+
 def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, machine, probes, seconds) -> str:
     names = list(results)
     rows = [m for m in methods if any(m in results[d]["runs"] for d in names)]
-
-    def table(metric: str, digits: int) -> list[str]:
-        lines = [f"| method | {' | '.join(names)} |", "|" + " --- |" * (len(names) + 1)]
-        for m in rows:
-            cells = []
-            for d in names:
-                run = results[d]["runs"].get(m)
-                cells.append(_cell(run[metric], digits) if run else "—")
-            lines.append(f"| {m} | {' | '.join(cells)} |")
-        return lines
 
     # reasons that hold for every data set (a package not installed) are said once
     common_skips = {m: why for m, why in results[names[0]]["skipped"].items()
@@ -427,7 +496,9 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"- Date: {common.now()}; total run time {seconds / 60:.1f} min",
            f"- Machine: {common.format_machine(machine, probes)}",
            f"- Reproduce: `{common.this_command()}`",
-           f"- Budget: every learned model trains for {a.budget:g} s of wall-clock time (`max_time`), seed {a.seed}, "
+           f"- Budget: every learned model trains for {a.budget:g} s of wall-clock time (`max_time`), once per "
+           f"training seed ({', '.join(map(str, a.seeds))}; CAREamics too, with seed + 1; the data keep seed "
+           f"{a.seed}), "
            + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
            "default U-Net (depth 2, 32 features), patch 64x64, batch 16, through `bigdenoise.train`; prediction "
            "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr. CAREamics N2V: its own U-Net "
@@ -439,9 +510,13 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            + ". Read the numbers as a ranking at equal small budget, not as a reproduction.",
            "- Gaussian and median filters: the window (3, 5 or 7) with the best mean PSNR on each data set, chosen "
            "with the ground truth (an oracle choice in their favour).", "",
-           "PSNR (dB), mean ± standard error over images:", "", *table("psnr", 2), "",
-           "SSIM (Gaussian window sigma 1.5, `bigdenoise.metrics.ssim`), mean ± standard error over images:", "",
-           *table("ssim", 3), "", *head_to_head(results), ""]
+           f"PSNR (dB) over {len(a.seeds)} training seed{'s' * (len(a.seeds) > 1)}: mean over seeds of the mean over "
+           "images ± standard deviation across seeds [min, max of the seeds' means]; a single value: a deterministic "
+           "row (no training):", "", *metric_table(results, rows, "psnr", 2), "",
+           "PSNR gain (dB) over the first baseline, paired per image (the same images, seeds paired), summarised "
+           "over seeds as above:", "", *gain_table(results, rows, methods), "",
+           "SSIM (Gaussian window sigma 1.5, `bigdenoise.metrics.ssim`), summarised as PSNR:", "",
+           *metric_table(results, rows, "ssim", 3), "", *head_to_head(results), ""]
     if common_skips:
         out += ["Not run anywhere: " + "; ".join(f"{m}: {why}" for m, why in common_skips.items()) + ".", ""]
     out += ["Per data set (— in the tables: the data do not allow the method, reason below):", ""]
@@ -452,8 +527,12 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
             out.append(f"  Published reference (other settings): {ds.paper}.")
         for m, run in res["runs"].items():
             bits = []
+            if len(run["psnr"]) > 1:
+                per_seed = ", ".join(f"{s}: {_cell(v, 2)}" for s, v in zip(run["seeds"], run["psnr"]))
+                bits.append(f"PSNR per seed {per_seed} dB (± standard error over images)")
             if run.get("steps") is not None:
-                bits.append(f"{run['steps']} steps, train {run['train_s']:.0f} s, predict {run['predict_s']:.1f} s")
+                bits.append(f"{run['steps']} steps, train {run['train_s']:.0f} s, predict {run['predict_s']:.1f} s"
+                            + (" (seeds' mean)" if len(run["psnr"]) > 1 else ""))
             elif run.get("seconds") is not None and m != "noisy":
                 bits.append(f"{run['seconds']:.1f} s")
             if run.get("note"):
@@ -479,13 +558,17 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"{', '.join(QUICK_PLAN)}; few images and crops; the "
-                   "methods of QUICK_PLAN; 45 s per model (under 15 min on 2 CPU cores)")
+                   "methods of QUICK_PLAN; 45 s per model and seed (under 15 min on 2 CPU cores per seed)")
     p.add_argument("--datasets", help=f"comma-separated subset of {','.join(ALL_DATASETS)} "
                    "(default: all, or the quick set)")
     p.add_argument("--methods", help=f"comma-separated subset of {','.join(BASELINES + LEARNED)} "
                    "(default: all, or the quick set); a method the data do not allow is skipped with the reason")
     p.add_argument("--budget", help="training wall-clock budget per model: 90, 90s, 5m (default 45s quick, 5m full)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic noise and of training (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic noise and the first training seed (default 0)")
+    p.add_argument("--seeds", default=str(DEFAULT_SEEDS),
+                   help=f"training seeds: a count N (seeds SEED .. SEED+N-1) or a comma-separated list "
+                        f"(default {DEFAULT_SEEDS}); every learned row and CAREamics trains once per seed")
     p.add_argument("--noise-kind", choices=("gmm", "histogram"), default="gmm",
                    help="PN2V's noise model (default gmm; the PN2V paper's is the histogram)")
     p.add_argument("--schedule", choices=("plateau", "cosine"),
@@ -506,6 +589,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.budget = parse_duration(a.budget) if a.budget else (45.0 if a.quick else 300.0)
     except argparse.ArgumentTypeError as exc:
         p.error(f"--budget: {exc}")
+    try:
+        a.seeds = parse_seeds(a.seeds, a.seed)
+    except ValueError as exc:
+        p.error(f"--seeds: {exc}")
     if a.section and not all(c.isalnum() or c == "-" for c in a.section):
         p.error("--section: letters, digits and - only")
     a.plan = QUICK_PLAN if a.quick and not a.methods else None
@@ -513,6 +600,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     planned = {m for d in a.datasets for m in QUICK_PLAN.get(d, ())} if a.plan else BASELINES + LEARNED
     a.methods = _pick(p, a.methods, [m for m in BASELINES + LEARNED if m in planned], BASELINES + LEARNED, "--methods")
     return a
+
+
+def parse_seeds(text: str, base: int) -> list[int]:
+    """``--seeds``: a count ``N`` (seeds ``base .. base + N - 1``) or a comma-separated list."""
+    text = text.strip()
+    if "," not in text:
+        try:
+            count = int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is neither a count nor a comma-separated list of seeds") from None
+        if count < 1:
+            raise ValueError(f"need at least one seed, got {count}")
+        return list(range(base, base + count))
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of whole numbers") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"{text!r}: give distinct seeds")
+    return seeds
 
 
 def _pick(p, text, default, allowed, flag) -> list[str]:
@@ -523,6 +630,66 @@ def _pick(p, text, default, allowed, flag) -> list[str]:
     if unknown:
         p.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
     return chosen
+
+
+def run_once(m: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
+             trained: set[str]) -> tuple[np.ndarray | None, dict | str]:
+    """One run of row ``m`` under ``a`` (its ``seed`` is the training seed): the output and the
+    run's record, or (None, why it did not run)."""
+    t0 = time.perf_counter()
+    if m in BASELINES:
+        output, note = run_baseline(m, ds, folder, a)
+        if output is None:
+            return None, note
+        return output, {"note": note, "seconds": time.perf_counter() - t0}
+    try:
+        run = run_learned(m, ds, noisy_path, folder, a, trained)
+    except BigDenoiseError as exc:  # e.g. a bootstrapped noise model that does not fit: report it
+        return None, f"failed: {exc}"
+    return run.pop("output"), run
+
+
+def _merge_seeds(seeds: list[int | None], runs: list[dict]) -> dict:
+    """One row's record from its runs (one per seed): per-seed PSNR/SSIM lists, the steps
+    ``a/b/c``, mean times, the note (per seed when they differ)."""
+    notes = [r.get("note", "") for r in runs]
+    merged = {"seeds": seeds, "psnr": [r["psnr"] for r in runs], "ssim": [r["ssim"] for r in runs],
+              "note": notes[0] if len(set(notes)) == 1 else "; ".join(f"seed {s}: {n}" for s, n in zip(seeds, notes))}
+    if runs[0].get("steps") is not None:
+        merged["steps"] = "/".join(str(r["steps"]) for r in runs)
+        merged["train_s"] = float(np.mean([r["train_s"] for r in runs]))
+        merged["predict_s"] = float(np.mean([r["predict_s"] for r in runs]))
+    elif runs[0].get("seconds") is not None:
+        merged["seconds"] = float(np.mean([r["seconds"] for r in runs]))
+    return merged
+
+
+def run_over_seeds(m: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
+                   trained: dict[int, set[str]]) -> tuple[dict | str, np.ndarray | None]:
+    """Row ``m`` once per training seed (once if it does not train), each seed in its own folder
+    ``seed<S>``; returns the merged record (or why it did not run) and the first seed's scored
+    images (for the panel)."""
+    seeds = a.seeds if m in LEARNED or m in SEEDED_BASELINES else [None]
+    runs, first = [], None
+    for seed in seeds:
+        t0 = time.perf_counter()
+        sa = a if seed is None else copy.copy(a)
+        if seed is not None:
+            sa.seed = seed
+        where = folder if seed is None else folder / f"seed{seed}"
+        where.mkdir(parents=True, exist_ok=True)
+        output, run = run_once(m, ds, noisy_path, where, sa, trained[seed] if seed is not None else set())
+        if output is None:
+            print(f"  {m:<14} not run{'' if seed is None else f' (seed {seed})'}: {run}", flush=True)
+            return run, None
+        run["psnr"], run["ssim"], scored = score(ds, output)
+        first = scored if first is None else first
+        runs.append(run)
+        extra = f" ({run['steps']} steps)" if run.get("steps") is not None else ""
+        label = "" if seed is None else f"seed {seed} "
+        print(f"  {m:<14} {label}PSNR {_cell(run['psnr'], 2):>15} dB  SSIM {_cell(run['ssim'], 3):>13}  "
+              f"{time.perf_counter() - t0:6.1f} s{extra}  {run.get('note', '')}", flush=True)
+    return _merge_seeds([s for s in seeds if s is not None], runs), first
 
 
 def main(argv=None) -> int:
@@ -542,10 +709,10 @@ def main(argv=None) -> int:
         folder = work / name
         folder.mkdir(parents=True, exist_ok=True)
         noisy_path = write_stack(folder / "noisy.zarr", ds.noisy)
-        runs, skipped, panels, trained = {}, {}, [], set()
+        runs, skipped, panels = {}, {}, []
+        trained: dict[int, set[str]] = {seed: set() for seed in a.seeds}  # per seed: rows trained so far
         print(f"\n== {name}: {ds.noisy.shape[0]} images {ds.noisy.shape[1]}x{ds.noisy.shape[2]}", flush=True)
         for m in a.methods:
-            t0 = time.perf_counter()
             why = None if m in BASELINES else learned_why_not(m, ds)
             if why is None and a.plan and m not in a.plan.get(name, ()):
                 why = NOT_PLANNED
@@ -553,27 +720,14 @@ def main(argv=None) -> int:
                 skipped[m] = why
                 print(f"  {m:<14} not run: {why}", flush=True)
                 continue
-            if m in BASELINES:
-                output, note = run_baseline(m, ds, folder, a)
-                if output is None:
-                    skipped[m] = note
-                    print(f"  {m:<14} skipped: {note}", flush=True)
-                    continue
-                run = {"note": note, "seconds": time.perf_counter() - t0}
-            else:
-                try:
-                    run = run_learned(m, ds, noisy_path, folder, a, trained)
-                except BigDenoiseError as exc:  # e.g. a bootstrapped noise model that does not fit: report it
-                    skipped[m] = f"failed: {exc}"
-                    print(f"  {m:<14} failed: {exc}", flush=True)
-                    continue
-                output = run.pop("output")
-            run["psnr"], run["ssim"], scored = score(ds, output)
+            run, first = run_over_seeds(m, ds, noisy_path, folder, a, trained)
+            if isinstance(run, str):
+                skipped[m] = run
+                continue
             runs[m] = run
-            panels.append((m, scored[0], run["psnr"][0]))
-            extra = f" ({run['steps']} steps)" if run.get("steps") is not None else ""
-            print(f"  {m:<14} PSNR {_cell(run['psnr'], 2):>15} dB  SSIM {_cell(run['ssim'], 3):>13}  "
-                  f"{time.perf_counter() - t0:6.1f} s{extra}  {run.get('note', '')}", flush=True)
+            panels.append((m, first[0], run["psnr"][0][0]))
+            if len(run["psnr"]) > 1:
+                print(f"  {m:<14} over seeds: PSNR {_spread_cell(run['psnr'], 2)} dB", flush=True)
         results[name] = {"runs": runs, "skipped": skipped}
         if a.record and panels:
             path = FIGURES / panel_name(name, a)
