@@ -13,9 +13,9 @@ import numpy as np
 from .config import make_config
 from .errors import ConfigError, InputError
 from .clusters import JobOptions, check_cluster, dask_client
-from .execute import BlockSettings, run_blocks
+from .execute import BlockSettings, image_means, run_blocks
 from .fingerprint import differences, fingerprint
-from .infer import plan_for
+from .infer import image_statistic, plan_for
 from .package import Model, load_model, prediction_options, with_options
 from .runtime import check_compiler
 from .tiling import block_shape_for
@@ -30,7 +30,7 @@ def _volume(source: Any, axes: str | None) -> Volume:
 
 
 def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None = None, target: Any = None,
-          resume: bool = False, overwrite: bool = False, progress: bool = True, **config: Any) -> Model:
+          clean: Any = None, resume: bool = False, overwrite: bool = False, progress: bool = True, **config: Any) -> Model:
     """Train a denoiser on ``source`` and write its model package to ``out``.
 
     Parameters
@@ -40,6 +40,8 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
     method : a registered method name (``bigdenoise.methods.method_names()``).
     axes : axes of ``source`` (e.g. ``"SYX"``); read from the metadata when omitted.
     target : second volume for methods that need one (Noise2Noise, CARE, Noise2Stack ``mode="copy"``).
+    clean : unpaired clean images of other fields of view (any shape, the input's axes) for
+        methods that distil from them (``dbsn``); normalised with the input's statistics.
     config : any :class:`bigdenoise.config.TrainConfig` field (``steps``, ``max_time``,
         ``patch``, ``batch_size``, ``net={"depth": 2, ...}``, ``options={...}``, ``seed`` ...).
     """
@@ -48,6 +50,8 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
     volumes = {"input": volume}
     if target is not None:
         volumes["target"] = _volume(target, volume.axes)
+    if clean is not None:
+        volumes["clean"] = _volume(clean, volume.axes)
     return fit(volumes, out, cfg, resume=resume, overwrite=overwrite, progress=progress)
 
 
@@ -117,7 +121,11 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
         skip = _resumed_blocks(spec, record, volume.shape, block, dest) if resume else None
         settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
                                  skip_background, compiled, overrides)
-        summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip)
+        means = None
+        if image_statistic(loaded) is not None:  # e.g. D-BSN awgn: each image's noise level, before tiling
+            means = image_means(volume, plan, block, settings, client, progress=progress)
+        summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip,
+                             image_means=means)
     finish_output(spec)
     dest.commit()
     return {**summary, "output": str(dest.path), "block_shape": block, "tile": plan.tile, "halo": plan.halo}

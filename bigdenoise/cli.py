@@ -87,6 +87,9 @@ def _add_train(sub) -> None:
     p.add_argument("--method", default="n2v", help="training method (default n2v)")
     p.add_argument("--axes", help="axes of the input, e.g. SYX, ZYX (default: from metadata)")
     p.add_argument("--target", help="second volume for paired methods (n2n, care)")
+    p.add_argument("--clean", metavar="UNPAIRED",
+                   help="clean images of other fields of view (any shape, the input's axes): dbsn distils from "
+                        "synthetic pairs made of them with its learned noise level (--option clean_weight)")
     budget = p.add_argument_group("budget (the first to run out ends training; default 2000 steps)")
     budget.add_argument("--steps", type=int)
     budget.add_argument("--epochs", type=float, help="one epoch = as many patches as tile the volume once")
@@ -314,7 +317,8 @@ def run(a: argparse.Namespace) -> int:
         d = describe(open_volume(a.input, a.axes))
         print(json.dumps(d, indent=2, default=str) if a.json else format_description(d))
     elif a.command == "train":
-        model = api.train(a.input, a.out, method=a.method, axes=a.axes, target=a.target, resume=a.resume,
+        model = api.train(a.input, a.out, method=a.method, axes=a.axes, target=a.target, clean=a.clean,
+                          resume=a.resume,
                           overwrite=a.overwrite, progress=not a.quiet, **_train_kwargs(a))
         info = model.info
         print(f"trained {a.method} for {info['steps']} steps ({info['train_seconds']} s on {info['device']}); "

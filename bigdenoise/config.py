@@ -121,9 +121,9 @@ class TrainConfig(BaseModel):
 
     @property
     def stack_axis(self) -> str | None:
-        """The axis fed to the network as channels (Noise2Stack), or None."""
-        axis = get_method(self.method).stack_axis(self.method_options)
-        return axis.upper() if axis else None
+        """The axis fed to the network as channels (Noise2Stack), or None; for a method with
+        ``planes`` (2D nets over YX), Z when the axes have one (a stack without neighbours)."""
+        return get_method(self.method).stack_for(self.method_options, self.axes)
 
     @property
     def net_axes(self) -> str:

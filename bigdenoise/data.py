@@ -16,7 +16,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .axes import axis_roles
 from .background import subtract_background
 from .normalize import Stats, normalize
-from .sampling import TRAIN, ChunkCache, PatchSampler, dihedral, read_neighbourhood, sample_rng
+from .sampling import TRAIN, ChunkCache, PatchSampler, dihedral, read_neighbourhood, sample_rng, unpaired_stream
 from .volume import Volume
 
 
@@ -51,6 +51,11 @@ class PatchBatches(IterableDataset):
         ``2 * channel_halo + 1`` planes around the sampled plane along this axis letter
         (``sampling.read_neighbourhood``), as channels; other keys hold the sampled plane.
     background : a fixed YX pattern subtracted from every volume before normalisation, or None.
+    unpaired : samplers of unpaired volumes (``Method.unpaired``), by key: those volumes (also in
+        ``volumes``, any shape, the same axes) are read at their own sampler's boxes, drawn from
+        a random stream of their own (``sampling.unpaired_stream``), independent of the input's,
+        and never background-subtracted. ``read``: the unpaired keys to read (None: all); the
+        paired volumes are always read.
     """
 
     def __init__(
@@ -71,6 +76,8 @@ class PatchBatches(IterableDataset):
         stack_axis: str | None = None,
         channel_halo: int = 0,
         background: np.ndarray | None = None,
+        unpaired: Mapping[str, PatchSampler] | None = None,
+        read: tuple[str, ...] | None = None,
     ) -> None:
         self.volumes = dict(volumes)
         self.stats = dict(stats)
@@ -87,6 +94,9 @@ class PatchBatches(IterableDataset):
         self.stack_axis = stack_axis
         self.channel_halo = channel_halo
         self.background = background
+        self.unpaired = dict(unpaired or {})
+        keys = [k for k in volumes if k not in self.unpaired or read is None or k in read]
+        self.volumes = {k: self.volumes[k] for k in keys}
         self._caches: dict[str, ChunkCache] | None = None
 
     def caches(self) -> dict[str, ChunkCache]:
@@ -102,6 +112,11 @@ class PatchBatches(IterableDataset):
         sample = {}
         for key, cache in self.caches().items():
             axes = cache.volume.axes
+            if key in self.unpaired:
+                j = list(self.unpaired).index(key)
+                own = self.unpaired[key].box(index, self.seed, unpaired_stream(self.stream, j))
+                sample[key] = channels_first(normalize(cache.read(own), self.stats[key]), axes)
+                continue
             if self.stack_axis is not None and key == "input":
                 raw = read_neighbourhood(cache, box, axes.index(self.stack_axis), self.channel_halo)
             else:

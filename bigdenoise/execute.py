@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .clusters import gpu_for_worker
 from .errors import BigDenoiseError
 from .geometry import Block
-from .infer import denoise_block, for_inference, model_device
+from .infer import denoise_block, for_inference, image_sums, model_device
 from .package import Model, load_model, with_options
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
@@ -78,8 +78,10 @@ def _output_array(spec: OutputSpec):
         return _outputs[spec]
 
 
-def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockSettings, out: OutputSpec) -> dict:
-    """Read, denoise and write one block (runs on a worker). Returns a small summary."""
+def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockSettings, out: OutputSpec,
+                  image_means: np.ndarray | None = None) -> dict:
+    """Read, denoise and write one block (runs on a worker). Returns a small summary.
+    ``image_means``: the whole-image pre-pass means (:func:`image_means`), or None."""
     t0 = time.perf_counter()
     model = worker_model(settings)
     rbox = read_box(plan, block.write)
@@ -97,7 +99,7 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
         with nullcontext() if gpu else _compute_lock:
             y = denoise_block(data, rbox, block.write, plan, model, batch_size=settings.batch_size,
                               precision=settings.precision, compute_lock=_compute_lock if gpu else None,
-                              timings=timings)
+                              timings=timings, image_means=image_means)
     t2 = time.perf_counter()
     if not background:
         write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))
@@ -107,16 +109,66 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
             "compute_s": t2 - t1, "write_s": t3 - t2, **timings}
 
 
+def prepass_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockSettings) -> tuple:
+    """One block's share of the whole-image pre-pass (runs on a worker): its offset along the
+    sample axes, and the per-image sums and voxel counts of the model's statistic over its
+    write box (no halo: the statistic is voxelwise)."""
+    model = worker_model(settings)
+    sums, counts = image_sums(volume.read(block.write), block.write, model, plan.roles)
+    sample = [i for i, r in enumerate(plan.roles) if r == "sample"]
+    return tuple(block.write.offset[i] for i in sample), sums, counts
+
+
+def image_means(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings, client, *,
+                window: int | None = None, progress: bool = True) -> np.ndarray:
+    """The first pass of a model with a pre-pass (``methods.Method.prepass``): its statistic's
+    mean over every voxel of each image (each position along the sample axes; the whole volume
+    when there is none), as an array shaped as the volume's sample axes. One task per block,
+    at most ``window`` in flight; the client only adds up per-image sums."""
+    from distributed import as_completed
+
+    sample = [i for i, r in enumerate(plan.roles) if r == "sample"]
+    lead = tuple(volume.shape[i] for i in sample)
+    sums, counts = np.zeros(lead), np.zeros(lead, np.int64)
+    if window is None:
+        window = max(4, 2 * (sum(client.nthreads().values()) or 1))
+    blocks = iter_blocks(volume.shape, block_shape)
+    pending = as_completed()
+
+    def submit_next() -> bool:
+        block = next(blocks, None)
+        if block is not None:
+            pending.add(client.submit(prepass_block, volume, block, plan, settings, pure=False, retries=1,
+                                      key=f"bigdenoise-prepass-{'-'.join(map(str, block.index))}-{id(plan)}"))
+        return block is not None
+
+    for _ in range(window):
+        if not submit_next():
+            break
+    with tqdm(total=count_blocks(volume.shape, block_shape), unit="block", desc="pre-pass", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for future in pending:
+            offset, s, c = future.result()
+            future.release()
+            where = tuple(slice(o, o + n) for o, n in zip(offset, np.shape(s)))
+            sums[where] += s
+            counts[where] += c
+            bar.update(1)
+            submit_next()
+    return sums / np.maximum(counts, 1)
+
+
 def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings,
                out: OutputSpec, client, *, window: int | None = None, progress: bool = True,
-               skip: np.ndarray | None = None) -> dict:
+               skip: np.ndarray | None = None, image_means: np.ndarray | None = None) -> dict:
     """Run every block of the volume on ``client``, at most ``window`` tasks in flight.
 
     ``skip`` is a boolean array over the block grid of blocks already done (resume). Failed
     blocks (each tried twice) do not stop the others; at the end a BlockFailed names the first
     with its cause, and the output's ``ERRORS_LOG`` holds every failed block's traceback.
     The summary's ``read_s``, ``compute_s`` (``forward_s`` of it in forward passes) and
-    ``write_s`` are task seconds summed over the blocks.
+    ``write_s`` are task seconds summed over the blocks. ``image_means``: the pre-pass's
+    per-image means (:func:`image_means`) for a model that has one, else None.
     """
     from distributed import as_completed
 
@@ -135,7 +187,8 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
             return False
         key = f"bigdenoise-block-{'-'.join(map(str, block.index))}-{id(out)}"
         index_of[key] = block.index
-        pending.add(client.submit(process_block, volume, block, plan, settings, out, key=key, retries=1, pure=False))
+        pending.add(client.submit(process_block, volume, block, plan, settings, out, image_means, key=key, retries=1,
+                                  pure=False))
         return True
 
     for _ in range(window):

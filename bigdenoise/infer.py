@@ -33,8 +33,9 @@ LIVE_FEATURE_MAPS = 12  # full-resolution feature maps of ``features`` channels 
 def model_axis_roles(model: Model, axes: str, source: str = "the input") -> tuple[str, ...]:
     """The role of each volume axis for ``model``; an InputError if the model does not fit.
 
-    A stack model's stack axis (Noise2Stack) is the ``"channel"`` axis."""
-    stack = model.stack_axis
+    A stack model's stack axis (Noise2Stack) is the ``"channel"`` axis; a ``planes`` model
+    (2D over YX, COSDD) stacks Z on any volume that has one, whatever it was trained on."""
+    stack = model.method.stack_for(model.options, axes) if model.method.planes else model.stack_axis
     if stack is not None and stack not in axes:
         raise InputError(
             f"{source} has axes {axes} but the model ({model.train_config.method}) feeds planes along {stack} "
@@ -65,7 +66,7 @@ def plan_for(model: Model, shape: tuple[int, ...], axes: str, *, tile=None, over
         raise ConfigError(f"--halo {halo} is below the model's receptive radius {radius}: tiles would not match "
                           f"a whole-volume pass (seams); use at least {radius}, or pass --inexact to accept that")
     roles = model_axis_roles(model, axes, source)
-    if "channel" in roles and shape[roles.index("channel")] < 2:
+    if "channel" in roles and model.channel_halo > 0 and shape[roles.index("channel")] < 2:
         raise InputError(f"{source} has one plane along {model.stack_axis}; the model needs neighbouring planes")
     check_background(model.background, tuple(shape), source)
     return make_plan(
@@ -105,13 +106,26 @@ def for_inference(model: Model, compiled: bool = False) -> Model:
     return dataclasses.replace(model, nets=nets)
 
 
-def run_model(model: Model, x: np.ndarray, precision: str = "fp32") -> np.ndarray:
-    """The method's prediction for a normalised batch ``x`` ``(N, C, *spatial)`` -> ``(N, 1, *spatial)``."""
+def run_model(model: Model, x: np.ndarray, precision: str = "fp32", origins: np.ndarray | None = None) -> np.ndarray:
+    """The method's prediction for a normalised batch ``x`` ``(N, C, *spatial)`` -> ``(N, 1, *spatial)``.
+
+    ``origins`` ``(N, volume ndim)``: where each tile lies (:func:`tile_origin`), passed on to
+    a method with ``tile_origins`` (others never see it)."""
     device = model_device(model)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    kwargs = {}
+    if model.method.tile_origins:
+        kwargs["origins"] = None if origins is None else torch.as_tensor(np.asarray(origins, np.int64))
     with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        y = model.method.predict(model.nets, to_fast_layout(to_device(x, device)), model.options)
+        y = model.method.predict(model.nets, to_fast_layout(to_device(x, device)), model.options, **kwargs)
     return y.float().cpu().numpy()
+
+
+def tile_origin(tile: Tile, roles: tuple[str, ...]) -> tuple[int, ...]:
+    """Where ``tile`` lies, as ``Method.tile_origins`` states it: its plane along sample and
+    channel axes, then its input box's first voxel along spatial axes."""
+    lead = [tile.core.offset[i] for i, r in enumerate(roles) if r != "spatial"]
+    return tuple(lead + [tile.input.offset[i] for i, r in enumerate(roles) if r == "spatial"])
 
 
 def workspace_bytes_per_voxel(features: int, precision: str = "fp32") -> int:
@@ -182,9 +196,13 @@ def _crop_to_window(y: np.ndarray, tile: Tile, plan: TilePlan) -> np.ndarray:
     return y.reshape(shape)
 
 
-def _batches(tiles: Iterator[Tile], size: int) -> Iterator[list[Tile]]:
+def _batches(tiles: Iterator[Tile], size: int, key=lambda tile: None) -> Iterator[list[Tile]]:
+    """Consecutive tiles in batches of at most ``size``, a new batch wherever ``key(tile)`` changes."""
     batch: list[Tile] = []
     for tile in tiles:
+        if batch and key(tile) != key(batch[0]):
+            yield batch
+            batch = []
         batch.append(tile)
         if len(batch) == size:
             yield batch
@@ -193,9 +211,62 @@ def _batches(tiles: Iterator[Tile], size: int) -> Iterator[list[Tile]]:
         yield batch
 
 
+# --- the whole-image pre-pass (methods.Method.prepass) ------------------------------------------
+
+PREPASS_VOXELS = 2**18  # voxels per call of a prepass statistic: bounds its feature maps' memory
+
+
+def image_statistic(model: Model):
+    """The model's voxelwise pre-pass statistic for its current options, or None (``Method.prepass``)."""
+    return model.method.image_statistic(model.options)
+
+
+def image_sums(data: np.ndarray, data_box: Box, model: Model, roles: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Sums (float64) and voxel counts of the model's pre-pass statistic over ``data`` (raw
+    voxels of ``data_box``), per image: both shaped as ``data_box`` along the sample axes
+    (``()`` when there is none). The statistic is voxelwise, so any box may be summed alone."""
+    statistic = image_statistic(model)
+    if statistic is None:
+        raise ValueError(f"method {model.method.name} has no pre-pass statistic with these options")
+    if "channel" in roles:
+        raise ConfigError(f"method {model.method.name}: a whole-image pre-pass is not built for stack axes")
+    sample = [i for i, r in enumerate(roles) if r == "sample"]
+    x = normalize(subtract_background(data, data_box, model.background), model.stats)
+    x = np.transpose(x, sample + [i for i in range(x.ndim) if i not in sample])
+    lead = x.shape[:len(sample)]
+    x = x.reshape((math.prod(lead), -1))
+    sums = np.zeros(x.shape[0])
+    device = model_device(model)
+    flat = (1, 1) + (1,) * (len(roles) - len(sample) - 1)  # 1x1 statistic: any voxels may form one image row
+    with torch.inference_mode():
+        for j in range(x.shape[0]):
+            for start in range(0, x.shape[1], PREPASS_VOXELS):
+                part = torch.from_numpy(np.ascontiguousarray(x[j, start:start + PREPASS_VOXELS], np.float32))
+                v = statistic(model.nets, part.reshape(flat + (-1,)).to(device))
+                sums[j] += float(v.double().sum())
+    return sums.reshape(lead), np.full(lead, x.shape[1], np.int64)
+
+
+def image_means_of(array: np.ndarray, model: Model, roles: tuple[str, ...]) -> np.ndarray | None:
+    """The model's pre-pass means per image of an in-memory ``array`` (shaped as its sample
+    axes), or None when the model needs none."""
+    if image_statistic(model) is None:
+        return None
+    sums, counts = image_sums(array, Box.from_shape(array.shape), model, roles)
+    return sums / counts
+
+
+def with_image_mean(model: Model, value: float) -> Model:
+    """``model`` predicting one image whose pre-pass mean is ``value`` (its ``image_option`` set)."""
+    config = model.train_config
+    options = {**config.options, model.method.image_option: float(value)}
+    return dataclasses.replace(model, train_config=config.model_copy(update={"options": options}))
+
+
 def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePlan, model: Model, *,
                   batch_size: int | None = None, precision: str = "fp32",
-                  compute_lock: AbstractContextManager | None = None, timings: dict | None = None) -> np.ndarray:
+                  compute_lock: AbstractContextManager | None = None, timings: dict | None = None,
+                  image_means: np.ndarray | None = None) -> np.ndarray:
     """Denoise ``write_box`` of a volume.
 
     Parameters
@@ -211,6 +282,9 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
     compute_lock : held around each forward pass only (a worker's lock shared by its task
         threads), so that another thread's reads, normalisation and blending overlap it.
     timings : when given, ``timings["forward_s"]`` grows by the seconds spent in forward passes.
+    image_means : for a model with a pre-pass (``Method.prepass``), each image's mean of its
+        statistic over the whole volume, shaped as the volume's sample axes (``()`` if none):
+        every tile of image ``s`` is predicted with ``image_means[s]`` (``with_image_mean``).
 
     Returns
     -------
@@ -221,11 +295,22 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
     batch_size = forward_batch_size(model, plan, batch_size, precision)
     lock = compute_lock if compute_lock is not None else nullcontext()
     modes = axis_modes(plan.roles)
-    for batch in _batches(tiles_for(plan, write_box), batch_size):
+    sample = [i for i, r in enumerate(plan.roles) if r == "sample"]
+    image = lambda tile: tuple(tile.core.offset[i] for i in sample)  # noqa: E731
+    if image_statistic(model) is not None and image_means is None:
+        raise ValueError(f"method {model.method.name} ({model.method.image_option}) needs each image's pre-pass "
+                         f"mean: compute image_means first (execute.image_means, image_means_of)")
+    images: dict[tuple[int, ...], Model] = {}  # the model of each image (its pre-pass mean set)
+    split = image if image_means is not None else (lambda tile: ())  # batches mix images unless levels differ
+    for batch in _batches(tiles_for(plan, write_box), batch_size, split):
+        key = split(batch[0])
+        if key not in images:
+            images[key] = model if image_means is None else with_image_mean(model, np.asarray(image_means)[key])
         inputs = np.stack([_to_net(gather(x, data_box, t.input, plan.shape, modes), plan.roles) for t in batch])
+        origins = np.array([tile_origin(t, plan.roles) for t in batch]) if model.method.tile_origins else None
         with lock:
             t0 = time.perf_counter()
-            outputs = run_model(model, inputs, precision)
+            outputs = run_model(images[key], inputs, precision, origins)
             if timings is not None:
                 timings["forward_s"] = timings.get("forward_s", 0.0) + time.perf_counter() - t0
         for tile, y in zip(batch, outputs):
@@ -237,14 +322,16 @@ def denoise_block(data: np.ndarray, data_box: Box, write_box: Box, plan: TilePla
 
 def predict_array(array: np.ndarray, model: Model, axes: str | None = None, *, tile=None, overlap: int = 0,
                   batch_size: int | None = None, precision: str = "fp32") -> np.ndarray:
-    """Denoise an in-memory array (float32 result of the same shape), tile by tile."""
+    """Denoise an in-memory array (float32 result of the same shape), tile by tile (after the
+    whole-image pre-pass of a method that has one)."""
     array = np.asarray(array)
     axes = axes or model.axes
     if len(axes) != array.ndim:
         raise InputError(f"axes {axes} do not fit an array of shape {array.shape}")
     plan = plan_for(model, array.shape, axes, tile=tile, overlap=overlap)
     whole = Box.from_shape(array.shape)
-    return denoise_block(array, whole, whole, plan, for_inference(model), batch_size=batch_size, precision=precision)
+    return denoise_block(array, whole, whole, plan, for_inference(model), batch_size=batch_size, precision=precision,
+                         image_means=image_means_of(array, model, plan.roles))
 
 
 def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> np.ndarray:
@@ -253,7 +340,10 @@ def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> n
     reference).
 
     For a stack model, one pass per plane of the stack axis, its neighbourhood built with the
-    end-plane rule (``reflect_indices`` mode ``"stack"``) independently of the tiling code.
+    end-plane rule (``reflect_indices`` mode ``"stack"``) independently of the tiling code. A
+    method with ``tile_origins`` is told each image's planes and a spatial origin of 0. A method
+    with a pre-pass (``Method.prepass``) predicts each image with its statistic's mean over that
+    whole image, computed here in one call on the image.
     Memory grows with the array: use it to check the tiled paths, not on real volumes.
     """
     axes = axes or model.axes
@@ -276,7 +366,15 @@ def predict_whole(array: np.ndarray, model: Model, axes: str | None = None) -> n
             xi = np.stack([x[pos[:j] + (int(z),) + pos[j + 1:]] for z in planes])
         else:
             xi = x[pos][None]
+        statistic = image_statistic(model)
+        one = model
+        if statistic is not None:
+            with torch.inference_mode():
+                v = statistic(model.nets, torch.from_numpy(np.ascontiguousarray(xi[None], np.float32)).to(
+                    model_device(model)))
+            one = with_image_mean(model, float(v.double().mean()))
         xi = np.pad(xi, [(0, 0)] + pads, mode="reflect")
-        y = run_model(model, xi[None])[0, 0]
+        origin = np.array([tuple(pos) + (0,) * len(spatial)])  # as infer.tile_origin: planes, then spatial
+        y = run_model(one, xi[None], origins=origin)[0, 0]
         out[pos] = y[tuple(slice(0, n) for n in sizes)]
     return denormalize(np.transpose(out, np.argsort(samples + spatial)), model.out_stats)

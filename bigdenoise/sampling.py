@@ -22,6 +22,13 @@ from .volume import Volume
 TRAIN, VALIDATION = 0, 1
 
 
+def unpaired_stream(stream: int, j: int) -> int:
+    """The random stream of the ``j``-th unpaired volume's boxes (``data.PatchBatches``) in
+    ``stream`` (TRAIN or VALIDATION): never one of the two, so its boxes are independent of the
+    input's."""
+    return 2 + 2 * j + stream
+
+
 def sample_rng(seed: int, stream: int, index: int) -> np.random.Generator:
     """The random generator of sample ``index`` of a stream (train or validation)."""
     return np.random.default_rng([seed, stream, index])

@@ -22,7 +22,7 @@ from .errors import ConfigError, InputError, OutputError
 from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_json_object
 from .fingerprint import differences, fingerprint
 from .history import HISTORY_FILE, CosineLR, plot_history, read_history, write_history
-from .methods import Method, Nets, Stage, get_method
+from .methods import Method, Nets, Stage, get_method, method_names
 from .normalize import Stats, stats_from_samples
 from .outputs import MODEL, destination
 from .package import Model, build_nets, load_model, net_tensors, save_model
@@ -66,13 +66,18 @@ def estimate_stats(volume: Volume, n_chunks: int, seed: int, background: np.ndar
     return stats_from_samples(samples, seed=seed)
 
 
-def check_volumes(volumes: Mapping[str, Volume], config: TrainConfig) -> None:
-    """Errors a user can cause, raised before any work starts."""
+def check_volumes(volumes: Mapping[str, Volume], config: TrainConfig, unpaired: tuple[str, ...] = ()) -> None:
+    """Errors a user can cause, raised before any work starts. ``unpaired`` volumes
+    (``Method.unpaired``) may have any shape, but the input's axes."""
     first = volumes["input"]
     if first.axes != config.axes:
         raise InputError(f"{first.source}: volume axes {first.axes} differ from the config's axes {config.axes}")
     for key, vol in volumes.items():
-        if vol.shape != first.shape:
+        if key in unpaired:
+            if vol.axes != first.axes:
+                raise InputError(f"{vol.source} ({key}) has axes {vol.axes} but {first.source} has {first.axes}; "
+                                 f"give the {key} volume the input's axes")
+        elif vol.shape != first.shape:
             raise InputError(f"{vol.source} ({key}) has shape {vol.shape} but {first.source} has {first.shape}; paired volumes must match")
         spatial = [n for a, n in zip(vol.axes, vol.shape) if a in config.net_axes]
         if any(n < p for n, p in zip(spatial, config.patch_shape)):
@@ -170,9 +175,9 @@ class _Run:
     def amp(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
 
-    def data(self, start_batch: int) -> PatchBatches:
+    def data(self, start_batch: int, stage: Stage) -> PatchBatches:
         return PatchBatches(self.volumes, self.stats, self.sampler, self.method.prepare, self.options, stream=TRAIN,
-                            start_batch=start_batch, **self.batches)
+                            start_batch=start_batch, read=stage.unpaired, **self.batches)
 
 
 def fit(
@@ -193,7 +198,7 @@ def fit(
     """
     method = get_method(config.method)
     _check_method_volumes(method, volumes, config)
-    check_volumes(volumes, config)
+    check_volumes(volumes, config, method.unpaired)
     protect = {f"{k} volume": v.path for k, v in volumes.items()}
     protect.update({f"{k} option": v for k, v in config.method_options.model_dump().items()
                     if isinstance(v, str) and Path(v).exists()})  # e.g. PN2V's noise model
@@ -234,11 +239,19 @@ def fit(
 
 def _check_method_volumes(method: Method, volumes: Mapping[str, Volume], config: TrainConfig) -> None:
     needed = method.volumes(config.method_options)
+    for key in volumes:
+        if key not in needed and key not in method.unpaired and key != "target":
+            takers = [m for m in method_names() if key in get_method(m).unpaired]
+            raise ConfigError(f"method {config.method} does not use a {key} volume (--{key}); drop it, or train "
+                              f"with a method that does: {', '.join(takers) or 'none'}")
+        if key in method.unpaired and not any(key in s.unpaired for s in method.stages(config.method_options)):
+            raise ConfigError(f"method {config.method} ({_describe_options(config)}) trains no stage on the {key} "
+                              f"volume (--{key}); drop it, or give the stage that uses it a budget share")
     missing = [k for k in needed if k not in volumes]
     if missing:
         raise ConfigError(f"method {config.method} ({_describe_options(config)}) needs these volumes too: "
                           f"{', '.join(missing)}; pass the second volume with --target (target=...)")
-    unused = [k for k in volumes if k not in needed]
+    unused = [k for k in volumes if k not in needed and k not in method.unpaired]
     if unused:
         raise ConfigError(f"method {config.method} ({_describe_options(config)}) does not use the {', '.join(unused)} "
                           f"volume; drop --target, or choose a method that trains on pairs (n2n, care, "
@@ -264,7 +277,7 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
     if saved is not None:
         stats = {k: Stats.from_dict(v) for k, v in saved["stats"].items()}
     else:
-        own = {"input"} if method.target_normalization == "input" else set(volumes)
+        own = {"input"} if method.target_normalization == "input" else set(volumes) - set(method.unpaired)
         stats = {k: estimate_stats(v, config.stats_chunks, config.seed, background) for k, v in volumes.items()
                  if k in own}
         stats.update({k: stats["input"] for k in volumes if k not in own})
@@ -273,8 +286,11 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
     cache_bytes = config.cache_mb * 2**20 // max(1, len(volumes))
     sampler = make_sampler(volume, config.patch_shape, cache_bytes=cache_bytes, active=config.batch_size,
                            stack_axis=config.stack_axis)
+    unpaired = {k: make_sampler(v, config.patch_shape, cache_bytes=cache_bytes, active=config.batch_size)
+                for k, v in volumes.items() if k in method.unpaired}  # own boxes, normalised as the input
     batches = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment, cache_bytes=cache_bytes,
-                   stack_axis=config.stack_axis, channel_halo=method.channel_halo(options), background=background)
+                   stack_axis=config.stack_axis, channel_halo=method.channel_halo(options), background=background,
+                   unpaired=unpaired)
     n_val = math.ceil(config.val_patches / config.batch_size)
     val_data = PatchBatches(volumes, stats, sampler, method.prepare, options, stream=VALIDATION,
                             n_batches=n_val, **{**batches, "augment": False})
@@ -304,7 +320,7 @@ def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], 
         state.best_val, best = math.inf, None  # stages' losses differ: keep the last stage's best
     max_steps, max_secs = run.step_budget[stage_index], run.time_budget[stage_index]
     stage_elapsed0, stage_t0 = state.stage_elapsed, time.monotonic()
-    loader = torch.utils.data.DataLoader(run.data(state.step), batch_size=None, num_workers=config.num_workers,
+    loader = torch.utils.data.DataLoader(run.data(state.step, stage), batch_size=None, num_workers=config.num_workers,
                                          pin_memory=run.device.type == "cuda", persistent_workers=False)
     by_steps = max_steps is not None
     bar = tqdm(

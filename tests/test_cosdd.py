@@ -1,6 +1,6 @@
 """COSDD (methods/cosdd.py, nets/lvae.py, nets/ar_decoder.py): the AR decoder's causality, a
-normalised mixture, the KL, the stop-gradients, the per-patch noise direction, the measured
-radius of the sampled path, and exact tiling of the direct denoiser."""
+normalised mixture, the KL, the stop-gradients, one noise direction per volume, the measured
+radius of the sampled path, and exact tiling of the direct denoiser and of the sampled path."""
 
 import warnings
 
@@ -11,7 +11,7 @@ import zarr
 
 import bigdenoise as bd
 from bigdenoise.config import NetConfig
-from bigdenoise.infer import for_inference, predict_array, predict_whole
+from bigdenoise.infer import for_inference, plan_for, predict_array, predict_whole
 from bigdenoise.methods import cosdd
 from bigdenoise.nets.ar_decoder import ARDecoder, mixture_log_prob
 from bigdenoise.package import with_options
@@ -121,15 +121,39 @@ def _stripes(along, seed=0, shape=(64, 64)):
 
 
 def test_auto_direction_picks_the_axis_of_the_stripes():
-    options = cosdd.COSDDOptions()
-    rng = np.random.default_rng(0)
     for seed in range(3):
         assert cosdd.noise_axis(_stripes("x", seed)) == "x"
         assert cosdd.noise_axis(_stripes("y", seed)) == "y"
-        assert cosdd.prepare({"input": _stripes("x", seed)[None]}, rng, options)["axis"][0] == 0
-        assert cosdd.prepare({"input": _stripes("y", seed)[None]}, rng, options)["axis"][0] == 1
-    fixed = cosdd.COSDDOptions(direction="x")
-    assert cosdd.prepare({"input": _stripes("y")[None]}, rng, fixed)["axis"][0] == 0
+    # one direction for a batch, recorded on the first training batch and kept afterwards
+    options = cosdd.COSDDOptions(**SMALL)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    assert cosdd.noise_direction(nets) is None
+    rows = {k: torch.from_numpy(np.stack([_stripes("x", s)[None] for s in range(2)])) for k in ("input", "noisy")}
+    cols = {k: torch.from_numpy(np.stack([_stripes("y", s)[None] for s in range(2)])) for k in ("input", "noisy")}
+    assert cosdd.batch_direction(nets, cols) == "y" and cosdd.noise_direction(nets) is None  # not recorded
+    for net in nets.values():
+        net.train()
+    cosdd.vae_loss(nets, rows, options)
+    assert cosdd.noise_direction(nets) == "x"
+    assert cosdd.batch_direction(nets, cols) == "x"  # the volume's direction, whatever a later batch looks like
+    fixed = cosdd.build(NetConfig(depth=1, features=4), 2, cosdd.COSDDOptions(**SMALL, direction="y"))
+    assert cosdd.noise_direction(fixed) == "y" and cosdd.batch_direction(fixed, rows, record=True) == "y"
+    # the loop's rotations would transpose stripes: the method trains without augmentation by default
+    from bigdenoise.config import make_config
+
+    assert make_config(method="cosdd", axes="SYX").augment is False
+    assert make_config(method="n2v", axes="SYX").augment is True
+
+
+@pytest.mark.parametrize("along", ["x", "y"])
+def test_auto_direction_is_chosen_once_per_volume_and_travels_in_the_package(tmp_path, along):
+    data = np.stack([_stripes(along, seed, (64, 64)) for seed in range(2)])
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 32, 32), "SYX")
+    model = bd.train(src, tmp_path / "model", method="cosdd", progress=False, options=SMALL,
+                     **{**TINY, "steps": 2})
+    assert cosdd.noise_direction(model.nets) == along
+    assert cosdd.noise_direction(bd.load_model(tmp_path / "model").nets) == along
 
 
 def test_integer_patches_are_dequantised_by_one_grey_level():
@@ -175,16 +199,21 @@ def test_sampled_radius_is_the_encoder_and_signal_decoders_reach():
     assert reached
 
 
-def test_sampled_prediction_is_the_mean_of_seeded_samples():
+def test_sampled_prediction_is_the_mean_of_keyed_samples():
     options = cosdd.COSDDOptions(**SMALL, prediction="sampled", samples=4)
     torch.manual_seed(0)
     nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
     x = torch.randn(2, 1, 16, 24)
+    origins = torch.tensor([[0, 0, 0], [1, 0, 8]])
     with torch.no_grad():
-        a, b = cosdd.predict(nets, x, options), cosdd.predict(nets, x, options)
+        a, b = cosdd.predict(nets, x, options, origins), cosdd.predict(nets, x, options, origins)
+        keyed = cosdd.signal_samples(nets, x, 4, origins=origins, seed=cosdd.SAMPLE_SEED)
+        other = cosdd.predict(nets, x, options, origins + torch.tensor([[0, 0, 4]]))
         torch.manual_seed(1)
-        c = cosdd.signal_samples(nets, x, 4)  # unseeded draws
-    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
+        c = cosdd.signal_samples(nets, x, 4)  # unkeyed draws
+    assert a.shape == x.shape and torch.equal(a, b) and torch.equal(a, keyed) and not torch.equal(a, c)
+    assert not torch.equal(a, other)  # the noise moves with the tile
+    assert cosdd.METHOD.tile_origins and cosdd.COSDDOptions(samples="7").samples == 7
     assert cosdd.factor(nets, options) == 4 and cosdd.receptive_radius(nets, options) == cosdd.sampled_radius(nets)
 
 
@@ -208,7 +237,7 @@ def test_package_travels_with_every_net(cosdd_model):
     model = bd.load_model(root / "model")
     assert set(model.nets) == {"encoder", "ar_decoder", "signal_decoder", "direct_denoiser"}
     assert model.receptive_radius == model.nets["direct_denoiser"].receptive_radius
-    assert float(model.nets["ar_decoder"].axis_counts.sum()) > 0  # the patches' directions were recorded
+    assert cosdd.noise_direction(model.nets) in ("x", "y")  # the volume's direction was recorded
     assert float(model.nets["encoder"].kl_per_pixel) >= 0  # measured in training
     y = predict_array(data, with_options(model, {"prediction": "sampled", "samples": 2}))
     assert y.shape == data.shape and np.isfinite(y).all()
@@ -234,6 +263,46 @@ def test_direct_denoiser_halo_below_the_radius_is_not_exact(tmp_path, rough_cosd
                      predict_whole(data, for_inference(model)))
 
 
+SAMPLED = {"prediction": "sampled", "samples": 3}
+
+
+@pytest.fixture(scope="module")
+def wide_data():
+    """Planes wide enough that tiles with the sampled path's halo (48) do not cover them."""
+    return smooth_volume((2, 136, 152))[0]
+
+
+@pytest.mark.parametrize("in_chunks, out_chunks, tile", [((1, 29, 37), None, 16), ((2, 136, 152), (1, 40, 56), 24)])
+def test_sampled_prediction_blockwise_equals_whole(tmp_path, rough_cosdd, wide_data, in_chunks, out_chunks, tile):
+    """prediction=sampled keys its latent noise by global voxel coordinates: blockwise through
+    Zarr on disk equals one whole-image pass per plane (same seed, same samples)."""
+    model_dir, _ = rough_cosdd
+    data = wide_data
+    model = with_options(bd.load_model(model_dir), SAMPLED)
+    assert model.receptive_radius == cosdd.sampled_radius(model.nets) and model.factor == 4
+    plan = plan_for(model, data.shape, "SYX", tile=tile)
+    assert max(plan.input_shape[1:]) < min(data.shape[1:])  # tiles really cut the planes
+    src = write_zarr(tmp_path / "in.zarr", data, in_chunks, "SYX")
+    bd.predict(src, model_dir, tmp_path / "out.zarr", cluster="threads", chunks=out_chunks, tile=tile,
+               block_voxels=6000, progress=False, options=SAMPLED)
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    assert_exact(out, predict_whole(data, for_inference(model)), data)
+
+
+def test_sampled_halo_below_the_radius_is_not_exact(tmp_path, rough_cosdd, wide_data):
+    """Half the measured radius: the outermost voxels of the sampled path's reach weigh little
+    (3 voxels short of it moved the output by ~1e-6 of its spread), half of it is a seam."""
+    model_dir, _ = rough_cosdd
+    data = wide_data
+    model = with_options(bd.load_model(model_dir), SAMPLED)
+    src = write_zarr(tmp_path / "in.zarr", data, (2, 136, 152), "SYX")
+    bd.predict(src, model_dir, tmp_path / "out.zarr", cluster="threads", chunks=(1, 40, 56), tile=24,
+               block_voxels=6000, progress=False, halo=short_halo(model, by=model.receptive_radius // 2),
+               inexact=True, options=SAMPLED)
+    assert_not_exact(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...],
+                     predict_whole(data, for_inference(model)))
+
+
 def test_kl_per_pixel_is_recorded_and_a_collapse_warned(monkeypatch):
     options = cosdd.COSDDOptions(**SMALL)
     torch.manual_seed(0)
@@ -248,7 +317,6 @@ def test_kl_per_pixel_is_recorded_and_a_collapse_warned(monkeypatch):
         warnings.simplefilter("error")
         cosdd.vae_loss(nets, batch, options)  # a healthy KL: no warning
     assert float(nets["encoder"].kl_per_pixel) == pytest.approx(float(kl), rel=1e-5)
-    assert float(nets["ar_decoder"].axis_counts.sum()) == 3
     monkeypatch.setattr(cosdd, "COLLAPSE_KL", float(kl) * 10)
     with pytest.warns(UserWarning, match="collapsed"):
         cosdd.vae_loss(nets, batch, options)
@@ -257,8 +325,8 @@ def test_kl_per_pixel_is_recorded_and_a_collapse_warned(monkeypatch):
 @torch.no_grad()
 def test_coordinate_keyed_latent_noise_makes_tiles_equal_the_whole_image():
     """The sampled path with noise keyed by global coordinates: two tiles with a halo of the
-    measured radius give the whole image's values exactly (what ``prediction=sampled`` would do
-    if ``Method.predict`` were told where its tiles lie); with per-call noise they do not."""
+    measured radius give the whole image's values exactly (what ``prediction=sampled`` does with
+    the tile origins ``infer`` passes); with per-call noise they do not."""
     options = cosdd.COSDDOptions(**SMALL)
     torch.manual_seed(0)
     nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
@@ -292,3 +360,28 @@ def test_the_methods_own_learning_rate_is_the_default_and_an_explicit_one_wins()
     assert make_config(method="cosdd", axes="SYX").lr == 2e-3
     assert make_config(method="cosdd", axes="SYX", lr=1e-3).lr == 1e-3
     assert make_config(method="n2v", axes="SYX").lr == 4e-4
+
+
+def test_zyx_volumes_train_and_predict_2d_nets_plane_by_plane(tmp_path):
+    """On ZYX (and TZYX) volumes the nets are 2D over YX, each Z plane one image: training reads
+    single planes, prediction runs plane by plane, exactly when tiled (the sampled path keys its
+    noise by the plane too), and the model predicts SYX data just as it does ZYX data."""
+    data, _ = smooth_volume((3, 64, 72), seed=1)
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 32, 32), "ZYX")
+    bd.train(src, tmp_path / "model", method="cosdd", progress=False, options=SMALL, **TINY)
+    model_dir = rough_copy(tmp_path / "model", tmp_path / "rough")
+    model = bd.load_model(model_dir)
+    assert model.spatial_axes == "YX" and model.stack_axis == "Z" and model.channel_halo == 0
+    assert all(getattr(net, "ndim", 2) == 2 for net in model.nets.values())
+    for options in ({}, SAMPLED):
+        m = with_options(model, options)
+        whole = predict_whole(data, for_inference(m))
+        bd.predict(src, model_dir, tmp_path / f"out{len(options)}.zarr", cluster="threads", chunks=(1, 24, 40),
+                   tile=16, block_voxels=3000, progress=False, options=options or None)
+        assert_exact(zarr.open_array(str(tmp_path / f"out{len(options)}.zarr"), mode="r")[...], whole, data)
+        np.testing.assert_array_equal(predict_whole(data, for_inference(m), axes="SYX"), whole)
+    tzyx = np.stack([data, data[::-1]])
+    sampled = with_options(model, SAMPLED)
+    y = predict_array(tzyx, sampled, axes="TZYX", tile=16)
+    assert y.shape == tzyx.shape
+    assert_exact(y, predict_whole(tzyx, for_inference(sampled), axes="TZYX"), tzyx)

@@ -1,6 +1,7 @@
 """D-BSN (methods/dbsn.py, nets/blindspot.py): the blind spot, the receptive radius, the
 posterior, the loss bound, and exact tiling of the posterior and distilled paths."""
 
+import json
 import math
 
 import numpy as np
@@ -9,9 +10,16 @@ import torch
 import zarr
 
 import bigdenoise as bd
+from bigdenoise import api, infer
+from bigdenoise.cli import main
 from bigdenoise.errors import ConfigError
 from bigdenoise.config import NetConfig, make_config
+from bigdenoise.data import PatchBatches
 from bigdenoise.infer import predict_whole
+from bigdenoise.normalize import normalize
+from bigdenoise.sampling import TRAIN, make_sampler
+from bigdenoise.train import estimate_stats
+from bigdenoise.volume import open_volume
 from bigdenoise.methods import dbsn, get_method
 from bigdenoise.nets import blindspot
 from bigdenoise.nets.blindspot import BlindSpotNet
@@ -101,9 +109,15 @@ def test_leaking_configurations_are_refused_and_would_leak():
     assert g_mu[n // 2, n // 2] > 0
 
 
-def test_awgn_is_refused_until_built():
-    with pytest.raises(ConfigError, match="awgn.*not built yet"):
-        make_config(method="dbsn", axes="YX", options={"noise": "awgn"})
+def test_awgn_options():
+    assert make_config(method="dbsn", axes="YX", options={"noise": "awgn"}).method_options.noise == "awgn"
+    with pytest.raises(ConfigError, match="noise_level is a known level of noise=awgn"):
+        make_config(method="dbsn", axes="YX", options={"noise_level": 0.1})
+    method = get_method("dbsn")
+    assert method.prepass(method.options(noise="awgn", prediction="posterior")) is dbsn._awgn_statistic
+    for options in ({"noise": "awgn"}, {"noise": "awgn", "prediction": "posterior", "noise_level": 0.2},
+                    {"prediction": "posterior"}):
+        assert method.prepass(method.options(**options)) is None, options
 
 
 @pytest.mark.parametrize("ndim, config", [
@@ -180,7 +194,7 @@ def test_constrained_loss_bounds_the_nll_and_equals_it_without_sigma_mu():
     torch.testing.assert_close(dbsn.gaussian_nll(y, mu, var * 0.4, var * 0.6), (-logpdf - 0.5 * math.log(2 * math.pi))[0])
 
 
-@pytest.mark.parametrize("noise", ["pg", "hg"])
+@pytest.mark.parametrize("noise", ["pg", "hg", "awgn"])
 def test_stages_train_what_they_say(noise):
     """mu trains the D-BSN only; variance leaves the features and mu untouched; distill only the U-Net."""
     method = get_method("dbsn")
@@ -217,7 +231,8 @@ def _rough_dbsn(tmp_path_factory, noise):
     return _ROUGH[noise]
 
 
-@pytest.mark.parametrize("noise, prediction", [("pg", "posterior"), ("hg", "posterior"), ("pg", "distilled")])
+@pytest.mark.parametrize("noise, prediction", [("pg", "posterior"), ("hg", "posterior"), ("awgn", "posterior"),
+                                               ("pg", "distilled")])
 def test_tiled_equals_whole_and_a_short_halo_differs(tmp_path, tmp_path_factory, noise, prediction):
     model_dir, data = _rough_dbsn(tmp_path_factory, noise)
     model = with_options(bd.load_model(model_dir), {"prediction": prediction})
@@ -234,11 +249,13 @@ def test_tiled_equals_whole_and_a_short_halo_differs(tmp_path, tmp_path_factory,
     assert_not_exact(zarr.open_array(str(tmp_path / "short.zarr"), mode="r")[...], ref)
 
 
-def test_3d_posterior_tiled_equals_whole_and_a_short_halo_differs(tmp_path):
+@pytest.mark.parametrize("noise", ["pg", "awgn"])
+def test_3d_posterior_tiled_equals_whole_and_a_short_halo_differs(tmp_path, noise):
+    """ZYX: no sample axis, so awgn's pre-pass gives the whole volume one level."""
     data, _ = smooth_volume((12, 40, 36), seed=5)
     src = write_zarr(tmp_path / "train.zarr", data, (8, 16, 16), "ZYX")
     bd.train(src, tmp_path / "model", method="dbsn", progress=False, patch=(8, 16, 16),
-             **{**TINY_DBSN, "net": {"depth": 1, "features": 4}, "options": {"width": 4, "blocks": 1}})
+             **{**TINY_DBSN, "net": {"depth": 1, "features": 4}, "options": {"width": 4, "blocks": 1, "noise": noise}})
     model_dir = rough_copy(tmp_path / "model", tmp_path / "rough")
     model = with_options(bd.load_model(model_dir), {"prediction": "posterior"})
     assert model.receptive_radius == model.nets["bsn"].receptive_radius == 5
@@ -250,3 +267,175 @@ def test_3d_posterior_tiled_equals_whole_and_a_short_halo_differs(tmp_path):
     assert_exact(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...], ref, data)
     bd.predict(src, model_dir, tmp_path / "short.zarr", halo=short_halo(model), inexact=True, **common)
     assert_not_exact(zarr.open_array(str(tmp_path / "short.zarr"), mode="r")[...], ref)
+
+
+# --- awgn: one noise level per image, from a whole-volume pre-pass -------------------------------
+
+def _three_noise_levels(seed=7):
+    """SYX: three images of one smooth signal with noise of standard deviation 8, 30 and 90."""
+    _, clean = smooth_volume((3, 64, 72), seed=seed)
+    rng = np.random.default_rng(seed)
+    sd = np.array([8.0, 30.0, 90.0])[:, None, None]
+    return (clean + sd * rng.standard_normal(clean.shape)).astype(np.float32)
+
+
+def test_awgn_levels_are_whole_image_means_and_tiles_without_the_prepass_differ(tmp_path, tmp_path_factory,
+                                                                                 monkeypatch):
+    model_dir, _ = _rough_dbsn(tmp_path_factory, "awgn")
+    model = with_options(bd.load_model(model_dir), {"prediction": "posterior"})
+    data = _three_noise_levels()
+    roles = infer.model_axis_roles(model, "SYX")
+    means = infer.image_means_of(data, model, roles)
+    assert means.shape == (3,)
+    x = normalize(data, model.stats)
+    with torch.no_grad():  # each image's level: the statistic's mean over that whole image, in one call
+        direct = [float(dbsn._awgn_statistic(model.nets, torch.from_numpy(x[s][None, None])).double().mean())
+                  for s in range(3)]
+    np.testing.assert_allclose(means, direct, rtol=1e-5)
+    assert np.ptp(means) > 0.05 * means.mean(), "the images' levels should differ, or the test proves little"
+    ref = predict_whole(data, model)
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 13, 17), "SYX")
+    common = dict(cluster="threads", progress=False, tile=16, block_voxels=2000, options={"prediction": "posterior"})
+    bd.predict(src, model_dir, tmp_path / "out.zarr", **common)
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...], ref, data)
+    bd.predict(src, model_dir, tmp_path / "short.zarr", halo=short_halo(model), inexact=True, **common)
+    assert_not_exact(zarr.open_array(str(tmp_path / "short.zarr"), mode="r")[...], ref)
+    # break it: without the pre-pass every tile takes its own mean as its image's level
+    monkeypatch.setattr(api, "image_statistic", lambda model: None)
+    monkeypatch.setattr(infer, "image_statistic", lambda model: None)
+    bd.predict(src, model_dir, tmp_path / "local.zarr", **common)
+    assert_not_exact(zarr.open_array(str(tmp_path / "local.zarr"), mode="r")[...], ref)
+
+
+def test_a_known_awgn_level_skips_the_prepass(tmp_path_factory):
+    model_dir, data = _rough_dbsn(tmp_path_factory, "awgn")
+    model = with_options(bd.load_model(model_dir), {"prediction": "posterior", "noise_level": "0.3"})
+    assert model.options.noise_level == 0.3 and infer.image_statistic(model) is None
+    y = torch.from_numpy(normalize(data, model.stats)[:1, None])
+    with torch.no_grad():
+        var_n = dbsn.noise_variance(model.nets, y, y, model.options)
+    assert var_n.shape == (1, 1, 1, 1) and float(var_n) == pytest.approx(0.3)
+
+
+# --- unpaired clean images (--clean) -------------------------------------------------------------
+
+def _clean_batches(tmp_path, n=16, patch=(32, 32)):
+    """A noisy SYX input and a clean volume of another shape (and scale), read as training does."""
+    noisy, _ = smooth_volume((3, 64, 72), seed=1)
+    _, clean = smooth_volume((2, 48, 80), seed=2)
+    clean = clean * 1.5
+    vols = {"input": open_volume(write_zarr(tmp_path / "noisy.zarr", noisy, (1, 32, 32), "SYX")),
+            "clean": open_volume(write_zarr(tmp_path / "clean.zarr", clean.astype(np.float32), (1, 24, 40), "SYX"))}
+    stats = estimate_stats(vols["input"], 4, 0)
+    samplers = {k: make_sampler(v, patch, cache_bytes=2**24, active=4) for k, v in vols.items()}
+    data = PatchBatches(vols, {"input": stats, "clean": stats}, samplers["input"], dbsn.prepare,
+                        get_method("dbsn").options(), batch_size=n, seed=0, stream=TRAIN,
+                        unpaired={"clean": samplers["clean"]})
+    return data, samplers, stats, clean
+
+
+def test_clean_patches_are_read_at_their_own_boxes_with_the_inputs_statistics(tmp_path):
+    data, samplers, stats, clean = _clean_batches(tmp_path)
+    batch = data.batch(0)
+    assert set(batch) == {"input", "clean", "clean_noise"} and batch["clean"].shape == batch["input"].shape
+    assert float(batch["clean"].mean()) == pytest.approx(float((clean.mean() - stats.mean) / stats.std), abs=0.5)
+    noisy = data.volumes["input"]  # the noisy volume as its own "clean" one, with the input's sampler:
+    same = PatchBatches({"input": noisy, "clean": noisy}, data.stats, samplers["input"], lambda s, r, o: s, None,
+                        batch_size=1, seed=0, augment=False, unpaired={"clean": samplers["input"]})
+    examples = [same.example(i) for i in range(8)]
+    assert all(e["input"].shape == e["clean"].shape == (1, 32, 32) for e in examples)
+    # ... its own random stream still puts the clean boxes elsewhere than the input's
+    assert sum(not np.array_equal(e["input"], e["clean"]) for e in examples) >= 7
+    noise = batch["clean_noise"].numpy()
+    assert abs(noise.mean()) < 4 / math.sqrt(noise.size) and abs(noise.var() - 1) < 6 * math.sqrt(2 / noise.size)
+    without = PatchBatches(data.volumes, data.stats, data.sampler, dbsn.prepare, data.options, batch_size=2, seed=0,
+                           unpaired=data.unpaired, read=())  # stages that do not name it never read it
+    assert set(without.batch(0)) == {"input"} and "clean" not in without.caches()
+    assert [s.unpaired for s in get_method("dbsn").stages(data.options)] == [(), (), (), ("clean",)]
+
+
+@pytest.mark.parametrize("noise", ["pg", "awgn"])
+def test_synthetic_pairs_have_the_noise_level_the_model_learned(tmp_path, noise):
+    data, _, _, _ = _clean_batches(tmp_path, n=24)
+    options = get_method("dbsn").options(noise=noise)
+    torch.manual_seed(0)
+    nets = get_method("dbsn").build(NetConfig(depth=1, features=4), 2, options)
+    noise_net = nets["noise"]
+    with torch.no_grad():  # a "learned" level that varies: with the signal (pg) or with the image (awgn)
+        if noise == "pg":
+            noise_net.net.weight.fill_(0.15 / dbsn.NOISE_GAIN)
+            noise_net.net.bias.fill_(0.3 / dbsn.NOISE_GAIN)
+        else:
+            for m in noise_net.net:
+                if isinstance(m, torch.nn.Conv2d):
+                    m.weight.normal_(0, 0.5)
+                    m.bias.normal_(0, 0.1)
+    batch = data.batch(0)
+    y, x = batch["input"], batch["clean"]
+    with torch.no_grad():
+        noisy = dbsn.synthetic_noisy(nets, x, batch["clean_noise"], y, options)
+        level = noise_net(x) if noise == "pg" else dbsn.image_mean(noise_net(y)).expand_as(x)
+    r, level = (noisy - x).numpy().ravel(), level.numpy().ravel()
+    groups = np.array_split(np.argsort(x.numpy().ravel()), 4) if noise == "pg" else np.array_split(np.arange(r.size), 24)
+    ratios = [float((r[g] ** 2).mean() / level[g].mean()) for g in groups]
+    tolerance = 5 * math.sqrt(2 / min(len(g) for g in groups))
+    assert all(abs(q - 1) < tolerance for q in ratios), (ratios, tolerance)
+    spread = [level[g].mean() for g in groups]
+    assert max(spread) > 2 * min(spread), "the level should vary, or the test cannot tell x, mu or y apart"
+
+
+def test_distill_loss_weighs_the_pseudo_pairs_by_clean_weight(tmp_path):
+    data, _, _, _ = _clean_batches(tmp_path, n=2)
+    batch = data.batch(0)
+    method = get_method("dbsn")
+    torch.manual_seed(0)
+    nets = method.build(NetConfig(depth=1, features=4), 2, method.options())
+    with torch.no_grad():
+        pseudo = dbsn.distill_loss(nets, {"input": batch["input"]}, method.options())
+        both = {w: dbsn.distill_loss(nets, batch, method.options(clean_weight=w)) for w in (0.0, 0.1, 1.0)}
+    torch.testing.assert_close(both[1.0] - both[0.0], pseudo, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both[0.1] - both[0.0], 0.1 * pseudo, rtol=1e-5, atol=1e-6)
+    assert method.options().clean_weight == 0.1
+
+
+CLI_TINY = ["--steps", "4", "--val-every", "4", "--batch-size", "2", "--depth", "2", "--features", "4",
+            "--patch", "32,32", "--quiet", "--device", "cpu", "--option", "width=4", "--option", "blocks=1"]
+
+
+def test_train_with_clean_through_the_cli_records_and_protects_it(tmp_path, capsys):
+    noisy, _ = smooth_volume((3, 64, 72), seed=1)
+    _, clean = smooth_volume((2, 48, 80), seed=2)
+    src = write_zarr(tmp_path / "noisy.zarr", noisy, (1, 32, 32), "SYX")
+    cln = write_zarr(tmp_path / "clean.zarr", clean, (1, 24, 40), "SYX")
+    out = tmp_path / "model"
+    assert main(["train", src, "--method", "dbsn", "--clean", cln, "--out", str(out), *CLI_TINY]) == 0, \
+        capsys.readouterr().err
+    model = bd.load_model(out)
+    assert model.info["data"]["clean"] == cln
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["data"]["clean"]["shape"] == [2, 48, 80]  # fingerprinted for --resume
+    assert state["stats"]["clean"] == state["stats"]["input"]  # normalised with the input's statistics
+    # --resume with other clean images is refused, and so is an output inside the clean volume
+    other = write_zarr(tmp_path / "other.zarr", clean[::-1].copy(), (1, 24, 40), "SYX")
+    capsys.readouterr()
+    for argv, needle in ((["--clean", other, "--out", str(out), "--resume"], "clean volume"),
+                         (["--clean", cln, "--out", str(tmp_path / "clean.zarr" / "m")], "clean")):
+        assert main(["train", src, "--method", "dbsn", *argv, *CLI_TINY]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "clean.zarr" / "m").exists()
+
+
+def test_methods_that_do_not_use_clean_images_refuse_them(tmp_path, capsys):
+    noisy, clean = smooth_volume((2, 48, 48))
+    src = write_zarr(tmp_path / "noisy.zarr", noisy, (1, 24, 24), "SYX")
+    cln = write_zarr(tmp_path / "clean.zarr", clean, (1, 24, 24), "SYX")
+    out = tmp_path / "model"
+    assert main(["train", src, "--method", "n2v", "--clean", cln, "--out", str(out), *CLI_TINY[:-4]]) == 2
+    err = capsys.readouterr().err
+    assert "n2v does not use a clean volume (--clean)" in err and "dbsn" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+    no_distill = ["--option", "distill_fraction=0", "--option", "prediction=posterior"]
+    assert main(["train", src, "--method", "dbsn", "--clean", cln, "--out", str(out), *CLI_TINY, *no_distill]) == 2
+    err = capsys.readouterr().err
+    assert "trains no stage on the clean volume" in err and len(err.strip().splitlines()) == 1 and not out.exists()

@@ -23,7 +23,7 @@ def test_method_contract(name, ndim):
     channels = 2 * method.channel_halo(options) + 1 if method.channel_halo(options) else 1
     rng = np.random.default_rng(0)
     sample = {k: rng.normal(size=(channels if k == "input" else 1,) + spatial).astype(np.float32)
-              for k in method.volumes(options)}
+              for k in method.volumes(options) + method.unpaired}  # unpaired volumes given too
     example = method.prepare(sample, rng, options)
     assert all(v.dtype == np.float32 for v in example.values())
     batch = {k: torch.from_numpy(np.stack([v, v])) for k, v in example.items()}
@@ -37,6 +37,8 @@ def test_method_contract(name, ndim):
     with torch.inference_mode():
         y = method.predict(nets, torch.zeros((3, channels) + spatial), options)
     assert y.shape == (3, 1) + spatial
+    if method.image_option is None:  # a pre-pass statistic needs the option that receives its means
+        assert method.image_statistic(options) is None
 
 
 class _Unpickling(AssertionError):

@@ -3,6 +3,8 @@ options, ``predict --option KEY=VALUE`` for the options a method lets change at 
 (carried to the Dask workers and into the run record), and their errors."""
 
 import json
+import types
+from typing import Literal, Union, get_args, get_origin
 
 import pytest
 import torch
@@ -102,13 +104,38 @@ def test_option_help_lists_types_defaults_and_descriptions(pn2v_model, capsys):
     assert "prediction (mmse|prior_mean)" in out and "samples (int)" not in out
 
 
+def _probe_values(field, annotation=None):
+    """Values to try for a prediction-time option: every choice of a Literal (or a bool), None
+    where it is admitted; for a number (e.g. COSDD's ``samples``), its default, its bounds, twice
+    the default and 1 (the caller keeps those its constraints allow)."""
+    annotation = field.annotation if annotation is None else annotation
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(v for a in get_args(annotation) for v in _probe_values(field, a))
+    if annotation is type(None):
+        return (None,)
+    if annotation is bool:
+        return (False, True)
+    if annotation in (int, float):
+        default = field.get_default(call_default_factory=True)
+        default = 1 if default is None else default
+        lo = next((m.ge for m in field.metadata if getattr(m, "ge", None) is not None), default)
+        hi = next((m.le for m in field.metadata if getattr(m, "le", None) is not None), default)
+        return tuple(annotation(v) for v in {default, lo, hi, 2 * default, 1})
+    raise AssertionError(f"add a way to probe prediction-time options of type {annotation}")
+
+
 def test_prediction_options_only_act_at_prediction():
     """A method's predict_options never change its networks: the parameter shapes (built on the meta
-    device) are the same for every value a Literal option allows."""
+    device) are the same for every value a Literal option allows, and for a numeric option's
+    default and extreme values."""
     for name in method_names():
         method = get_method(name)
         for key in method.predict_options:
-            choices = method.options.model_fields[key].annotation.__args__
+            choices = [v for v in _probe_values(method.options.model_fields[key])
+                       if _valid(method, key, v)]
+            assert choices, (name, key)
             shapes = set()
             for value in choices:
                 options = method.options(**{key: value})
@@ -118,6 +145,14 @@ def test_prediction_options_only_act_at_prediction():
                                  for k, p in net.state_dict().items()))
             assert len(shapes) == 1, (name, key)
     assert get_method("pn2v").predict_options == ("prediction",)
+
+
+def _valid(method, key, value):
+    try:
+        method.options(**{key: value})
+    except ValueError:
+        return False
+    return True
 
 
 def test_predict_option_reaches_the_workers_and_equals_the_in_memory_path(pn2v_model, volume, tmp_path):

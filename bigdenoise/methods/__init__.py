@@ -30,6 +30,9 @@ class Stage:
     stacked along a new first axis) and returns a scalar loss tensor. ``schedule`` is the
     learning-rate schedule: ``"plateau"`` (halve the LR when validation stops improving) or
     ``"cosine"`` (anneal from the configured LR to zero over the stage's budget).
+    ``unpaired``: the method's unpaired volumes (``Method.unpaired``) this stage's training
+    batches read, when they were given (other stages do not read them; validation batches,
+    shared by every stage, always do).
     """
 
     name: str
@@ -37,6 +40,7 @@ class Stage:
     loss: Callable[[Nets, dict[str, torch.Tensor], Any], torch.Tensor]
     fraction: float = 1.0
     schedule: str = "plateau"
+    unpaired: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -62,7 +66,8 @@ class Method:
         for one patch (``sample[key]`` is ``(C, *spatial)`` float32, normalised); pure numpy.
     stages : ``options -> tuple[Stage, ...]``.
     predict : ``(nets, x, options) -> y``: ``x`` is a normalised batch of tiles
-        ``(N, C, *spatial)``, ``y`` the denoised tiles ``(N, 1, *spatial)``.
+        ``(N, C, *spatial)``, ``y`` the denoised tiles ``(N, 1, *spatial)``. With
+        ``tile_origins``, called as ``predict(nets, x, options, origins=origins)``.
     receptive_radius : ``(nets, options) -> int``: how far an output voxel looks (voxels).
     factor : ``(nets, options) -> int``: spatial sizes the nets accept are multiples of this.
     channel_halo : ``options -> int``: neighbouring planes fed as channels along a stack axis
@@ -72,6 +77,10 @@ class Method:
         are built over the remaining spatial axes, and ``sample["input"]`` holds the
         ``2 * channel_halo + 1`` planes around the target plane (``tiling.reflect_indices``
         mode ``"stack"`` at the volume's ends) while other keys hold the target plane only.
+    planes : the nets are 2D over YX planes whatever the volume: on a volume with a Z axis (ZYX,
+        SZYX, TZYX), Z is the stack axis with no neighbours (``channel_halo`` 0), so each YX plane
+        is one image, as along S and T, in training and prediction alike (COSDD). Needs no
+        ``stack_axis`` of its own.
     train_defaults : training settings this method prefers (``TrainConfig`` fields, e.g. COSDD's
         ``{"lr": 2e-3}``), used where the configuration does not set them.
     net_defaults : network settings this method prefers (e.g. ``{"batch_norm": False}``),
@@ -87,6 +96,30 @@ class Method:
     predict_options : names of options that only change how trained nets predict (never the
         nets' shapes nor training), so ``predict --option KEY=VALUE`` may override them for one
         prediction (:func:`parse_options`, ``package.with_options``); e.g. PN2V's ``prediction``.
+    tile_origins : ``predict`` also takes ``origins``, where each tile lies in the volume: an
+        ``(N, volume ndim)`` int64 tensor, for each tile the global coordinate of its plane
+        along sample and channel axes, then of its input's first voxel along the spatial axes
+        (volume order within each group, so the spatial ones come last; they are multiples of
+        ``factor``); ``origins=None`` when the caller knows no position. A method that draws
+        noise keys it by these coordinates so tiles reproduce a whole-volume pass (COSDD's
+        sampled prediction). False (the default): ``predict`` is called without it.
+    unpaired : optional volumes the method may also train on, each read at its own random boxes
+        (independent of the input's; ``sample[key]`` holds that patch, ``(1, *spatial)``), of any
+        shape with the input's axes, normalised with the input's statistics, not background-
+        subtracted; given to ``train.fit`` in ``volumes`` under their key (``train --clean``:
+        ``"clean"``). Only stages naming the key in ``Stage.unpaired`` read it in training. D-BSN:
+        ``("clean",)``, clean images of other fields of view for synthetic pairs. Methods that do
+        not name a volume refuse it.
+    prepass : ``options -> None``, or a voxelwise statistic ``(nets, x) -> s``, ``x`` normalised
+        voxels ``(N, 1, *spatial)`` and ``s`` of the same shape, depending on each voxel's own
+        value only (no halo). When not None, prediction first averages ``s`` over every voxel of
+        each whole image (each position along the S/T axis, or the whole volume when there is
+        none), reading the volume once block by block (``execute.image_means``;
+        ``infer.image_means_of`` in memory), then predicts each image with the option
+        ``image_option`` set to its image's mean (a float), so a tiled prediction equals a
+        whole-image one. D-BSN's ``noise=awgn``: the image's noise variance. Not for methods
+        with a stack axis.
+    image_option : the option that receives each image's mean of ``prepass`` (needed with it).
     """
 
     name: str
@@ -100,11 +133,16 @@ class Method:
     factor: Callable[[Nets, Any], int]
     channel_halo: Callable[[Any], int] = lambda options: 0
     stack_axis: Callable[[Any], str | None] = lambda options: None
+    planes: bool = False
     net_defaults: Mapping[str, Any] = field(default_factory=dict)
     train_defaults: Mapping[str, Any] = field(default_factory=dict)
     target_normalization: str = "input"
     setup: Callable[[Nets, Any, Any], None] | None = None
     predict_options: tuple[str, ...] = ()
+    tile_origins: bool = False
+    unpaired: tuple[str, ...] = ()
+    prepass: Callable[[Any], Callable[[Nets, torch.Tensor], torch.Tensor] | None] = lambda options: None
+    image_option: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.predict_options) - set(self.options.model_fields)
@@ -112,6 +150,23 @@ class Method:
             raise ValueError(f"Method.predict_options names no option of {self.name}: {sorted(unknown)}")
         if self.target_normalization not in ("input", "own"):
             raise ValueError(f"Method.target_normalization must be 'input' or 'own', got {self.target_normalization!r}")
+        if self.image_option is not None and self.image_option not in self.options.model_fields:
+            raise ValueError(f"Method.image_option names no option of {self.name}: {self.image_option!r}")
+        if set(self.unpaired) & {"input", "target"}:
+            raise ValueError(f"Method.unpaired must not name the paired volumes input or target: {self.unpaired}")
+
+    def image_statistic(self, options: Any) -> Callable[[Nets, torch.Tensor], torch.Tensor] | None:
+        """The voxelwise statistic whose whole-image means prediction needs first, or None
+        (``prepass``; None too when the method has no ``image_option`` to receive them)."""
+        return self.prepass(options) if self.image_option is not None else None
+
+    def stack_for(self, options: Any, axes: str) -> str | None:
+        """The stack axis on a volume of ``axes``: ``stack_axis``, or for a ``planes`` method Z
+        when ``axes`` has one (each YX plane one image)."""
+        axis = self.stack_axis(options)
+        if axis is None and self.planes and "Z" in axes.upper():
+            axis = "Z"
+        return axis.upper() if axis else None
 
     def volumes(self, options: Any) -> tuple[str, ...]:
         """The volumes one training sample reads (``inputs``, resolved for ``options``)."""

@@ -28,31 +28,35 @@ normalised grey levels) gets uniform noise of one grey level, centred, before th
 clipped 8-bit background cannot shrink a mixture component onto a spike (the scale floor
 ``min_scale`` is the second guard).
 
-Direction (``direction``): the axis along which the noise is correlated. The shared loop's
-dihedral augmentation transposes half of the square training patches, and ``setup`` sees the
-statistics but no data, so a direction chosen once for the volume would be wrong for those
-patches. ``auto`` (the default) therefore chooses it **per training patch** in ``prepare``
-(:func:`noise_axis`: lag-1 autocorrelation of the high-passed patch along x vs y) and the AR
-decoder runs along each patch's own axis; the encoder then learns stripes in both orientations
-as noise. ``x``/``y`` fix the axis for every patch (right only when the configuration has
-``augment=False``). The counts of patches decoded along x and y are kept in the AR decoder's
-buffer ``axis_counts`` (in the package). Prediction does not need the direction.
+Direction (``direction``): the axis along which the noise is correlated, **one per volume**,
+kept in the AR decoder's buffer ``direction`` (0 x, 1 y; in checkpoints and the package,
+:func:`noise_direction`). ``x``/``y`` set it when the nets are built. ``auto`` (the default)
+chooses it on the first training batch, before its step: the lag-1 autocorrelation along x vs
+y of the high-passed patches (:func:`lag1_autocorrelation`, pooled over the batch, whose
+patches the sampler draws from a few chunks of the volume); every later batch, and a resumed
+run, decodes along the recorded axis. The shared loop's dihedral augmentation would transpose
+half of the square patches (rotations by 90 degrees), putting the stripes across the decoder's
+axis, so this method trains with ``augment=False`` by default (``train_defaults``); a
+configuration that sets ``augment=True`` explicitly gets transposed patches decoded along the
+wrong axis. Prediction does not need the direction.
 
 Prediction (``prediction``, settable at prediction time):
 
 - ``direct`` (default): one U-Net pass; exact tiling like N2V (the U-Net's radius and factor).
 - ``sampled``: the mean of ``samples`` (default 100) signal-decoder outputs of latent samples
-  ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile). The halo is the encoder +
-  signal decoder's receptive radius, measured by a gradient probe (:func:`sampled_radius`), and
-  tiles sit on multiples of ``2**levels``, so every tile sees what a whole-image pass sees
-  **except its latent noise**. :func:`signal_samples` can key that noise by ``(seed, sample,
-  level, channel, global coordinate)`` (:func:`~bigdenoise.nets.lvae.coordinate_noise`, a
-  counter-based hash), which makes tiles equal the whole image exactly (tested), but
-  ``Method.predict`` is not told where its tiles lie, so :func:`predict` draws from a generator
-  seeded per call (:data:`SAMPLE_SEED`). Tiled sampled predictions are therefore **not exact
-  yet**: they differ from a whole-image pass by Monte-Carlo noise of order
-  ``std(sample) / sqrt(samples)``. Passing each tile's global origin to ``predict`` is the
-  missing piece.
+  ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile), exact when tiled. The latent
+  noise is keyed by ``(seed, sample, level, channel, global coordinate)``
+  (:func:`~bigdenoise.nets.lvae.coordinate_noise`, a counter-based hash, seed
+  :data:`SAMPLE_SEED`): the method declares ``tile_origins``, so ``infer`` tells
+  :func:`predict` where each tile lies (its plane along S/T/Z, its input's first voxel along
+  Y, X). The halo is the encoder + signal decoder's receptive radius, measured by a gradient
+  probe (:func:`sampled_radius`), and tiles sit on multiples of ``2**levels`` (:func:`factor`),
+  so every tile sees what a whole-image pass sees, latent noise included: tiled equals whole.
+
+Volumes (``planes``): the nets are always 2D over YX planes. Along S, T and Z each plane is one
+image: on ZYX, SZYX and TZYX volumes Z is a stack axis without neighbours (``Method.planes``), so
+training patches are YX patches of single planes and prediction runs plane by plane (the sampled
+path keys its noise by the plane too). A model trained on SYX predicts ZYX and the reverse.
 
 Training budget: the VAE needs a few hundred steps at a learning rate of 2e-3 (the authors'
 Adamax rate, this method's default through ``train_defaults``) before its latents carry the
@@ -77,11 +81,8 @@ from ..nets.lvae import LadderVAE, SignalDecoder, coordinate_noise
 from ..nets.unet import build_unet
 from . import Method, Nets, Stage
 
-SampleCount = Literal[1, 2, 4, 5, 8, 10, 16, 20, 25, 32, 50, 64, 100, 128, 200, 256, 500, 1000]
-"""The sample counts ``prediction=sampled`` accepts: a menu, because prediction-time options are
-Literals (``tests/test_options.py`` checks each choice leaves the networks' shapes unchanged)."""
 SAMPLE_SEED = 0
-"""Seed of ``prediction=sampled``'s latent noise (one generator per call)."""
+"""Seed of ``prediction=sampled``'s latent noise (keyed with the sample and the voxel coordinates)."""
 
 COLLAPSE_KL = 1e-3
 """KL per pixel (nats) below which the latents are taken to have collapsed."""
@@ -93,8 +94,8 @@ class COSDDOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     direction: Literal["x", "y", "auto"] = Field(
-        "auto", description="axis of the noise correlation: auto (chosen per training patch, robust to the "
-        "loop's rotations), x (rows) or y (columns; x and y need augment=False)")
+        "auto", description="axis of the noise correlation, one per volume: auto (chosen from the high-passed "
+        "lag-1 autocorrelation of the first training patches and recorded in the package), x (rows) or y (columns)")
     levels: int = Field(3, ge=1, le=8, description="ladder VAE levels, each down-sampling by 2 (paper: 6 or 14)")
     s_code: int = Field(32, ge=2, le=512, description="signal code channels; latents s_code/2 per level (paper: 64 or 128)")
     ar_channels: int = Field(32, ge=1, le=512, description="AR decoder feature channels (paper: 64)")
@@ -109,16 +110,9 @@ class COSDDOptions(BaseModel):
     distill_fraction: float = Field(0.3, gt=0, lt=1, description="budget share of the direct denoiser's distillation")
     distill_samples: int = Field(4, ge=1, le=64, description="latent samples averaged per distillation target")
     prediction: Literal["direct", "sampled"] = Field(
-        "direct", description="direct: the distilled U-Net (exact tiling); sampled: mean of `samples` signal-decoder "
-        "outputs (tiled is not exact: latent noise is not keyed by voxel coordinates)")
-    samples: SampleCount = Field(100, description="latent samples averaged by prediction=sampled (paper: 100)")
-
-    @field_validator("samples", mode="before")
-    @classmethod
-    def _samples(cls, value):
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        return value
+        "direct", description="direct: the distilled U-Net (one pass); sampled: mean of `samples` signal-decoder "
+        "outputs, latent noise keyed by voxel coordinates (both tile exactly)")
+    samples: int = Field(100, ge=1, le=100000, description="latent samples averaged by prediction=sampled (paper: 100)")
 
     @field_validator("ar_dilations", mode="before")
     @classmethod
@@ -131,15 +125,27 @@ class COSDDOptions(BaseModel):
         return value
 
 
+DIRECTIONS = ("x", "y")
+"""``ARDecoder.direction`` 0 and 1."""
+
+
 def build(net, ndim: int, options: COSDDOptions) -> Nets:
+    ar = ARDecoder(ndim, options.s_code, channels=options.ar_channels, kernel=options.ar_kernel,
+                   dilations=options.ar_dilations, components=options.components, min_scale=options.min_scale)
+    if options.direction != "auto":
+        ar.direction.fill_(float(DIRECTIONS.index(options.direction)))
     return {
         "encoder": LadderVAE(ndim, levels=options.levels, s_code=options.s_code),
-        "ar_decoder": ARDecoder(ndim, options.s_code, channels=options.ar_channels, kernel=options.ar_kernel,
-                                dilations=options.ar_dilations, components=options.components,
-                                min_scale=options.min_scale),
+        "ar_decoder": ar,
         "signal_decoder": SignalDecoder(ndim, options.s_code, layers=options.decoder_layers),
         "direct_denoiser": build_unet(ndim, 1, 1, **net.model_dump()),
     }
+
+
+def noise_direction(nets: Nets) -> Literal["x", "y"] | None:
+    """The axis the AR decoder decodes along, as recorded in ``nets`` (None: not chosen yet)."""
+    d = float(nets["ar_decoder"].direction)
+    return None if d < 0 else DIRECTIONS[int(d)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,62 +192,65 @@ def lag1_autocorrelation(x: np.ndarray, box: int = 5) -> tuple[float, float]:
 
 
 def noise_axis(x: np.ndarray) -> Literal["x", "y"]:
-    """The axis along which ``x``'s (..., Y, X) high-passed values correlate most: ``"x"`` (rows) or ``"y"``."""
+    """The axis along which ``x``'s (..., Y, X) high-passed values correlate most: ``"x"`` (rows)
+    or ``"y"``; pooled over every leading axis (a batch of patches gives one answer)."""
     rx, ry = lag1_autocorrelation(x)
     return "y" if ry > rx else "x"
 
 
 def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: COSDDOptions) -> dict[str, np.ndarray]:
-    """``input``: the patch; ``noisy``: the patch dequantised (ELBO); ``axis``: 0 (x) or 1 (y), the
-    AR decoder's axis for this patch."""
+    """``input``: the patch; ``noisy``: the patch dequantised (ELBO)."""
     x = sample["input"].astype(np.float32)
     noisy = x
     if options.dequantize:
         step = grey_step(x)
         if step > 0:
             noisy = (x + rng.uniform(-step / 2, step / 2, x.shape)).astype(np.float32)
-    axis = options.direction if options.direction != "auto" else noise_axis(x)
-    return {"input": x, "noisy": noisy, "axis": np.array([float(axis == "y")], np.float32)}
+    return {"input": x, "noisy": noisy}
 
 
 # ---------------------------------------------------------------------------------------------
 # Losses
 
 
-def _ar_log_prob(ar: ARDecoder, x: torch.Tensor, code: torch.Tensor, along_y: torch.Tensor) -> torch.Tensor:
-    """Per-pixel log-likelihood (N, 1, *spatial), each batch item decoded along its own axis."""
-    out = torch.empty_like(x)
-    for flag in (False, True):
-        idx = (along_y == flag).nonzero().flatten()
-        if idx.numel():
-            out[idx] = ar.log_prob(x[idx], code[idx], along_y=flag)
-    return out
+def batch_direction(nets: Nets, batch: dict[str, torch.Tensor], record: bool = False) -> Literal["x", "y"]:
+    """The AR decoder's axis for ``batch``: the recorded one, or, while none is (``auto`` before
+    the first training step), :func:`noise_axis` of the batch's patches, recorded in the AR
+    decoder's ``direction`` when ``record``."""
+    chosen = noise_direction(nets)
+    if chosen is not None:
+        return chosen
+    chosen = noise_axis(batch["input"].detach().float().cpu().numpy())
+    if record:
+        nets["ar_decoder"].direction.fill_(float(DIRECTIONS.index(chosen)))
+    return chosen
 
 
-def elbo_terms(nets: Nets, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def elbo_terms(nets: Nets, batch: dict[str, torch.Tensor], record: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(nll, kl, sd_mse)`` per pixel for a batch: the AR decoder's mean negative
-    log-likelihood, the KL summed over latents / pixel count, the signal decoder's MSE on the
-    detached signal code."""
+    log-likelihood (along :func:`batch_direction`), the KL summed over latents / pixel count,
+    the signal decoder's MSE on the detached signal code."""
+    along_y = batch_direction(nets, batch, record) == "y"
     x = batch["noisy"].float()
     code, kl = nets["encoder"](x)
     code = code.float()
-    along_y = batch["axis"][:, 0] > 0.5
-    nll = -_ar_log_prob(nets["ar_decoder"], x, code, along_y).mean()
+    nll = -nets["ar_decoder"].log_prob(x, code, along_y=along_y).mean()
     kl = kl.float().sum() / x.numel()
     sd = ((nets["signal_decoder"](code.detach()).float() - x) ** 2).mean()
     return nll, kl, sd
 
 
 def vae_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptions) -> torch.Tensor:
-    """ELBO (NLL + KL per pixel) plus the signal decoder's MSE (stop-gradient into the encoder)."""
-    nll, kl, sd = elbo_terms(nets, batch)
+    """ELBO (NLL + KL per pixel) plus the signal decoder's MSE (stop-gradient into the encoder).
+    A training step (nets in training mode, gradients on) records the noise direction (``auto``:
+    on the first batch) and the KL per pixel."""
     enc = nets["encoder"]
-    if enc.training and torch.is_grad_enabled():
+    training = enc.training and torch.is_grad_enabled()
+    nll, kl, sd = elbo_terms(nets, batch, record=training)
+    if training:
         with torch.no_grad():
             enc.kl_per_pixel.fill_(float(kl.detach()))
-            along_y = (batch["axis"][:, 0] > 0.5).sum()
-            counts = nets["ar_decoder"].axis_counts
-            counts += torch.stack([batch["axis"].shape[0] - along_y, along_y]).to(counts)
         if float(kl.detach()) < COLLAPSE_KL:
             warnings.warn(f"cosdd: the KL is {float(kl.detach()):.2e} nats per pixel: the latents may have collapsed (the "
                           f"signal decoder then outputs the mean); check the noise direction, train longer or with "
@@ -295,12 +304,17 @@ def stages(options: COSDDOptions) -> tuple[Stage, ...]:
 # Prediction
 
 
-def predict(nets: Nets, x: torch.Tensor, options: COSDDOptions) -> torch.Tensor:
-    """Denoised tiles ``(N, 1, *spatial)`` for ``x`` ``(N, 1, *spatial)``."""
+def predict(nets: Nets, x: torch.Tensor, options: COSDDOptions, origins: torch.Tensor | None = None) -> torch.Tensor:
+    """Denoised tiles ``(N, 1, *spatial)`` for ``x`` ``(N, 1, *spatial)``.
+
+    ``origins`` (``Method.tile_origins``): ``(N, k)`` int64, each tile's planes along the
+    non-spatial axes, then its first voxel along the spatial ones; ``prediction=sampled`` keys
+    its latent noise by them (None: every tile as one whole image at spatial origin 0)."""
     if options.prediction == "direct":
         return nets["direct_denoiser"](x)
-    g = torch.Generator(device=x.device).manual_seed(SAMPLE_SEED)
-    return signal_samples(nets, x, options.samples, generator=g)
+    if origins is None:
+        origins = torch.zeros((x.shape[0], x.ndim - 2), dtype=torch.int64)
+    return signal_samples(nets, x, options.samples, origins=origins, seed=SAMPLE_SEED)
 
 
 def _probe_radius(fn, ndim: int, factor: int, size: int = 128) -> int:
@@ -374,5 +388,9 @@ METHOD = Method(
     receptive_radius=receptive_radius,
     factor=factor,
     predict_options=("prediction", "samples"),
-    train_defaults={"lr": 2e-3},  # the authors' Adamax rate: at 4e-4 the latents stay empty for long
+    tile_origins=True,
+    planes=True,
+    # the authors' Adamax rate (at 4e-4 the latents stay empty for long); no augmentation, whose
+    # 90-degree rotations would turn the stripes across the one noise direction
+    train_defaults={"lr": 2e-3, "augment": False},
 )

@@ -10,9 +10,8 @@ Networks (all in normalised units, ``(raw - mean) / std``):
   ``noise="pg"`` (default; Poisson-Gaussian microscopy noise, variance affine in the signal:
   ``sigma_n^2 = tau softplus(G (a mu + b) / tau)``, tau = 0.05, a smooth positive floor; the
   gain G = ``NOISE_GAIN`` lets Adam move the level fast enough) or
-  ``"hg"`` (the paper's heteroscedastic mode: a free 1x1-conv MLP of ``mu``). ``"awgn"`` (one level
-  per image, averaged over the whole volume in a pre-pass before tiling) is **not built yet**
-  and refused.
+  ``"hg"`` (the paper's heteroscedastic mode: a free 1x1-conv MLP of ``mu``) or ``"awgn"`` (one
+  level per image, below).
 - ``unet``: the project's U-Net (``--depth``, ``--features``...), distilled from the posterior.
 
 Loss (slides S14, ``loss="constrained"``, the default) per voxel::
@@ -28,8 +27,35 @@ Stages (fractions of the budget; a 0 fraction drops the stage), as the authors' 
 ``mu`` (MSE of ``mu`` against ``y`` on every voxel), ``variance`` (the loss with the features
 and ``mu`` frozen: the sigma head and the noise net), ``joint`` (the loss, everything of stage
 one), ``distill`` (the U-Net trained on pseudo-pairs ``y -> x_hat``, the posterior mean of the
-frozen stage-one nets; MSE). The paper's synthetic pairs from unpaired clean images
-(``--clean``) are not built.
+frozen stage-one nets; MSE).
+
+``noise="awgn"``: one noise variance per image, as the authors' AWGN mode: the noise net is the
+``hg`` MLP of 1x1 convolutions applied to the noisy ``y`` itself (not to ``mu``), giving a
+voxelwise ``v(y_i)``, and an image's level is the mean of ``v`` over the whole image. In
+training the "image" is the patch (each patch gets the mean of ``v`` over its voxels); the MLP's
+last layer starts at zero, so the net starts as one learned scalar log-variance, which is all
+the paper's mode amounts to when the training data has one noise level, and it can learn to
+tell images of different levels apart from their intensity distribution. At prediction
+(``prediction=posterior``) the level must be the whole image's, not a tile's, or tiles would
+disagree: the method's ``prepass`` hands ``v`` to the engine, which averages it over every voxel
+of each image (each position along S/T, or the whole volume) in a first pass before tiling and
+predicts each image with ``noise_level`` set to its mean (``methods.Method.prepass``). Giving
+``noise_level`` yourself (normalised variance) fixes a known level and skips the pre-pass; in
+training it fixes the level too (the noise net is then unused).
+
+Unpaired clean images (``train --clean CLEAN``; ``Method.unpaired``): during stage ``distill``
+each training sample also reads a clean patch ``x`` of the clean volume (other fields of view,
+any shape, the input's axes) at a random box of its own, normalised with the *input's*
+statistics, and ``prepare`` draws a standard normal ``n`` for it from the sample's generator.
+The synthetic pair is ``y~ = x + sigma_n(x) n -> x`` with the learned (frozen) noise net
+(``awgn``: the level of the noisy patch drawn with it), and the loss is the slides' S11::
+
+    L = mean ||f(y~) - x||^2 + clean_weight * mean ||f(y) - x_hat||^2
+
+``clean_weight`` (lambda) defaults to 0.1, the weight the authors' distillation code gives the
+pseudo-pairs (their batches are also 7/8 clean, ours pair one clean patch with each noisy one;
+their +-10 % jitter of the noise level is not reproduced). Without ``--clean`` the loss is the
+pseudo-pair MSE alone.
 
 Posterior mean (Gaussian prior ``N(mu, sigma_mu^2)``, Gaussian noise ``N(0, sigma_n^2)``)::
 
@@ -83,7 +109,13 @@ class DBSNOptions(BaseModel):
 
     noise: Literal["pg", "hg", "awgn"] = Field(
         "pg", description="noise level sigma_n^2: pg (affine in the signal, Poisson-Gaussian), hg (1x1-conv MLP of "
-        "the signal), awgn (one level per image: not built yet)")
+        "the signal), awgn (one level per image, the image mean of a 1x1-conv MLP of y)")
+    noise_level: float | None = Field(
+        None, gt=0, description="awgn only: a known noise variance (normalised units) for every image; None: "
+        "learned, and estimated per image by a whole-volume pre-pass at prediction")
+    clean_weight: float = Field(
+        0.1, ge=0, description="lambda: weight of the pseudo-pairs y -> x_hat against the synthetic pairs from "
+        "--clean in distillation (the authors' 0.1); unused without --clean")
     loss: Literal["constrained", "nll"] = Field(
         "constrained", description="constrained: the slides' bound (keeps sigma_n the noise); nll: plain Gaussian NLL")
     width: int = Field(32, ge=1, le=512, description="D-BSN feature channels (paper: 96)")
@@ -104,17 +136,11 @@ class DBSNOptions(BaseModel):
     def _branches(cls, value):
         return _parse_branches(value)
 
-    @field_validator("noise")
-    @classmethod
-    def _noise(cls, value):
-        if value == "awgn":
-            raise ValueError("noise=awgn (one noise level per image, from a whole-volume pre-pass) is not built yet; "
-                             "use pg (Poisson-Gaussian, the default) or hg, which also fit a constant noise level")
-        return value
-
     @model_validator(mode="after")
     def _consistent(self):
         check_branches(self.branches, self.block_kernel)  # ValueError for a leaking configuration
+        if self.noise_level is not None and self.noise != "awgn":
+            raise ValueError(f"noise_level is a known level of noise=awgn; noise={self.noise} learns its own")
         if self.mu_fraction + self.variance_fraction + self.joint_fraction + self.distill_fraction <= 0:
             raise ValueError("at least one stage fraction must be > 0")
         if self.variance_fraction + self.joint_fraction <= 0 and self.distill_fraction > 0:
@@ -130,7 +156,9 @@ class NoiseLevel(nn.Module):
     ``kind="pg"``: one 1x1 conv, ``o = NOISE_GAIN (a mu + b)`` (zero ``a`` at start), ``sigma_n^2 =
     tau softplus(o / tau) + MIN_VARIANCE``: affine in the signal where it is positive.
     ``kind="hg"``: 1x1 -> ``width`` -> ReLU -> 1x1 -> ReLU -> 1x1 (last zero-initialised) times
-    ``NOISE_GAIN``, ``sigma_n^2 = softplus(o) + MIN_VARIANCE``. Both start at ``INITIAL_NOISE_VARIANCE``.
+    ``NOISE_GAIN``, ``sigma_n^2 = softplus(o) + MIN_VARIANCE``. ``kind="awgn"``: the same net, fed
+    the noisy ``y``: its output is the voxelwise ``v`` whose image mean is the image's level
+    (:func:`noise_variance`). All start at ``INITIAL_NOISE_VARIANCE``.
     """
 
     def __init__(self, ndim: int, kind: str, width: int = 16) -> None:
@@ -140,11 +168,11 @@ class NoiseLevel(nn.Module):
         if kind == "pg":
             self.net = conv(1, 1, 1)
             start = PG_TAU * math.log(math.expm1(INITIAL_NOISE_VARIANCE / PG_TAU))
-        elif kind == "hg":
+        elif kind in ("hg", "awgn"):
             self.net = nn.Sequential(conv(1, width, 1), nn.ReLU(), conv(width, width, 1), nn.ReLU(), conv(width, 1, 1))
             start = math.log(math.expm1(INITIAL_NOISE_VARIANCE))
         else:
-            raise ConfigError(f"noise level kind {kind!r} is not built; use pg or hg")
+            raise ConfigError(f"noise level kind {kind!r} is not built; use pg, hg or awgn")
         last = self.net if kind == "pg" else self.net[-1]
         with torch.no_grad():
             last.weight.zero_()
@@ -167,8 +195,13 @@ def build(net, ndim: int, options: DBSNOptions) -> Nets:
 
 
 def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: DBSNOptions) -> dict[str, np.ndarray]:
-    """Nothing to mask: the network is blind by construction; every voxel is a target."""
-    return {"input": sample["input"]}
+    """Nothing to mask: the network is blind by construction; every voxel is a target. With a
+    clean patch (``--clean``), also the standard normal draw ``clean_noise`` of its synthetic pair."""
+    example = {"input": sample["input"]}
+    if "clean" in sample:
+        example["clean"] = sample["clean"]
+        example["clean_noise"] = rng.standard_normal(sample["clean"].shape, dtype=np.float32)
+    return example
 
 
 # --- the formulas (pure tensor functions) -------------------------------------------------------
@@ -194,6 +227,36 @@ def constrained_loss(y, mu, var_mu, var_n) -> torch.Tensor:
 LOSSES = {"constrained": constrained_loss, "nll": gaussian_nll}
 
 
+def image_mean(v: torch.Tensor) -> torch.Tensor:
+    """``v`` ``(N, 1, *spatial)`` -> its mean over each image's voxels, ``(N, 1, 1, ...)``."""
+    return v.mean(dim=tuple(range(2, v.ndim)), keepdim=True)
+
+
+def noise_variance(nets: Nets, y: torch.Tensor, mu: torch.Tensor, options: DBSNOptions) -> torch.Tensor:
+    """sigma_n^2 of the noisy ``y`` whose signal estimate is ``mu`` (both ``(N, 1, *spatial)``),
+    broadcastable to them: the noise net of ``mu`` (pg, hg); for awgn ``noise_level`` if set,
+    else the mean of the net's ``v(y)`` over each of the ``N`` images (a patch, a tile or a
+    whole image: the engine's pre-pass sets ``noise_level`` so that tiles use the whole image's)."""
+    if options.noise != "awgn":
+        return nets["noise"](mu)
+    if options.noise_level is not None:
+        return torch.full((y.shape[0], 1) + (1,) * (y.ndim - 2), float(options.noise_level), device=y.device)
+    return image_mean(nets["noise"](y).float())
+
+
+def _awgn_statistic(nets: Nets, x: torch.Tensor) -> torch.Tensor:
+    """The voxelwise ``v(y)`` whose whole-image mean is an awgn image's noise variance."""
+    return nets["noise"](x)
+
+
+def prepass(options: DBSNOptions):
+    """The statistic prediction averages per image first: awgn's ``v`` on the posterior path
+    (unless ``noise_level`` is given); None otherwise."""
+    if options.noise == "awgn" and options.noise_level is None and options.prediction == "posterior":
+        return _awgn_statistic
+    return None
+
+
 # --- stages -------------------------------------------------------------------------------------
 
 def mu_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
@@ -209,29 +272,47 @@ def variance_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptio
         f = bsn.features(y)
         mu = bsn.mu_head(f)
     var_mu = bsn.variance(bsn.sigma_head(f))
-    return LOSSES[options.loss](y, mu.float(), var_mu.float(), nets["noise"](mu).float())
+    return LOSSES[options.loss](y, mu.float(), var_mu.float(), noise_variance(nets, y, mu, options).float())
 
 
 def joint_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
     """Stage joint: the loss for the whole D-BSN and the noise net (which sees mu detached)."""
     y = batch["input"]
     mu, var_mu = nets["bsn"](y)
-    return LOSSES[options.loss](y, mu.float(), var_mu.float(), nets["noise"](mu.detach()).float())
+    var_n = noise_variance(nets, y, mu.detach(), options)
+    return LOSSES[options.loss](y, mu.float(), var_mu.float(), var_n.float())
 
 
-def posterior(nets: Nets, y: torch.Tensor) -> torch.Tensor:
+def posterior(nets: Nets, y: torch.Tensor, options: DBSNOptions) -> torch.Tensor:
     """The posterior mean ``x_hat`` ``(N, 1, *spatial)`` of ``y`` ``(N, 1, *spatial)`` from the D-BSN and noise net."""
     mu, var_mu = nets["bsn"](y)
-    var_n = nets["noise"](mu)
+    var_n = noise_variance(nets, y, mu, options)
     return posterior_mean(y.float(), mu.float(), var_mu.float(), var_n.float())  # float32 under autocast too
 
 
+def synthetic_noisy(nets: Nets, clean: torch.Tensor, noise: torch.Tensor, y: torch.Tensor,
+                    options: DBSNOptions) -> torch.Tensor:
+    """The noisy half ``x + sigma_n(x) n`` of synthetic pairs: clean patches ``clean`` and standard
+    normal ``noise`` ``(N, 1, *spatial)``, with the noise net's level of the signal ``x`` (awgn: the
+    level of the noisy patch ``y[i]`` drawn with ``clean[i]``). No gradient reaches the noise net."""
+    with torch.no_grad():
+        var_n = noise_variance(nets, y, clean, options).float()
+    return clean.float() + var_n.sqrt() * noise.float()
+
+
 def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
-    """Stage distill: MSE between the U-Net's output for ``y`` and the frozen posterior mean."""
+    """Stage distill: MSE between the U-Net's output for ``y`` and the frozen posterior mean; with
+    clean patches (``--clean``), plus the MSE on synthetic pairs, the former weighted by
+    ``clean_weight``."""
     y = batch["input"]
     with torch.no_grad():
-        target = posterior(nets, y).float()
-    return ((nets["unet"](y).float() - target) ** 2).mean()
+        target = posterior(nets, y, options).float()
+    pseudo = ((nets["unet"](y).float() - target) ** 2).mean()
+    if "clean" not in batch:
+        return pseudo
+    x = batch["clean"].float()
+    noisy = synthetic_noisy(nets, x, batch["clean_noise"], y, options)
+    return ((nets["unet"](noisy.to(y.dtype)).float() - x) ** 2).mean() + options.clean_weight * pseudo
 
 
 def stages(options: DBSNOptions) -> tuple[Stage, ...]:
@@ -239,7 +320,7 @@ def stages(options: DBSNOptions) -> tuple[Stage, ...]:
         Stage("mu", ("bsn",), mu_loss, fraction=options.mu_fraction),
         Stage("variance", ("bsn", "noise"), variance_loss, fraction=options.variance_fraction),
         Stage("joint", ("bsn", "noise"), joint_loss, fraction=options.joint_fraction),
-        Stage("distill", ("unet",), distill_loss, fraction=options.distill_fraction),
+        Stage("distill", ("unet",), distill_loss, fraction=options.distill_fraction, unpaired=("clean",)),
     )
     return tuple(s for s in every if s.fraction > 0)
 
@@ -251,8 +332,9 @@ def predict(nets: Nets, x: torch.Tensor, options: DBSNOptions) -> torch.Tensor:
     paths run one tile at a time (its full-resolution feature maps bound the memory)."""
     if options.prediction == "distilled":
         return nets["unet"](x)
-    one = posterior if options.prediction == "posterior" else (lambda n, t: n["bsn"].mean(t))
-    return torch.cat([one(nets, x[i:i + 1]) for i in range(x.shape[0])])
+    if options.prediction == "posterior":
+        return torch.cat([posterior(nets, x[i:i + 1], options) for i in range(x.shape[0])])
+    return torch.cat([nets["bsn"].mean(x[i:i + 1]) for i in range(x.shape[0])])
 
 
 def receptive_radius(nets: Nets, options: DBSNOptions) -> int:
@@ -270,5 +352,8 @@ METHOD = Method(
     predict=predict,
     receptive_radius=receptive_radius,
     factor=lambda nets, options: nets["unet"].factor,
-    predict_options=("prediction",),
+    predict_options=("prediction", "noise_level"),
+    unpaired=("clean",),
+    prepass=prepass,
+    image_option="noise_level",
 )

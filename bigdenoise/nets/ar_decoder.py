@@ -17,8 +17,9 @@ Output: a Gaussian mixture per pixel, ``components`` (weight logits, means, scal
 log-weights are ``log_softmax``-normalised (the authors' code missed this from d858c76 to
 c0b49ac) and the scales are ``softplus(raw) + min_scale`` (normalised units), so a component
 cannot collapse onto a spike of clipped, quantised data. The axis is chosen per call
-(``along_y`` transposes the last two axes in and out); the buffer ``axis_counts`` is where a
-method records how many training patches it decoded along x and along y.
+(``along_y`` transposes the last two axes in and out); the buffer ``direction`` is where a
+method records the one axis it decodes along (-1: not chosen yet, 0: x, 1: y), so the choice
+travels with the weights.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class ARDecoder(nn.Module):
     """Causal 1-D Gaussian-mixture decoder, 2D or 3D. See the module docstring.
 
     Attributes: ``ndim, s_code, channels, kernel, dilations, components, min_scale,
-    receptive_field``.
+    receptive_field``; buffer ``direction`` (-1 not chosen, 0 x, 1 y), set by the method.
     """
 
     def __init__(self, ndim: int, s_code: int = 32, *, channels: int = 32, kernel: int = 5,
@@ -62,7 +63,7 @@ class ARDecoder(nn.Module):
         self.layers.extend(conv(channels, channels, ones + (kernel,), dilation=ones + (d,)) for d in self.dilations)
         self.cond = nn.ModuleList(conv(s_code, channels, 1) for _ in range(len(self.dilations) + 1))
         self.head = nn.Sequential(conv(channels, channels, 1), nn.ReLU(), conv(channels, 3 * components, 1))
-        self.register_buffer("axis_counts", torch.zeros(2, dtype=torch.float64))  # training patches along x, y
+        self.register_buffer("direction", torch.full((), -1.0))  # -1: not chosen yet, 0: x (rows), 1: y (columns)
 
     def _causal(self, layer: nn.Module, h: torch.Tensor, reach: int) -> torch.Tensor:
         return layer(F.pad(h, (reach, 0)))
