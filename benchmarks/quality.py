@@ -66,7 +66,12 @@ from datasets import ALL_DATASETS, Dataset, haar_sigma, load_dataset, write_stac
 
 FIGURES = common.BENCH_DIR / "figures"
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v")
-LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy")
+LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
+           "dbsn", "dbsn-posterior", "dbsn-mu", "cosdd", "cosdd-sampled")
+# Rows that predict with another row's model (trained first if that row did not run): prediction options.
+VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
+            "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
+ANY_DATA = ("dbsn", "cosdd")  # learn from the noisy volume alone: every data set allows them
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = ("careamics-n2v",)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
@@ -279,7 +284,7 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
         note += ", K = 64"
     elif key == "care":
         note = ds.care_note
-    elif key != "n2v":
+    elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note
 
@@ -291,18 +296,21 @@ def _train(out: Path, source: str, target: str | None, axes: str, kw: dict, a: a
                     schedule=a.schedule, overwrite=True, progress=False, **kw)
 
 
-def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Namespace) -> np.ndarray:
+def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Namespace,
+             options: dict | None = None) -> np.ndarray:
     import zarr
 
     import bigdenoise as bd
 
     bd.predict(str(noisy_path), model, out, axes=axes, cluster="threads", overwrite=True, progress=False,
-               device=a.device)
+               device=a.device, options=options)
     return np.asarray(zarr.open_array(str(out), mode="r")[...], dtype=np.float32)
 
 
 def learned_why_not(key: str, ds: Dataset) -> str | None:
     """Why the data of ``ds`` do not allow learned method ``key``, or None."""
+    if VARIANTS.get(key, (key,))[0] in ANY_DATA:
+        return None
     if key not in ds.methods:
         return ds.why_not.get(key, "not applicable to these data")
     if key == "care" and not ds.care_folds:
@@ -313,6 +321,8 @@ def learned_why_not(key: str, ds: Dataset) -> str | None:
 def run_learned(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
                 trained: set[str]) -> dict:
     """Train ``key`` on ``ds`` (CARE: one model per fold) and predict the noisy stack blockwise."""
+    if key in VARIANTS:
+        return _run_variant(key, ds, noisy_path, folder, a, trained)
     kw, note = method_config(key, ds, noisy_path, folder, a, trained)
     axes = kw.pop("axes")
     target = kw.pop("target", None)
@@ -338,6 +348,22 @@ def run_learned(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argpar
     trained.add(key)
     return {"output": output, "note": note, "steps": "+".join(map(str, steps)), "train_s": train_s,
             "predict_s": predict_s}
+
+
+def _run_variant(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argparse.Namespace,
+                 trained: set[str]) -> dict:
+    """Row ``key`` of :data:`VARIANTS`: its base row's model (of this seed) predicting with other options."""
+    import bigdenoise as bd
+
+    base, options = VARIANTS[key]
+    if base not in trained:
+        run_learned(base, ds, noisy_path, folder, a, trained)
+    model = folder / f"model-{base}"
+    t0 = time.perf_counter()
+    output = _predict(noisy_path, model, folder / f"denoised-{key}.zarr", "SYX", a, options)
+    note = f"the {base} row's model, " + ", ".join(f"{k}={v}" for k, v in options.items())
+    return {"output": output, "note": note, "steps": bd.load_model(model).info.get("steps"), "train_s": 0.0,
+            "predict_s": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------- figure
@@ -423,7 +449,9 @@ def paired_diffs(run: dict, ref: dict) -> list[np.ndarray]:
 
 NOT_PLANNED = "not in the quick plan"
 HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"),
-                ("noise2stack-copy", "n2n"), ("n2n", "n2v"), ("care", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"))
+                ("noise2stack-copy", "n2n"), ("n2n", "n2v"), ("care", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"),
+         ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("cosdd", "n2v"),
+         ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
 
 
 def head_to_head(results: dict) -> list[str]:
