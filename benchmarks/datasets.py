@@ -1,5 +1,6 @@
 """Every data set of the benchmarks, in one place: where the shared data live, the image loaders
-(BSD68, Set12, W2S, FMD, Hagen, TIRF, the time-lapse), the simulated noise, the generated volumes
+(BSD68, Set12, W2S, FMD, Hagen, TIRF, the time-lapse), the simulated noise (Gaussian,
+Poisson-Gaussian, row- or column-correlated stripes), the generated volumes
 (3D phantom, random and light-sheet-like Zarr volumes), writing a stack to Zarr, and the
 evaluation sets of ``quality.py``, each a :class:`Dataset` (noisy images, their reference, how to
 score them, which learned methods the data allow and why not the others).
@@ -27,11 +28,14 @@ from bigdenoise import metrics
 REPO = Path(__file__).resolve().parent.parent
 
 ALL_DATASETS = ("bsd68-s15", "bsd68-s25", "bsd68-s50", "set12-s15", "set12-s25", "set12-s50", "set12-pg", "w2s",
-                "w2s-c0", "w2s-c1", "w2s-c2", "fmd", "fmd-fish", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf", "timelapse", "phantom3d")
+                "w2s-c0", "w2s-c1", "w2s-c2", "fmd", "fmd-fish", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf",
+                "timelapse", "phantom3d", "stripes-rows", "stripes-cols")
 TILE = 256
 PG_PEAK, PG_READ = 30.0, 10.0  # simulated Poisson-Gaussian noise: photons at 255, read-noise sigma (0..255 scale)
 BSD68_SHAPE, BSD68_IMAGES = (321, 481), 34  # the even half of BSD68; portrait images are transposed
 SET12_SIZE = 256  # Set12's 512x512 images are centre-cropped to this
+# stripes-rows|cols (issue 16), on s in [0, 1]: photons at s = 1, white sigma, stripe sigma, stripe kernel sigma (px)
+STRIPE_PEAK, STRIPE_WHITE, STRIPE_SIGMA, STRIPE_BLUR = 50.0, 0.02, 0.10, 3.0
 PAPERS = {
     "bsd68": "BSD68 (all 68 images) at sigma 25, Noise2Void paper (Krull et al. 2019): N2V 27.71 dB, BM3D 28.59, "
              "supervised (Train400) 29.06; DnCNN 29.23 (Zhang et al. 2017)",
@@ -124,6 +128,36 @@ def poisson_gaussian(clean: np.ndarray, peak: float, read: float, seed: int) -> 
     rng = np.random.default_rng(seed)
     gain = 255.0 / peak
     return (gain * rng.poisson(clean / gain) + rng.normal(0.0, read, clean.shape)).astype(np.float32)
+
+
+def stripe_kernel(blur: float) -> np.ndarray:
+    """Unit-energy (sum of squares 1) 1-D Gaussian of standard deviation ``blur`` px, cut at 4 sigma."""
+    r = max(1, int(np.ceil(4 * blur)))
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / blur) ** 2)
+    return g / np.sqrt(np.sum(g * g))
+
+
+def stripe_noise(clean: np.ndarray, axis: int, seed: int, peak: float = STRIPE_PEAK, white: float = STRIPE_WHITE,
+                 stripe: float = STRIPE_SIGMA, blur: float = STRIPE_BLUR) -> np.ndarray:
+    """Row- or column-correlated noise on ``clean`` (..., H, W) in [0, 1], float32:
+    ``Poisson(peak * s) / peak + white * e1 + stripe * (g * e2)``, ``e1, e2`` standard normal,
+    ``g`` = :func:`stripe_kernel` (``blur``) convolved along ``axis`` (-1: along the rows, X;
+    -2: along the columns, Y). ``e2`` is drawn wider than the image along ``axis`` and cut back
+    after the convolution, so the stripe noise is stationary up to the edges (variance ``stripe**2``)."""
+    from scipy import ndimage
+
+    if axis not in (-1, -2):
+        raise ValueError(f"axis must be -1 (rows) or -2 (columns), got {axis}")
+    rng = np.random.default_rng(seed)
+    s = np.clip(np.asarray(clean, np.float64), 0, None)
+    g = stripe_kernel(blur)
+    r = len(g) // 2
+    wide = list(s.shape)
+    wide[axis] += 2 * r
+    e2 = ndimage.convolve1d(rng.standard_normal(wide), g, axis=axis, mode="constant")
+    e2 = np.take(e2, np.arange(r, r + s.shape[axis]), axis=axis)
+    x = rng.poisson(peak * s) / peak + white * rng.standard_normal(s.shape) + stripe * e2
+    return x.astype(np.float32)
 
 
 def write_stack(path: Path, array: np.ndarray, axes: str | None = None) -> Path:
@@ -224,6 +258,9 @@ class Dataset:
     noise_model: dict | None = None  # PN2V's calibration: {"kind", "pairs": (noisy, clean)} or {"kind", "repeats"}
     stack_axis: str = "T"  # Noise2Stack: what the first axis is (T or Z) and the neighbours per side
     neighbours: int = 1
+    struct_axis: int = 1  # struct-N2V: spatial axis of the correlated noise (0: Y, columns; 1: X, rows)
+    struct_span: int = 2  # struct-N2V: pixels masked on each side along struct_axis
+    residue: bool = False  # report the stripe residue A (quality.stripe_residue): row-correlated noise
     sigma: float | None = None  # the known Gaussian noise sigma (BM3D), else estimated
     why_not: dict[str, str] = field(default_factory=dict)  # learned method -> why the data do not allow it
     paper: str = ""
@@ -307,8 +344,8 @@ def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
     """Data set ``name`` with the options of ``a`` (data, quick, crop, images, seed, methods)."""
     if name.startswith(("bsd68-s", "set12-s")):
         return _synthetic_gaussian(name, a)
-    loader = {"set12-pg": _set12_pg, "w2s": _w2s, "fmd": _fmd, "fmd-fish": _fmd_fish, "tirf": _tirf, "timelapse": _timelapse,
-              "phantom3d": _phantom3d}.get(name)
+    loader = {"set12-pg": _set12_pg, "stripes-rows": _stripes, "stripes-cols": _stripes, "w2s": _w2s, "fmd": _fmd,
+              "fmd-fish": _fmd_fish, "tirf": _tirf, "timelapse": _timelapse, "phantom3d": _phantom3d}.get(name)
     if loader is None and name.startswith("hagen-"):
         loader = _hagen
     if loader is None and name in ("w2s-c0", "w2s-c1", "w2s-c2"):
@@ -371,6 +408,32 @@ def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
                    why_not={"care": "no separate clean training images for this noise",
                             "noise2stack": "independent images, no stack",
                             "struct-n2v": "noise is pixel-independent"})
+
+
+def _stripes(name: str, a: argparse.Namespace) -> Dataset:
+    """Set12 (256x256) on 0..1 with :func:`stripe_noise` along the rows (``stripes-rows``) or
+    the columns (``stripes-cols``): the synthetic stripes of issue 16, exact ground truth."""
+    rows = name == "stripes-rows"
+    clean = load_set12(dataset_dir("set12", a.data, "*.png"))
+    if a.images:
+        clean = clean[:a.images]
+    clean = (clean / 255.0).astype(np.float32)
+    noisy = stripe_noise(clean, -1 if rows else -2, a.seed)
+    along = "rows (X)" if rows else "columns (Y)"
+    span = int(round(2 * STRIPE_BLUR))
+    return Dataset(name, f"{len(clean)} Set12 images (256x256) scaled to s = clean/255 in [0, 1]; noisy x = "
+                   f"Poisson({STRIPE_PEAK:g} s)/{STRIPE_PEAK:g} + {STRIPE_WHITE:g} e1 + {STRIPE_SIGMA:g} (g * e2), e1, "
+                   f"e2 standard normal, g a unit-energy Gaussian of sigma {STRIPE_BLUR:g} px convolved along the "
+                   f"{along} (datasets.stripe_noise, numpy default_rng({a.seed})), float32, not clipped; PSNR/SSIM "
+                   f"peak 1 against s, no fit; struct-N2V masks +-{span} px along the {along}", noisy, clean, 1.0,
+                   methods=("n2v", "n2v2", "struct-n2v"), struct_axis=1 if rows else 0, struct_span=span,
+                   residue=True,
+                   why_not={"n2n": "one noisy draw per image (the issue's rows are N2V, struct-N2V and COSDD)",
+                            "care": "no separate clean training images for this noise",
+                            "pn2v": "row-correlated noise: a pixel-wise noise model does not describe it",
+                            "pn2v-bootstrap": "row-correlated noise: a pixel-wise noise model does not describe it",
+                            "noise2stack": "independent images, no stack",
+                            "noise2stack-copy": "independent images, no stack"})
 
 
 def w2s_pairs(a: argparse.Namespace, fovs, channels) -> tuple[np.ndarray, np.ndarray]:
@@ -503,6 +566,7 @@ def _hagen(name: str, a: argparse.Namespace) -> Dataset:
                    f"PSNR/SSIM, peak 255; the high-SNR reference is not noise-free (its noise counts against sharp "
                    f"outputs) and the low-SNR noise is row-correlated", noisy, clean, 255.0,
                    fit=True, methods=("n2v", "n2v2", "struct-n2v", "care"), care_folds=folds, care_note=care_note,
+                   residue=True,
                    paper=PAPERS["hagen"] if kind == "mito" else "",
                    why_not={"n2n": "one low-SNR frame (N2N needs two noisy acquisitions)", "noise2stack": "no stack",
                             "pn2v": "no calibration data here", "pn2v-bootstrap": "row-correlated noise: a "

@@ -21,8 +21,10 @@ FOVs 001-007), ``w2s-c0|c1|c2`` (one channel, FOVs 004-010; CARE and the noise m
 the PN2V paper's Confocal Zebrafish at NR1: N2V and PN2V, matched and bootstrapped), ``hagen-mito|nucleus|
 membrane`` (256x256 tiles; CARE on the tiles outside the scored crop), ``tirf`` (20 repeated
 sCMOS frames; each against the mean of the frames outside its input window), ``timelapse``
-(nuclei time-lapse as reference + simulated Poisson–Gaussian noise) and ``phantom3d`` (a
-generated 3D phantom + Poisson–Gaussian noise).
+(nuclei time-lapse as reference + simulated Poisson–Gaussian noise), ``phantom3d`` (a
+generated 3D phantom + Poisson–Gaussian noise) and ``stripes-rows|cols`` (Set12 on 0..1 with
+Poisson, white and row- or column-correlated Gaussian noise; struct-N2V masks along the stripes).
+On the stripes and Hagen sets a further table gives the stripe residue A (:func:`stripe_residue`).
 Outputs on W2S and Hagen are fitted ``a * x + b`` to the reference before scoring (their 8-bit
 files were contrast-stretched independently).
 
@@ -99,6 +101,27 @@ def score(ds: Dataset, output: np.ndarray) -> tuple[list[float], list[float], np
         p.append(metrics.psnr(x, ref, ds.data_range))
         s.append(metrics.ssim(x, ref, ds.data_range))
     return p, s, scored
+
+
+RESIDUE_BOX = 5
+
+
+def stripe_residue(prediction: np.ndarray, truth: np.ndarray, box: int = RESIDUE_BOX) -> float:
+    """Stripe residue A of one image (H, W): lag-1 autocorrelation along the rows (X) minus that
+    along the columns (Y) of the residual ``prediction - truth`` high-passed by subtracting its
+    ``box`` x ``box`` mean (reflected edges). About 0 for white or isotropic residuals, positive
+    for row stripes left in the output, negative for column stripes."""
+    from scipy import ndimage
+
+    r = np.asarray(prediction, np.float64) - np.asarray(truth, np.float64)
+    hp = r - ndimage.uniform_filter(r, size=box, mode="reflect")
+    hp -= hp.mean()
+    var = float(np.mean(hp * hp))
+    if var <= 0:
+        return 0.0
+    rows = float(np.mean(hp[:, 1:] * hp[:, :-1])) / var
+    cols = float(np.mean(hp[1:, :] * hp[:-1, :])) / var
+    return rows - cols
 
 
 # --------------------------------------------------------------------------- baselines
@@ -266,8 +289,8 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
     if key == "n2v2":
         kw.update(method="n2v", net={"n2v2": True}, options={"replacement": "median"})
     elif key == "struct-n2v":
-        kw.update(method="n2v", options={"struct_axis": 1, "struct_span": 2})
-        note = "mask line +-2 px along X (row-correlated noise)"
+        kw.update(method="n2v", options={"struct_axis": ds.struct_axis, "struct_span": ds.struct_span})
+        note = f"mask line +-{ds.struct_span} px along {'YX'[ds.struct_axis]} (the axis of the correlated noise)"
     elif key == "n2n":
         kw["target"] = str(write_stack(folder / "second.zarr", ds.second))
     elif key in ("noise2stack", "noise2stack-copy"):
@@ -481,13 +504,13 @@ def panel_name(dataset: str, a: argparse.Namespace) -> str:
     return f"quality_{a.section + '_' if a.section else ''}{dataset}.png"
 
 
-def metric_table(results: dict, rows: list[str], metric: str, digits: int) -> list[str]:
+def metric_table(results: dict, rows: list[str], metric: str, digits: int, sign: str = "") -> list[str]:
     """Markdown table, one row per method and a column per data set, of ``metric`` over seeds."""
     names = list(results)
     lines = [f"| method | {' | '.join(names)} |", "|" + " --- |" * (len(names) + 1)]
     for m in rows:
-        cells = [_spread_cell(results[d]["runs"][m][metric], digits) if m in results[d]["runs"] else "—"
-                 for d in names]
+        cells = [_spread_cell(results[d]["runs"][m][metric], digits, sign) if metric in results[d]["runs"].get(m, {})
+                 else "—" for d in names]
         lines.append(f"| {m} | {' | '.join(cells)} |")
     return lines
 
@@ -509,6 +532,18 @@ def gain_table(results: dict, rows: list[str], methods: list[str]) -> list[str]:
                 cells.append(_spread_cell([list(x) for x in diffs], 2, "+"))
         lines.append(f"| {m} | {' | '.join(cells)} |")
     return lines
+
+
+def residue_table(results: dict, rows: list[str]) -> list[str]:
+    """The stripe residue A (:func:`stripe_residue`) on the data sets that report it, or nothing."""
+    with_a = {d: res for d, res in results.items() if any("residue" in run for run in res["runs"].values())}
+    if not with_a:
+        return []
+    return [f"Stripe residue A (mean over images, signed; |A| is the stripes left): lag-1 autocorrelation along the "
+            f"rows minus along the columns of the residual (output − reference, fitted outputs as scored), "
+            f"high-passed by subtracting its {RESIDUE_BOX}x{RESIDUE_BOX} mean (reflected edges); about 0 for white "
+            f"or isotropic residuals, > 0 row stripes, < 0 column stripes; the noisy row is the input's own "
+            f"(`quality.stripe_residue`):", "", *metric_table(with_a, rows, "residue", 3, "+"), ""]
 
 
 def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, machine, probes, seconds) -> str:
@@ -544,7 +579,7 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            "PSNR gain (dB) over the first baseline, paired per image (the same images, seeds paired), summarised "
            "over seeds as above:", "", *gain_table(results, rows, methods), "",
            "SSIM (Gaussian window sigma 1.5, `bigdenoise.metrics.ssim`), summarised as PSNR:", "",
-           *metric_table(results, rows, "ssim", 3), "", *head_to_head(results), ""]
+           *metric_table(results, rows, "ssim", 3), "", *residue_table(results, rows), *head_to_head(results), ""]
     if common_skips:
         out += ["Not run anywhere: " + "; ".join(f"{m}: {why}" for m, why in common_skips.items()) + ".", ""]
     out += ["Per data set (— in the tables: the data do not allow the method, reason below):", ""]
@@ -682,6 +717,7 @@ def _merge_seeds(seeds: list[int | None], runs: list[dict]) -> dict:
     ``a/b/c``, mean times, the note (per seed when they differ)."""
     notes = [r.get("note", "") for r in runs]
     merged = {"seeds": seeds, "psnr": [r["psnr"] for r in runs], "ssim": [r["ssim"] for r in runs],
+              **({"residue": [r["residue"] for r in runs]} if "residue" in runs[0] else {}),
               "note": notes[0] if len(set(notes)) == 1 else "; ".join(f"seed {s}: {n}" for s, n in zip(seeds, notes))}
     if runs[0].get("steps") is not None:
         merged["steps"] = "/".join(str(r["steps"]) for r in runs)
@@ -711,9 +747,13 @@ def run_over_seeds(m: str, ds: Dataset, noisy_path: Path, folder: Path, a: argpa
             print(f"  {m:<14} not run{'' if seed is None else f' (seed {seed})'}: {run}", flush=True)
             return run, None
         run["psnr"], run["ssim"], scored = score(ds, output)
+        if ds.residue:
+            run["residue"] = [stripe_residue(x, ref) for x, ref in zip(scored, ds.clean)]
         first = scored if first is None else first
         runs.append(run)
         extra = f" ({run['steps']} steps)" if run.get("steps") is not None else ""
+        if "residue" in run:
+            extra += f"  A {float(np.mean(run['residue'])):+.3f}"
         label = "" if seed is None else f"seed {seed} "
         print(f"  {m:<14} {label}PSNR {_cell(run['psnr'], 2):>15} dB  SSIM {_cell(run['ssim'], 3):>13}  "
               f"{time.perf_counter() - t0:6.1f} s{extra}  {run.get('note', '')}", flush=True)
