@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from collections.abc import Mapping
+from dataclasses import astuple, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +18,37 @@ from .clusters import JobOptions, check_cluster, dask_client
 from .execute import BlockSettings, image_means, run_blocks
 from .fingerprint import differences, fingerprint
 from .infer import image_statistic, plan_for
+from .logs import run_log
+from .ome import ome_order_ok
 from .package import Model, load_model, prediction_options, with_options
 from .runtime import check_compiler
 from .tiling import block_shape_for
-from .train import fit, pick_device
+from .train import estimate_stats, fit, pick_device
 from .outputs import PREDICTION, destination
 from .volume import Volume, open_volume
-from .writer import create_output, finish_output, load_done, output_chunks, resolve_dtype, run_record
+from .writer import (channel_spec, create_output, finish_output, load_done, output_chunks, resolve_dtype,
+                     run_record)
 
 
-def _volume(source: Any, axes: str | None) -> Volume:
-    return source if isinstance(source, Volume) else open_volume(source, axes)
+log = logging.getLogger(__name__)
+
+
+def _volume(source: Any, axes: str | None, **opening: Any) -> Volume:
+    """``source`` opened (``opening``: ``open_volume``'s channel, series, voxel_size), or itself
+    when it is a Volume already."""
+    opening = {k: v for k, v in opening.items() if v is not None}
+    if isinstance(source, Volume):
+        if opening:
+            raise ConfigError(f"{', '.join(opening)} apply when a path or array is opened: pass them to "
+                              f"open_volume() for a Volume")
+        return source
+    return open_volume(source, axes, **opening)
 
 
 def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None = None, target: Any = None,
-          clean: Any = None, resume: bool = False, overwrite: bool = False, progress: bool = True, **config: Any) -> Model:
+          clean: Any = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+          log_file: str | Path | None = None, channel: Any = None, series: int | None = None,
+          voxel_size: Any = None, **config: Any) -> Model:
     """Train a denoiser on ``source`` and write its model package to ``out``.
 
     Parameters
@@ -42,17 +60,24 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
     target : second volume for methods that need one (Noise2Noise, CARE, Noise2Stack ``mode="copy"``).
     clean : unpaired clean images of other fields of view (any shape, the input's axes) for
         methods that distil from them (``dbsn``); normalised with the input's statistics.
+    log_file : where the run's log goes (default ``bigdenoise.log`` in the model directory).
+    channel, series, voxel_size : as for :func:`bigdenoise.volume.open_volume`; training takes one
+        channel of an input with a ``C`` axis (train one model per channel for several).
     config : any :class:`bigdenoise.config.TrainConfig` field (``steps``, ``max_time``,
         ``patch``, ``batch_size``, ``net={"depth": 2, ...}``, ``options={...}``, ``seed`` ...).
     """
-    volume = _volume(source, axes)
+    volume = _volume(source, axes, channel=channel, series=series, voxel_size=voxel_size)
+    if volume.layout is not None and len(volume.layout.channels) > 1:
+        raise ConfigError(f"train learns one channel at a time, not --channel "
+                          f"{','.join(map(str, volume.layout.channels))}: train one model per channel")
     cfg = make_config(method=method, axes=volume.axes, **config)
     volumes = {"input": volume}
     if target is not None:
         volumes["target"] = _volume(target, volume.axes)
     if clean is not None:
         volumes["clean"] = _volume(clean, volume.axes)
-    return fit(volumes, out, cfg, resume=resume, overwrite=overwrite, progress=progress)
+    with run_log(log_file):
+        return fit(volumes, out, cfg, resume=resume, overwrite=overwrite, progress=progress)
 
 
 def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: str | None = None,
@@ -62,7 +87,9 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
             inexact: bool = False, batch_size: int | None = None, precision: str = "fp32", device: str = "auto",
             skip_background: float | None = None, background_value: float = 0.0,
             block_voxels: int = 4 * 2**20, jobs: JobOptions | None = None, compiled: bool = False,
-            options: Mapping[str, Any] | None = None, progress: bool = True) -> dict:
+            options: Mapping[str, Any] | None = None, progress: bool = True,
+            log_file: str | Path | None = None, channel: Any = None, series: int | None = None,
+            voxel_size: Any = None) -> dict:
     """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
 
     The output has the input's shape and axes (an OME-Zarr input, or an ``out`` ending in
@@ -81,6 +108,15 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     ``options`` overrides method options that only act at prediction time (the method's
     ``predict_options``, e.g. PN2V's ``{"prediction": "prior_mean"}``) for this prediction;
     values may be strings (``"prior_mean"``, ``"0.5"``), parsed by the method's options model.
+    ``channel`` (an input with a ``C`` axis), ``series`` (a multi-series TIFF) and ``voxel_size``
+    (written to the output's metadata) are :func:`bigdenoise.volume.open_volume`'s. The output
+    keeps the input's axes, with the chosen channels along ``C``; with several channels and a
+    model whose output is in its input's units (no separate target statistics), each channel is
+    normalised with its own statistics, estimated from its chunks as training estimates them
+    (``train.estimate_stats``, the model's seed and chunk count); one channel is denoised exactly
+    as if it were a volume of its own (the model's statistics).
+    The run's log (cluster, failed blocks with their tracebacks, a summary line) is appended to
+    ``log_file``, by default ``bigdenoise.log`` inside the output (``logs.run_log``).
     Returns a summary of the run.
     """
     check_cluster(cluster, workers)
@@ -92,43 +128,82 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     loaded = model if isinstance(model, Model) else load_model(model_path)
     overrides = prediction_options(loaded, options)
     loaded = with_options(loaded, overrides)
+    opening = {"channel": channel, "series": series, "voxel_size": voxel_size}
     try:
-        volume = _volume(source, axes)
+        volume = _volume(source, axes, **opening)
     except InputError:
         model_axes = None if axes is not None or isinstance(source, Volume) else _axes_like_model(source, loaded)
         if model_axes is None:
             raise
-        volume = _volume(source, model_axes)
+        volume = _volume(source, model_axes, **opening)
     if volume.path is None and cluster != "threads":
         cluster = "threads"  # an in-memory array cannot be shipped to worker processes
     resolve_dtype(dtype, volume.dtype)  # an unknown --dtype is refused before anything is written
+    if (volume.layout is not None and str(out).lower().rstrip("/").endswith(".ome.zarr")
+            and not ome_order_ok(volume.layout.axes)):
+        raise ConfigError(f"{volume.source} has axes {volume.layout.axes}, which OME-Zarr cannot store (it orders "
+                          f"t, c, z, y, x): write a plain Zarr output (an --out not ending in .ome.zarr)")
     block = block_shape_for(output_chunks(volume, chunks), volume.shape, block_voxels)
     plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, inexact=inexact,
                     block=block, source=volume.source)
     dev = str(pick_device(device))
     if compiled:
         check_compiler(dev)
-    dest = destination(out, PREDICTION, protect={"input": volume.path, "model": model_path}, overwrite=overwrite,
-                       resume=resume)
+    protect = {"input": volume.path, "model": model_path}
+    dest = destination(out, PREDICTION, protect=protect, overwrite=overwrite, resume=resume)
     model_path = str(Path(model_path).resolve())
     record = {"model": model_path, "model_sha256": _digest(Path(model_path)), "source": volume.source,
               "input": fingerprint(volume), "block_shape": list(block), "tile": list(plan.tile),
               "halo": list(plan.halo), "overlap": list(plan.overlap), "precision": precision,
               "skip_background": skip_background, "compiled": compiled, "options": dict(overrides)}
-    with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
-        spec = create_output(dest.start(), volume, chunks=chunks, dtype=dtype, exist_ok=resume, attributes=record,
-                             fill_value=background_value, as_ome=dest.path.name.lower().endswith(".ome.zarr"))
-        skip = _resumed_blocks(spec, record, volume.shape, block, dest) if resume else None
-        settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
-                                 skip_background, compiled, overrides)
-        means = None
-        if image_statistic(loaded) is not None:  # e.g. D-BSN awgn: each image's noise level, before tiling
-            means = image_means(volume, plan, block, settings, client, progress=progress)
-        summary = run_blocks(volume, plan, block, settings, spec, client, progress=progress, skip=skip,
-                             image_means=means)
-    finish_output(spec)
-    dest.commit()
+    if volume.layout is not None:
+        record["channels"] = list(volume.layout.channels)
+    with run_log(log_file) as session:
+        session.check(protect)
+        log.info("predict %s with the model %s into %s (%s): block %s, tile %s, halo %s, %s on %s, cluster %s",
+                 volume.source, model_path, dest.path, "resuming" if resume else "replacing" if dest.replacing
+                 else "new", block, plan.tile, plan.halo, precision, dev, cluster)
+        with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
+            spec = create_output(dest.start(), volume, chunks=chunks, dtype=dtype, exist_ok=resume,
+                                 attributes=record, fill_value=background_value,
+                                 as_ome=dest.path.name.lower().endswith(".ome.zarr"))
+            settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
+                                     skip_background, compiled, overrides)
+            summary = _run_channels(volume, loaded, plan, block, settings, spec, client, record, dest, resume,
+                                    progress, session)
+        finish_output(spec)
+        dest.commit()
+        log.info("wrote %s", dest.path)
     return {**summary, "output": str(dest.path), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+
+
+def _run_channels(volume: Volume, model: Model, plan, block: tuple[int, ...], settings: BlockSettings, spec,
+                  client, record: dict, dest, resume: bool, progress: bool, session) -> dict:
+    """Denoise each chosen channel of ``volume`` (the volume itself without a ``C`` axis) into its
+    place in the output, one after the other; the summaries added up."""
+    channels = volume.channel_volumes()
+    per_channel = len(channels) > 1 and model.output_stats is None
+    total: dict = {}
+    for vol in channels:
+        out = channel_spec(spec, vol)
+        skip = _resumed_blocks(out, record, vol.shape, block, dest) if resume else None
+        session.open(dest.work)  # once the run is accepted: inside the output (staged with it when replacing one)
+        run = settings
+        if per_channel:
+            stats = estimate_stats(vol, model.train_config.stats_chunks, model.train_config.seed, model.background)
+            run = replace(settings, stats=astuple(stats))
+            log.info("channel %d: mean %.4g, std %.4g (its own statistics)", vol.layout.channel, stats.mean,
+                     stats.std)
+        means = None
+        if image_statistic(model) is not None:  # e.g. D-BSN awgn: each image's noise level, before tiling
+            means = image_means(vol, plan, block, run, client, progress=progress)
+        summary = run_blocks(vol, plan, block, run, out, client, progress=progress, skip=skip, image_means=means,
+                             log_path=session.path)
+        for key, value in summary.items():
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            total[key] = total.get(key, 0) + value if numeric else value
+    total["voxels_per_s"] = total["voxels"] / max(total["seconds"], 1e-9)
+    return total
 
 
 RESUME_IGNORES = ("model", "source")  # where they are, in the spelling given: content decides

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
+import shlex
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from ._version import __version__
 from .errors import BigDenoiseError, ConfigError
+
+log = logging.getLogger("bigdenoise.cli")  # also when run as `python -m bigdenoise.cli`
 
 
 def parse_duration(text: str) -> float:
@@ -72,6 +77,25 @@ def _options(a: argparse.Namespace) -> dict[str, str]:
     return options
 
 
+def _add_log_file(p, where: str) -> None:
+    p.add_argument("--log-file", metavar="PATH",
+                   help=f"append the run's log (command line, cluster and dashboard, stages or failed blocks with "
+                        f"their tracebacks, a summary) to PATH (default: bigdenoise.log inside the {where}); never "
+                        f"an input or a file inside one")
+
+
+def _add_input_options(p) -> None:
+    p.add_argument("--channel", metavar="K", help="channel(s) to use of an input with a C axis (CZYX, TCZYX, ...), "
+                   "e.g. 1 or 0,2 (train: one); required when it has several")
+    p.add_argument("--series", type=at_least(0), metavar="N", help="series of a multi-series TIFF file (default 0)")
+    p.add_argument("--voxel-size", metavar="Z,Y,X", help="physical voxel size along the spatial axes (z,y,x or y,x) "
+                   "for inputs whose metadata give none; written to the output")
+
+
+def _input_kwargs(a: argparse.Namespace) -> dict:
+    return {"channel": a.channel, "series": a.series, "voxel_size": a.voxel_size}
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line (no usage block), like every other error."""
 
@@ -86,6 +110,7 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--method", default="n2v", help="training method (default n2v)")
     p.add_argument("--axes", help="axes of the input, e.g. SYX, ZYX (default: from metadata)")
+    _add_input_options(p)
     p.add_argument("--target", help="second volume for paired methods (n2n, care)")
     p.add_argument("--clean", metavar="UNPAIRED",
                    help="clean images of other fields of view (any shape, the input's axes): dbsn distils from "
@@ -135,6 +160,7 @@ def _add_train(sub) -> None:
                      help="use batch norm (the default for n2v; n2n, care and noise2stack default to none)")
     _add_option(p, "an option of the method (its pydantic options; the flags above are shortcuts for some)",
                 "masked_fraction=0.02")
+    _add_log_file(p, "model directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -174,6 +200,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="output Zarr (opens as an array of the input's shape)")
     p.add_argument("--axes", help="axes of the input (default: metadata, else the model's)")
+    _add_input_options(p)
     p.add_argument("--cluster", default="local",
                    help="threads | local | slurm | pbs | lsf | tcp://HOST:PORT (default local)")
     p.add_argument("--workers", type=int, help="worker processes for --cluster local")
@@ -225,6 +252,7 @@ def _add_predict(sub) -> None:
                    "(a CPU needs a C++ compiler, g++ or $CXX)")
     _add_option(p, "override a prediction-time option of the model's method for this prediction (one that does "
                 "not change the networks)", "prediction=prior_mean (pn2v)")
+    _add_log_file(p, "output")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -243,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="shape, dtype, chunks, axes, size and a sampled intensity summary")
     p.add_argument("input")
     p.add_argument("--axes")
+    _add_input_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_train(sub)
     _add_predict(sub)
@@ -314,12 +343,12 @@ def run(a: argparse.Namespace) -> int:
         from .convert import describe, format_description
         from .volume import open_volume
 
-        d = describe(open_volume(a.input, a.axes))
+        d = describe(open_volume(a.input, a.axes, **_input_kwargs(a)))
         print(json.dumps(d, indent=2, default=str) if a.json else format_description(d))
     elif a.command == "train":
         model = api.train(a.input, a.out, method=a.method, axes=a.axes, target=a.target, clean=a.clean,
                           resume=a.resume,
-                          overwrite=a.overwrite, progress=not a.quiet, **_train_kwargs(a))
+                          overwrite=a.overwrite, progress=not a.quiet, **_input_kwargs(a), **_train_kwargs(a))
         info = model.info
         print(f"trained {a.method} for {info['steps']} steps ({info['train_seconds']} s on {info['device']}); "
               f"best validation loss {info['best_val_loss']:.4g}; model written to {a.out}")
@@ -336,7 +365,7 @@ def run(a: argparse.Namespace) -> int:
                         halo=a.halo, inexact=a.inexact, batch_size=a.batch_size, precision=a.precision, device=a.device,
                         skip_background=a.skip_background, background_value=a.background_value,
                         block_voxels=a.block_voxels, jobs=_job_options(a), compiled=a.compile,
-                        options=_options(a), progress=not a.quiet)
+                        options=_options(a), progress=not a.quiet, **_input_kwargs(a))
         extra = f"; skipped {s['skipped']} blocks already done" if s["skipped"] else ""
         if s["background_blocks"]:
             extra += f"; {s['background_blocks']} background blocks left unwritten"
@@ -401,15 +430,42 @@ def _options_help(argv: list[str]) -> int | None:
     return 0
 
 
+@contextmanager
+def _run_log(a: argparse.Namespace, argv: list[str]) -> Iterator[None]:
+    """The log file of a ``train`` or ``predict`` run (``logs.run_log``): the command line and
+    version first, the error that ends a failed run last."""
+    if a.command not in ("train", "predict") or getattr(a, "print_job_script", False):
+        yield
+        return
+    from .logs import FILE_ONLY, run_log
+
+    with run_log(a.log_file):
+        log.info("bigdenoise %s: bigdenoise %s", __version__, shlex.join(argv))
+        try:
+            yield
+        except KeyboardInterrupt:
+            log.error("interrupted", extra=FILE_ONLY)
+            raise
+        except Exception as exc:
+            log.error("error: %s", _one_line(exc), extra=FILE_ONLY,
+                      exc_info=None if isinstance(exc, BigDenoiseError) else exc)
+            raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``bigdenoise`` command; returns the exit status."""
-    status = _options_help(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    status = _options_help(argv)
     if status is not None:
         return status
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .logs import configure_console
+
+    configure_console(args.debug)
     try:
-        return run(args)
+        with _run_log(args, argv):
+            return run(args)
     except KeyboardInterrupt:
         print(f"bigdenoise {args.command}: interrupted", file=sys.stderr)
         return 130

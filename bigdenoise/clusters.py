@@ -18,6 +18,8 @@ from distributed import Client, LocalCluster, WorkerPlugin
 from .errors import ConfigError
 from .runtime import ALLOCATOR_ENV, release_memory, tune_allocator, tune_worker_allocator
 
+log = logging.getLogger(__name__)
+
 LOCAL = ("threads", "local")
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 
@@ -195,6 +197,8 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
     try:
         with _client(cluster, workers, threads_per_worker, device, jobs) as (client, torch_threads):
             client.register_plugin(AllocatorSettings(), name="bigdenoise-allocator")
+            log.info("cluster %s: %d workers with %d threads now; Dask dashboard: %s", cluster,
+                     len(client.nthreads()), sum(client.nthreads().values()), client.dashboard_link)
             yield client, torch_threads
     finally:
         release_memory()  # what the in-process worker's forward passes kept in this heap
@@ -225,6 +229,7 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
         with jobqueue_cluster(cluster, jobs) as jc, Client(jc) as client:
             low, high = jobs.bounds()
             jc.adapt(minimum_jobs=low, maximum_jobs=high)  # retired or killed workers' jobs are replaced
+            log.info("%s jobs, adaptive between %d and %d; job script:\n%s", cluster, low, high, jc.job_script())
             print(f"Dask dashboard: {client.dashboard_link}", flush=True)
             cores, processes = job_shape(cluster, jobs)
             yield client, torch_threads_per_worker(cores, processes or 1) if cores else 0

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from bigdenoise.geometry import Box
 from bigdenoise.outputs import ZARR_COPY, destination
-from bigdenoise.volume import Volume, default_chunks, open_volume, sample_chunk_boxes
+from bigdenoise.volume import AxisView, Volume, default_chunks, open_volume, sample_chunk_boxes
 from bigdenoise.writer import create_array, output_chunks
 
 COPY_BLOCK_BYTES = 256 * 2**20  # upper bound of one copied block (unless a single chunk is larger)
@@ -56,6 +56,8 @@ def convert(
     target = destination(dest, ZARR_COPY, protect={"input": volume.path}, overwrite=overwrite)
     try:
         out = create_array(target.start(), volume, out_chunks, volume.dtype, {})
+        if volume.layout is not None:  # an input with a (singleton) channel axis keeps its axes
+            out = AxisView(out, volume.layout.output_fixed)
         _copy(volume, out, out_chunks, progress)
     except BaseException:
         target.discard()  # a copy cannot be continued: leave nothing half-written

@@ -7,11 +7,11 @@ block boxes (lazily) and counts results: it never holds voxel data.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import traceback
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,20 @@ from tqdm.auto import tqdm
 from .clusters import gpu_for_worker
 from .errors import BigDenoiseError
 from .geometry import Block
+from .logs import FILE_ONLY
 from .infer import denoise_block, for_inference, image_sums, model_device
+from .normalize import Stats
 from .package import Model, load_model, with_options
 from .tiling import TilePlan, count_blocks, iter_blocks, read_box
 from .volume import Volume
 from .writer import OutputSpec, mark_done, to_dtype, write_block
 
-ERRORS_LOG = "bigdenoise-errors.log"
+log = logging.getLogger(__name__)
 
 
 class BlockFailed(BigDenoiseError):
-    """One or more blocks failed; the message names the first with its cause, and the log file
-    (``ERRORS_LOG`` in the output) that holds every failed block's traceback."""
+    """One or more blocks failed; the message names the first with its cause, and the run's log
+    file (``logs.run_log``) that holds every failed block's traceback."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class BlockSettings:
     skip_background: float | None = None
     compiled: bool = False  # torch.compile the networks on each worker (infer.for_inference)
     options: tuple[tuple[str, Any], ...] = ()  # prediction-time method options (package.prediction_options)
+    stats: tuple[float, ...] | None = None  # a channel's own normalisation (Stats fields), replacing the model's
 
 
 _models: dict[tuple, Model] = {}
@@ -68,7 +71,8 @@ def worker_model(settings: BlockSettings) -> Model:
             model = load_model(settings.model_path, device=gpu_for_worker(settings.device))
             model = with_options(model, settings.options)
             _models[key] = for_inference(model, compiled=settings.compiled)
-        return _models[key]
+        model = _models[key]
+    return model if settings.stats is None else replace(model, stats=Stats(*settings.stats))
 
 
 def _output_array(spec: OutputSpec):
@@ -160,12 +164,15 @@ def image_means(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], se
 
 def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings,
                out: OutputSpec, client, *, window: int | None = None, progress: bool = True,
-               skip: np.ndarray | None = None, image_means: np.ndarray | None = None) -> dict:
+               skip: np.ndarray | None = None, image_means: np.ndarray | None = None,
+               log_path: Path | None = None) -> dict:
     """Run every block of the volume on ``client``, at most ``window`` tasks in flight.
 
     ``skip`` is a boolean array over the block grid of blocks already done (resume). Failed
-    blocks (each tried twice) do not stop the others; at the end a BlockFailed names the first
-    with its cause, and the output's ``ERRORS_LOG`` holds every failed block's traceback.
+    blocks (each tried twice) do not stop the others: each is logged with its traceback (to the
+    run's log file, ``log_path``, when a ``logs.run_log`` is open), and at the end a BlockFailed
+    names the first with its cause. A summary line (blocks done, resumed, failed, voxels/s) is
+    logged when the run ends, failed or not.
     The summary's ``read_s``, ``compute_s`` (``forward_s`` of it in forward passes) and
     ``write_s`` are task seconds summed over the blocks. ``image_means``: the pre-pass's
     per-image means (:func:`image_means`) for a model that has one, else None.
@@ -195,7 +202,6 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
         if not submit_next():
             break
     failures: list[str] = []
-    log = Path(out.path) / ERRORS_LOG
     voxels = background = 0
     t0 = time.perf_counter()
     timing = {"read_s": 0.0, "compute_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
@@ -210,26 +216,25 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
             except Exception as exc:  # noqa: BLE001 - reported with its block below
                 index = index_of[future.key]
                 failures.append(f"block {index}: {type(exc).__name__}: {exc}")
-                _log_failure(log, index, exc, future.traceback())
+                log.error("block %s failed: %s: %s", index, type(exc).__name__, exc,
+                          exc_info=(type(exc), exc, future.traceback()), extra=FILE_ONLY)
             index_of.pop(future.key, None)
             future.release()
             bar.update(1)
             bar.set_postfix(Mvox_s=f"{voxels / max(time.perf_counter() - t0, 1e-9) / 1e6:.2f}")
             submit_next()
     seconds = time.perf_counter() - t0
+    log.info("predict finished: %d blocks done, %d resumed, %d failed, of %d (%d of them background); %d voxels "
+             "in %.1f s, %.4g voxels/s", done - len(failures), total - done, len(failures), total, background,
+             voxels, seconds, voxels / max(seconds, 1e-9))
     if failures:
         others = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
+        where = f"tracebacks in {log_path}" if log_path is not None else "tracebacks in the bigdenoise log"
         raise BlockFailed(
-            f"{len(failures)} of {done} blocks failed, {failures[0].splitlines()[0]}{others} (tracebacks in {log}); "
+            f"{len(failures)} of {done} blocks failed, {failures[0].splitlines()[0]}{others} ({where}); "
             f"the other blocks were written: fix the cause and rerun with --resume to redo only the failed ones"
         )
     return {"blocks": done, "skipped": total - done, "background_blocks": background, "voxels": voxels,
             "seconds": seconds,
             "voxels_per_s": voxels / max(seconds, 1e-9), **timing}
 
-
-def _log_failure(log: Path, index: tuple[int, ...], exc: BaseException, tb) -> None:
-    """Append one failed block's traceback to the run's log file."""
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    with open(log, "a") as f:
-        f.write(f"--- block {index} failed at {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}\n")

@@ -1,5 +1,5 @@
-"""OME-Zarr (NGFF 0.4 / 0.5) metadata: what an input's says about its axes, units and scale, and
-what an output's says (one level, the input's axes and scale)."""
+"""OME-Zarr (NGFF 0.4 / 0.5) metadata: what an input's says about its axes, units, scale and
+translation, and what an output's says (one level, the input's axes, scale and translation)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from .errors import InputError
 if TYPE_CHECKING:
     from .volume import Volume
 
-_OME_AXIS_LETTERS = {"t": "T", "z": "Z", "y": "Y", "x": "X"}
+_OME_AXIS_LETTERS = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
 
 
 def parent_ome_metadata(
     source: str, root: Path, inner: str
-) -> tuple[str, tuple[float, ...] | None, tuple[str | None, ...]] | None:
-    """Axes, scale and units of an array that is a level of an OME-Zarr image group."""
+) -> tuple[str, tuple[float, ...] | None, tuple[str | None, ...], tuple[float, ...] | None] | None:
+    """Axes, scale, units and translation of an array that is a level of an OME-Zarr image group."""
     import zarr
     from zarr.storage import LocalStore
 
@@ -35,7 +35,8 @@ def parent_ome_metadata(
         if dataset.get("path") == name:
             array = group[name]
             axes, units = read_ome_axes(source, multiscales[0], array.shape)
-            return axes, read_ome_scale(multiscales[0], dataset, array.ndim), units
+            return (axes, read_ome_scale(multiscales[0], dataset, array.ndim), units,
+                    read_ome_translation(multiscales[0], dataset, array.ndim))
     return None
 
 
@@ -58,17 +59,9 @@ def read_ome_axes(
         name = entry["name"] if isinstance(entry, dict) else str(entry)
         names.append(name.lower())
         units.append(entry.get("unit") if isinstance(entry, dict) else None)
-    if "c" in names:
-        k = names.index("c")
-        index = "[" + ", ".join([":"] * k + ["k"]) + "]"
-        raise InputError(
-            f"{source} has a channel axis (axes {''.join(names)}, {shape[k]} channel(s)); "
-            "multi-channel images are not supported. Denoise each channel separately, e.g. in "
-            f"Python: open_volume(dask.array.from_zarr('<path>/0'){index}, axes=...) for channel k"
-        )
     unknown = [n for n in names if n not in _OME_AXIS_LETTERS]
     if unknown:
-        raise InputError(f"{source}: unsupported OME axis name(s) {unknown}; supported: t, z, y, x")
+        raise InputError(f"{source}: unsupported OME axis name(s) {unknown}; supported: t, c, z, y, x")
     return "".join(_OME_AXIS_LETTERS[n] for n in names), tuple(units)
 
 
@@ -83,29 +76,55 @@ def read_ome_scale(multiscale: dict, dataset: dict, ndim: int) -> tuple[float, .
     return scale
 
 
-def find_scale(transforms: list, ndim: int) -> tuple[float, ...] | None:
+def read_ome_translation(multiscale: dict, dataset: dict, ndim: int) -> tuple[float, ...] | None:
+    """The dataset's translation (after its scale), plus the multiscale-wide transformations':
+    the multiscale scale multiplies the dataset's translation, its translation is added."""
+    own = find_scale(dataset.get("coordinateTransformations", []), ndim, "translation")
+    outer_scale = find_scale(multiscale.get("coordinateTransformations", []), ndim)
+    outer = find_scale(multiscale.get("coordinateTransformations", []), ndim, "translation")
+    if own is None and outer is None:
+        return None
+    own = own or (0.0,) * ndim
+    if outer_scale is not None:
+        own = tuple(a * b for a, b in zip(own, outer_scale))
+    return tuple(a + b for a, b in zip(own, outer or (0.0,) * ndim))
+
+
+def find_scale(transforms: list, ndim: int, kind: str = "scale") -> tuple[float, ...] | None:
+    """The first ``kind`` (``"scale"`` or ``"translation"``) transformation's values."""
     for t in transforms:
-        if t.get("type") == "scale" and len(t.get("scale", [])) == ndim:
-            return tuple(float(s) for s in t["scale"])
+        if t.get("type") == kind and len(t.get(kind, [])) == ndim:
+            return tuple(float(s) for s in t[kind])
     return None
 
 
+def ome_order_ok(axes: str) -> bool:
+    """Whether ``axes`` are in the order NGFF requires (time, channel, then space: ``TCZYX``)."""
+    rank = [{"S": 0, "T": 0, "C": 1, "Z": 2, "Y": 3, "X": 4}[a] for a in axes]
+    return rank == sorted(rank)
+
+
 def ome_metadata(volume: Volume) -> dict:
-    """NGFF 0.5 ``ome`` attributes for a one-level image with the input's axes and scale."""
-    names = {"S": "t", "T": "t", "Z": "z", "Y": "y", "X": "x"}
-    kinds = {"S": "time", "T": "time", "Z": "space", "Y": "space", "X": "space"}
+    """NGFF 0.5 ``ome`` attributes for a one-level image with the input's axes (all of them,
+    ``volume.layout``'s when the input has a channel axis), scale, translation and units."""
+    names = {"S": "t", "T": "t", "C": "c", "Z": "z", "Y": "y", "X": "x"}
+    kinds = {"S": "time", "T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+    meta = volume.layout or volume
     axes = []
-    for i, a in enumerate(volume.axes):
+    for i, a in enumerate(meta.axes):
         entry = {"name": names[a], "type": kinds[a]}
-        if volume.units is not None and volume.units[i]:
-            entry["unit"] = volume.units[i]
+        if meta.units is not None and meta.units[i] and a != "C":
+            entry["unit"] = meta.units[i]
         axes.append(entry)
-    scale = list(volume.scale) if volume.scale is not None else [1.0] * volume.ndim
+    scale = list(meta.scale) if meta.scale is not None else [1.0] * len(meta.axes)
+    transforms = [{"type": "scale", "scale": scale}]
+    if meta.translation is not None:
+        transforms.append({"type": "translation", "translation": list(meta.translation)})
     return {
         "version": "0.5",
         "multiscales": [{
             "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
             "name": "denoised",
         }],
     }

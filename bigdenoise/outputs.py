@@ -57,10 +57,14 @@ class Kind:
     folders: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
-MODEL = Kind("model package", ("config.json", "*.safetensors", "history.csv", "loss.png", "checkpoint"),
+LOG_KIND = Kind("log file", ())
+MODEL = Kind("model package", ("config.json", "*.safetensors", "history.csv", "loss.png", "checkpoint",
+                               "bigdenoise.log"),
              (("checkpoint", ("state.json", "*.safetensors")),))
 NOISE_MODEL = Kind("noise model", ("noise_model.json", "noise_model.safetensors", "noise_model.png"))
-PREDICTION = Kind("prediction", ("zarr.json", "c", "[0-9]*", ".bigdenoise-done", "bigdenoise-errors.log"))
+# bigdenoise-errors.log: where failed blocks' tracebacks went before bigdenoise.log held them
+PREDICTION = Kind("prediction", ("zarr.json", "c", "[0-9]*", ".bigdenoise-done", "bigdenoise.log",
+                                 "bigdenoise-errors.log"))
 ZARR_COPY = Kind("Zarr copy", ("zarr.json", "c"))
 DEMO = Kind("demo folder", ("bigdenoise-demo.json", "noisy.zarr", "clean.zarr", "denoised.zarr", "model",
                             "preview.png"))
@@ -166,6 +170,27 @@ def destination(path: str | Path, kind: Kind, *, protect: Mapping[str, Any] | No
     return Destination(final, staging, kind)
 
 
+def check_log_file(path: str | Path, protect: Mapping[str, Any] | None = None) -> Path:
+    """Check a log file the user named (``--log-file``); nothing is written. Like an output, it
+    never is or sits inside a protected path (an input, the model in use), and it is a file.
+
+    Raises
+    ------
+    OutputError
+        Overlap with a protected path, a folder at ``path``, or no folder to hold it.
+    """
+    final = Path(os.path.realpath(Path(path).expanduser()))
+    for role, other in (protect or {}).items():
+        if other is not None:
+            _check_apart(final, Path(other), role, LOG_KIND)
+    if final.is_dir():
+        raise OutputError(f"the log file {final} is a folder; give --log-file a file's path")
+    if not final.parent.is_dir():
+        raise OutputError(f"cannot write the log file {final}: the folder {final.parent} does not exist")
+    _check_writable(final, LOG_KIND)
+    return final
+
+
 def storage_root(path: Path) -> Path:
     """The file or folder that holds the data at ``path``: a Zarr node is protected with its whole
     store (the first ``.zarr`` component in any case, else the topmost folder of Zarr nodes)."""
@@ -184,11 +209,12 @@ def storage_root(path: Path) -> Path:
 
 def _check_apart(out: Path, other: Path, role: str, kind: Kind) -> None:
     protected = storage_root(other)
+    flag = "--log-file" if kind is LOG_KIND else "--out"
     if _same_or_inside(out, protected):
-        raise OutputError(f"the {kind.name} {out} would be or sit inside the {role} {protected}; choose an --out "
+        raise OutputError(f"the {kind.name} {out} would be or sit inside the {role} {protected}; choose a {flag} "
                           f"outside it")
     if _same_or_inside(protected, out):
-        raise OutputError(f"the {kind.name} {out} would contain the {role} {protected}; choose an --out "
+        raise OutputError(f"the {kind.name} {out} would contain the {role} {protected}; choose a {flag} "
                           f"that does not hold it")
 
 

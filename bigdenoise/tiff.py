@@ -8,19 +8,22 @@ voxel size.
 
 from __future__ import annotations
 
+import logging
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .axes import AXES_ALLOWED
+from .axes import stored_axes_ok
 from .errors import InputError
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".tif", ".tiff")
 GLOB_CHARACTERS = "*?["
 # tifffile's axis letters -> ours ("I": an image sequence, one independent image per index)
-_AXES = {"Z": "Z", "Y": "Y", "X": "X", "T": "T", "I": "S"}
+_AXES = {"Z": "Z", "Y": "Y", "X": "X", "T": "T", "I": "S", "C": "C"}
 _UNITS = {"um": "micrometer", "µm": "micrometer", "\u00b5m": "micrometer", "micron": "micrometer",
           "nm": "nanometer", "mm": "millimeter", "pixel": None, "": None}
 
@@ -48,19 +51,29 @@ def is_sequence(source: str | Path) -> bool:
         p.suffix.lower() in SUFFIXES for p in path.iterdir())
 
 
-def open_tiff(source: str, path: Path) -> TiffData:
-    """Series 0, level 0 of one TIFF file, with the axes and voxel size its ImageJ or OME
-    metadata give."""
+def open_tiff(source: str, path: Path, series: int | None = None) -> TiffData:
+    """Series ``series`` (default 0, logged as a warning when the file has several), level 0 of
+    one TIFF file, with the axes and voxel size its ImageJ or OME metadata give. A series the
+    file does not have is an InputError saying how many it has."""
     import tifffile
     import zarr
 
     try:
         with tifffile.TiffFile(str(path)) as tif:
-            series = tif.series[0]
-            axes = _our_axes(series.axes)
-            scale, units = _voxel_size(tif, series.axes) if axes else (None, None)
-        store = tifffile.imread(str(path), aszarr=True, series=0, level=0)
+            count = len(tif.series)
+            if series is not None and not 0 <= series < count:
+                raise InputError(f"{source} has {count} series (0 to {count - 1}): --series {series} is not one "
+                                 f"of them")
+            if series is None and count > 1:
+                log.warning("%s has %d series; using series 0 (%s, shape %s): choose another with --series N",
+                            source, count, tif.series[0].axes, tif.series[0].shape)
+            chosen = tif.series[series or 0]
+            axes = _our_axes(chosen.axes)
+            scale, units = _voxel_size(tif, chosen.axes, series or 0) if axes else (None, None)
+        store = tifffile.imread(str(path), aszarr=True, series=series or 0, level=0)
         array = zarr.open(store, mode="r")
+    except InputError:
+        raise
     except Exception as e:
         raise InputError(f"{source} could not be read as a TIFF file ({e})") from e
     if axes is not None and len(axes) != array.ndim:
@@ -108,15 +121,18 @@ def open_sequence(source: str) -> TiffData:
 
 def _our_axes(tiff_axes: str) -> str | None:
     letters = "".join(_AXES.get(a, "?") for a in tiff_axes)
-    return letters if letters in AXES_ALLOWED else None
+    return letters if stored_axes_ok(letters) else None
 
 
-def _voxel_size(tif: Any, tiff_axes: str) -> tuple[tuple[float, ...] | None, tuple[str | None, ...] | None]:
-    """Voxel size and unit per axis from OME-XML or ImageJ metadata (1.0 and None where absent)."""
+def _voxel_size(tif: Any, tiff_axes: str,
+                series: int = 0) -> tuple[tuple[float, ...] | None, tuple[str | None, ...] | None]:
+    """Voxel size and unit per axis from OME-XML (the ``series``-th image's) or ImageJ metadata
+    (1.0 and None where absent)."""
     sizes: dict[str, float] = {}
     unit = None
     if tif.is_ome and tif.ome_metadata:
-        pixels = next(el for el in ET.fromstring(tif.ome_metadata).iter() if el.tag.endswith("Pixels"))
+        every = [el for el in ET.fromstring(tif.ome_metadata).iter() if el.tag.endswith("Pixels")]
+        pixels = every[min(series, len(every) - 1)]
         for axis in "XYZ":
             if pixels.get(f"PhysicalSize{axis}") is not None:
                 sizes[axis] = float(pixels.get(f"PhysicalSize{axis}"))

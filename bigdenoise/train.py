@@ -4,6 +4,7 @@ atomic checkpoints, resume, progress; the loss history and the cosine schedule l
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -21,6 +22,7 @@ from .config import TrainConfig
 from .errors import ConfigError, InputError, OutputError
 from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_json_object
 from .fingerprint import differences, fingerprint
+from .logs import current as current_log
 from .history import HISTORY_FILE, CosineLR, plot_history, read_history, write_history
 from .methods import Method, Nets, Stage, get_method, method_names
 from .normalize import Stats, stats_from_samples
@@ -33,6 +35,8 @@ from .data import PatchBatches
 from .volume import Volume, check_finite_sample, refuse_nonfinite, sample_chunk_boxes
 
 CHECKPOINT_DIR = "checkpoint"
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -203,14 +207,23 @@ def fit(
     protect.update({f"{k} option": v for k, v in config.method_options.model_dump().items()
                     if isinstance(v, str) and Path(v).exists()})  # e.g. PN2V's noise model
     dest = destination(out_dir, MODEL, protect=protect, overwrite=overwrite, resume=resume)
+    session = current_log()  # the run's log (api.train opens one): a file the user named is checked here
+    if session is not None:
+        session.check(protect)
     prints = {k: fingerprint(v) for k, v in volumes.items()}
     saved = _load_checkpoint(dest.work / CHECKPOINT_DIR, config, prints) if resume else None
     run = _prepare(volumes, config, method, dest.work, saved)
     work = dest.start()
+    if session is not None:
+        session.open(work)  # inside the model directory (staged with it when replacing one)
+    log.info("train %s on %s into %s (%s) on %s: %s", config.method, ", ".join(f"{k} {v.source}" for k, v in
+             volumes.items()), dest.path, "resuming" if saved else "replacing" if dest.replacing else "new",
+             run.device, json.dumps(config.model_dump(mode="json"), default=str))
     (work / CHECKPOINT_DIR).mkdir(exist_ok=True)
     state, history, best = _State(), [], None
     if saved is not None:
         state = _State(**saved["state"])
+        log.info("resuming at step %d (stage %d)", state.step, state.stage)
         history = read_history(work / HISTORY_FILE)
         _load_nets(run.nets, saved["tensors"]["weights"])
         best = saved["tensors"].get("best")
@@ -234,6 +247,8 @@ def fit(
         write_history(work / HISTORY_FILE, history)
         plot_history(history, work / "loss.png")
     dest.commit()
+    log.info("train finished: %d steps in %.1f s on %s, best validation loss %.6g; model written to %s",
+             state.step, state.elapsed, run.device, state.best_val, dest.path)
     return load_model(dest.path)
 
 
@@ -320,6 +335,10 @@ def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], 
         state.best_val, best = math.inf, None  # stages' losses differ: keep the last stage's best
     max_steps, max_secs = run.step_budget[stage_index], run.time_budget[stage_index]
     stage_elapsed0, stage_t0 = state.stage_elapsed, time.monotonic()
+    budget = " or ".join(([] if max_steps is None else [f"{max_steps} steps"]) +
+                         ([] if max_secs is None else [f"{max_secs:.1f} s"]))
+    log.info("stage %s (%d of %d) starts at step %d: budget %s; trains %s", stage.name, stage_index + 1,
+             len(run.method.stages(options)), state.step, budget, ", ".join(stage.nets))
     loader = torch.utils.data.DataLoader(run.data(state.step, stage), batch_size=None, num_workers=config.num_workers,
                                          pin_memory=run.device.type == "cuda", persistent_workers=False)
     by_steps = max_steps is not None
@@ -369,6 +388,8 @@ def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], 
             })
             bar.set_postfix(loss=f"{np.mean(window_losses):.4g}", val=f"{val:.4g}", patches_s=f"{rate:.0f}",
                             step=state.step)
+            log.info("step %d (%s): train loss %.6g, validation loss %.6g, lr %.3g, %.1f patches/s", state.step,
+                     stage.name, history[-1]["train_loss"], val, history[-1]["lr"], rate)
             if val < state.best_val:
                 state.best_val, state.best_step = val, state.step
                 best = {k: v.detach().cpu().clone() for k, v in net_tensors(nets).items()}
@@ -379,6 +400,8 @@ def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], 
             break
     bar.close()
     _checkpoint(run, state, opt, sched, best, prints)
+    log.info("stage %s ends at step %d after %.1f s; best validation loss %.6g at step %d", stage.name, state.step,
+             state.stage_elapsed, state.best_val, state.best_step)
     return best
 
 

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import math
 import weakref
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bigdenoise.axes import AXES_ALLOWED, axis_roles, net_axes
+from bigdenoise.axes import AXES_ALLOWED, CHANNEL, Layout, axis_roles, net_axes, squeezed_axes, stored_axes_ok
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
 from bigdenoise.tiff import SUFFIXES as TIFF_SUFFIXES, TiffData, is_sequence, open_sequence, open_tiff
-from bigdenoise.ome import parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale
+from bigdenoise.ome import (parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale,
+                            read_ome_translation)
 
 
-_DEFAULT_CHUNK = {"S": 1, "T": 1, "Z": 64, "Y": 256, "X": 256}
+_DEFAULT_CHUNK = {"S": 1, "T": 1, "C": 1, "Z": 64, "Y": 256, "X": 256}
 _MAX_SAMPLE_EDGE = 512  # voxels per axis read from one chunk when sampling values
 
 
@@ -48,6 +50,14 @@ class Volume:
         ``{"ome": {...}}`` for NGFF 0.5), to copy to outputs; None for plain arrays.
     path
         Absolute, reopenable location (None for in-memory arrays).
+    translation
+        Per-axis physical offset of the first voxel (OME-Zarr ``translation``), or None.
+    layout
+        For a stored input with a channel axis: which channel this is, the axes the engine does
+        not see (``C``, a singleton ``T``) and how the output restores them; None otherwise.
+        ``array`` is then an :class:`AxisView` of the stored array.
+    opened
+        The ``open_volume`` keywords that reopen this volume from ``path`` (pickling).
     """
 
     array: Any
@@ -58,6 +68,9 @@ class Volume:
     units: tuple[str | None, ...] | None = None
     ome: dict | None = None
     path: str | None = None
+    translation: tuple[float, ...] | None = None
+    layout: Layout | None = None
+    opened: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.axes) != self.array.ndim or len(self.chunks) != self.array.ndim:
@@ -121,7 +134,8 @@ class Volume:
             raise InputError(f"{self.source}: reading voxels {box.offset}..{box.stop} failed ({type(exc).__name__}: "
                              f"{exc}); the file may be truncated or corrupt") from None
         if isinstance(part, np.ndarray):
-            return part.copy() if isinstance(self.array, np.ndarray) else part
+            base = self.array.array if isinstance(self.array, AxisView) else self.array
+            return part.copy() if isinstance(base, np.ndarray) else part
         if hasattr(part, "compute"):
             # Synchronous: reads may run inside Dask worker tasks, where nested pools are unwanted.
             return np.asarray(part.compute(scheduler="synchronous"))
@@ -139,39 +153,186 @@ class Volume:
         shape = tuple(min(c, s - o) for c, s, o in zip(self.chunks, self.shape, offset))
         return Box(offset, shape)
 
+    def channel_volumes(self) -> list[Volume]:
+        """One volume per chosen channel (``open_volume(channel=...)``), in the order chosen;
+        ``[self]`` for an input without a channel axis."""
+        if self.layout is None:
+            return [self]
+        return [replace(self, array=AxisView(self.array.array, lay.fixed), layout=lay)
+                for lay in (self.layout.for_channel(c) for c in self.layout.channels)]
+
     def __reduce__(self):
         # Path-backed volumes are reopened where they are unpickled (tifffile stores do not pickle).
         if self.path is not None:
-            return (open_volume, (self.path, self.axes))
+            channel = None if self.layout is None else self.layout.channel
+            return (_reopen, (self.path, self.opened or (("axes", self.axes),), channel))
         return (
             Volume,
-            (self.array, self.axes, self.source, self.chunks, self.scale, self.units, self.ome, self.path),
+            (self.array, self.axes, self.source, self.chunks, self.scale, self.units, self.ome, self.path,
+             self.translation, self.layout, self.opened),
         )
+
+
+def _reopen(path: str, opened: tuple[tuple[str, Any], ...], channel: int | None) -> Volume:
+    volume = open_volume(path, **dict(opened))
+    return volume if channel is None else next(v for v in volume.channel_volumes() if v.layout.channel == channel)
+
+
+class AxisView:
+    """A lazily indexed view of ``array`` with some axes fixed at one index (a chosen channel,
+    a squeezed singleton axis). Indexing with the kept axes' slices reads (or writes) only
+    those voxels of ``array``; ``fixed`` has one entry per axis of ``array``: an index or None."""
+
+    def __init__(self, array: Any, fixed: tuple[int | None, ...]) -> None:
+        if len(fixed) != array.ndim:
+            raise ValueError(f"fixed {fixed} must have one entry per axis of an array of shape {array.shape}")
+        self.array = array
+        self.fixed = tuple(fixed)
+        self.shape = tuple(int(n) for n, f in zip(array.shape, fixed) if f is None)
+        self.dtype = array.dtype
+        self.ndim = len(self.shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return tuple(int(c) for c, f in zip(self.array.chunks, self.fixed) if f is None)
+
+    def _expand(self, key: Any) -> tuple:
+        key = key if isinstance(key, tuple) else (key,)
+        kept = iter(tuple(key) + (slice(None),) * (self.ndim - len(key)))
+        return tuple(next(kept) if f is None else f for f in self.fixed)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.array[self._expand(key)]
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.array[self._expand(key)] = value
+
+    def __reduce__(self):
+        return (AxisView, (self.array, self.fixed))
 
 
 # --------------------------------------------------------------------------- opening
 
 
-def open_volume(source: Any, axes: str | None = None) -> Volume:
+def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Sequence[int] | None = None,
+                series: int | None = None, voxel_size: str | Sequence[float] | None = None) -> Volume:
     """Open a volume lazily from a path (Zarr, OME-Zarr, TIFF) or wrap a numpy/dask array.
 
     Parameters
     ----------
     source
         Path (str or Path) to a Zarr array (``vol.zarr`` or ``store.zarr/group/array``), an
-        OME-Zarr image group (level 0 is used), a TIFF file (series 0), or a sequence of TIFF
+        OME-Zarr image group (level 0 is used), a TIFF file (``series``), or a sequence of TIFF
         planes: a folder of them or a glob pattern (``planes/*.tif``; natural order, the planes
         are the first axis); or a numpy, dask or open zarr array (in-memory and open arrays
         cannot be sent to worker processes).
     axes
-        Axis letters, one of :data:`AXES_ALLOWED` (case-insensitive). Optional when the
-        input says its axes (OME-Zarr, ImageJ or OME-TIFF metadata, ``attrs["axes"]``) or is 2D.
+        Axis letters, one of :data:`AXES_ALLOWED` (case-insensitive), or one of them with a
+        channel axis ``C`` (``CZYX``, ``TCZYX``, ...; :func:`axes.stored_axes_ok`). Optional when
+        the input says its axes (OME-Zarr, ImageJ or OME-TIFF metadata, ``attrs["axes"]``) or is 2D.
+    channel
+        For an input with a ``C`` axis: the channel(s) to denoise, an int, a sequence or
+        ``"0,2"``; required when there is more than one channel. The volume returned is the
+        first chosen channel, with ``C`` (and a singleton ``T``/``S``) dropped from its axes;
+        :meth:`Volume.channel_volumes` gives one volume per chosen channel and ``layout`` says
+        how an output restores the input's axes.
+    series
+        Which series of a multi-series TIFF file (default 0, with a warning naming the count).
+    voxel_size
+        Physical voxel size along the spatial axes (``z,y,x`` or ``y,x``), for inputs whose
+        metadata give none (it replaces what they give); written to every output.
 
     Raises
     ------
     InputError
         If the input is missing, unreadable or unsupported, or its axes are unknown or wrong.
     """
+    if series is not None and not (isinstance(source, (str, Path)) and not is_sequence(source)
+                                   and Path(source).suffix.lower() in TIFF_SUFFIXES):
+        raise InputError(f"{_name(source)}: --series chooses an image of a multi-series TIFF file; "
+                         "this input is not one: leave --series out")
+    volume = _open_stored(source, axes, series)
+    if voxel_size is not None:
+        volume = _with_voxel_size(volume, parse_numbers(voxel_size, "--voxel-size", float))
+    volume = _select_channel(volume, None if channel is None else parse_numbers(channel, "--channel", int))
+    opened = (("axes", volume.layout.axes if volume.layout else volume.axes),
+              ("channel", None if volume.layout is None or channel is None else volume.layout.channels),
+              ("series", series), ("voxel_size", None if voxel_size is None else volume_voxel_size(volume)))
+    return replace(volume, opened=opened)
+
+
+def _name(source: Any) -> str:
+    return str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
+
+
+def parse_numbers(value: Any, flag: str, kind: type) -> tuple:
+    """``"0,2"``, ``"2 0.4 0.4"``, a number or a sequence -> a tuple of ``kind``; a one-line
+    InputError naming ``flag`` otherwise."""
+    items = value.replace(",", " ").split() if isinstance(value, str) else (
+        list(value) if isinstance(value, (list, tuple)) else [value])
+    try:
+        numbers = tuple(kind(v) for v in items)
+    except (TypeError, ValueError):
+        numbers = ()
+    if not numbers or (kind is int and any(isinstance(v, float) and not float(v).is_integer() for v in items)):
+        example = "1 or 0,2" if kind is int else "2,0.4,0.4"
+        raise InputError(f"{flag} {value!r} is not a list of numbers like {example}")
+    if kind is float and any(not math.isfinite(v) or v <= 0 for v in numbers):
+        raise InputError(f"{flag} {value!r}: voxel sizes must be positive numbers")
+    return numbers
+
+
+def volume_voxel_size(volume: Volume) -> tuple[float, ...] | None:
+    """The voxel size along the spatial axes, or None when unknown."""
+    if volume.scale is None:
+        return None
+    return tuple(s for s, r in zip(volume.scale, axis_roles(volume.axes)) if r == "spatial")
+
+
+def _with_voxel_size(volume: Volume, size: tuple[float, ...]) -> Volume:
+    spatial = [i for i, a in enumerate(volume.axes) if a in "ZYX"]
+    if len(size) != len(spatial):
+        letters = ",".join(volume.axes[i].lower() for i in spatial)
+        raise InputError(f"--voxel-size gives {len(size)} value(s) but {volume.source} has {len(spatial)} spatial "
+                         f"axes (axes {volume.axes}): give {letters}")
+    scale = list(volume.scale or (1.0,) * volume.ndim)
+    for i, v in zip(spatial, size):
+        scale[i] = float(v)
+    return replace(volume, scale=tuple(scale))
+
+
+def _select_channel(volume: Volume, channels: tuple[int, ...] | None) -> Volume:
+    """The volume of the first of ``channels`` of an input with a ``C`` axis (C and a singleton
+    T/S dropped, the stored axes kept in ``layout``); ``volume`` itself without a ``C`` axis."""
+    axes, source = volume.axes, volume.source
+    if CHANNEL not in axes:
+        if channels is not None:
+            raise InputError(f"{source} has no channel axis (axes {axes}): leave out --channel")
+        return volume
+    n = volume.shape[axes.index(CHANNEL)]
+    if channels is None:
+        if n > 1:
+            raise InputError(f"{source} has {n} channels (axes {axes}): choose which to denoise with --channel K, "
+                             f"or several with --channel 0,{n - 1}")
+        channels = (0,)
+    bad = [c for c in channels if not 0 <= c < n]
+    if bad:
+        raise InputError(f"{source}: --channel {bad[0]} does not exist; it has {n} channel(s), 0 to {n - 1}")
+    if len(set(channels)) != len(channels):
+        raise InputError(f"--channel {','.join(map(str, channels))} names a channel twice; name each once")
+    fixed = squeezed_axes(axes, volume.shape, channels[0])
+    layout = Layout(axes, volume.shape, fixed, tuple(int(c) for c in channels), volume.scale, volume.units,
+                    volume.translation)
+
+    def kept(values):
+        return None if values is None else tuple(v for v, f in zip(values, fixed) if f is None)
+
+    return Volume(AxisView(volume.array, fixed), "".join(kept(axes)), source, kept(volume.chunks), kept(volume.scale),
+                  kept(volume.units), volume.ome, volume.path, kept(volume.translation), layout)
+
+
+def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
+    """The input as stored, all its axes (a ``C`` axis too)."""
     if isinstance(source, np.ndarray):
         return _wrap_array(source, "<numpy array>", axes)
     if _is_dask_array(source):
@@ -191,7 +352,7 @@ def open_volume(source: Any, axes: str | None = None) -> Volume:
     if not path.exists():
         raise InputError(f"{source} does not exist: check the path")
     if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES:
-        return _from_tiff(str(source), open_tiff(str(source), path), axes, str(path))
+        return _from_tiff(str(source), open_tiff(str(source), path, series), axes, str(path))
     return _open_zarr(str(source), path, axes)
 
 
@@ -265,11 +426,12 @@ def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
     given = _attr_axes(node)
     scale = _attr_floats(node, "scale", node.ndim)
     units = _attr_units(node)
+    translation = _attr_floats(node, "translation", node.ndim)
     if meta is not None:
-        given, scale, units = meta
+        given, scale, units, translation = meta
     axes = _resolve_axes(axes, given, node.shape, source)
     _check_array(node, source)
-    return Volume(node, axes, source, tuple(node.chunks), scale, units, path=str(path))
+    return Volume(node, axes, source, tuple(node.chunks), scale, units, path=str(path), translation=translation)
 
 
 def _open_ome_group(source: str, group: Any, path: Path, axes: str | None) -> Volume:
@@ -288,9 +450,10 @@ def _open_ome_group(source: str, group: Any, path: Path, axes: str | None) -> Vo
         raise InputError(f"{source}: OME-Zarr level {level0!r} is missing from the group") from e
     ome_axes, units = read_ome_axes(source, multiscale, array.shape)
     scale = read_ome_scale(multiscale, datasets[0], array.ndim)
+    translation = read_ome_translation(multiscale, datasets[0], array.ndim)
     axes = _resolve_axes(axes, ome_axes, array.shape, source)
     _check_array(array, source)
-    return Volume(array, axes, source, tuple(array.chunks), scale, units, attrs, str(path))
+    return Volume(array, axes, source, tuple(array.chunks), scale, units, attrs, str(path), translation)
 
 
 def _not_ome_message(source: str, group: Any) -> str:
@@ -315,7 +478,7 @@ def _attr_axes(array: Any) -> str | None:
     names = getattr(array.metadata, "dimension_names", None)
     if names and all(isinstance(n, str) for n in names):
         joined = "".join(names).upper()
-        if joined in AXES_ALLOWED:
+        if stored_axes_ok(joined):
             return joined
     return None
 
@@ -360,8 +523,9 @@ def _resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], 
 
 def _validate_axes(axes: str, ndim: int, source: str) -> str:
     axes = axes.upper()
-    if axes not in AXES_ALLOWED:
-        raise InputError(f"axes {axes!r} for {source} are not supported: use one of {', '.join(AXES_ALLOWED)}")
+    if not stored_axes_ok(axes):
+        raise InputError(f"axes {axes!r} for {source} are not supported: use one of {', '.join(AXES_ALLOWED)}, "
+                         f"or one of them with a channel axis C before YX (e.g. CZYX, TCZYX)")
     if len(axes) != ndim:
         allowed = [a for a in AXES_ALLOWED if len(a) == ndim]
         hint = f"use one of {', '.join(allowed)}" if allowed else f"use one of {', '.join(AXES_ALLOWED)}"

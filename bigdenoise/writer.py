@@ -12,7 +12,7 @@ import zarr
 
 from .errors import OutputError
 from .ome import ome_metadata
-from .volume import Volume
+from .volume import AxisView, Volume
 
 OUTPUT_DTYPES = ("float32", "float16", "input", "uint8", "uint16", "int16", "int32")
 
@@ -22,7 +22,9 @@ class OutputSpec:
     """Where and how the denoised volume is written.
 
     ``array_path`` is the Zarr array inside ``path`` (``""`` when the store root is the array,
-    ``"0"`` for an OME-Zarr image).
+    ``"0"`` for an OME-Zarr image). ``shape`` and ``chunks`` are the volume's; for an input with
+    a channel axis (``Volume.layout``) the stored array has the input's axes and ``fixed`` says
+    where this channel's voxels go (:class:`volume.AxisView`), ``part`` prefixes its done records.
     """
 
     path: str
@@ -30,10 +32,23 @@ class OutputSpec:
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
     dtype: str
+    fixed: tuple[int | None, ...] | None = None
+    part: str = ""
 
-    def open(self, mode: str = "r+") -> zarr.Array:
+    def open(self, mode: str = "r+") -> zarr.Array | AxisView:
         root = zarr.open(self.path, mode=mode)
-        return root if not self.array_path else root[self.array_path]
+        array = root if not self.array_path else root[self.array_path]
+        return array if self.fixed is None else AxisView(array, self.fixed)
+
+
+def channel_spec(spec: OutputSpec, volume: Volume) -> OutputSpec:
+    """``spec`` for one of ``volume.channel_volumes()``: where that channel is written in the
+    output and its own done records (several channels share one block grid)."""
+    if volume.layout is None:
+        return spec
+    several = len(volume.layout.channels) > 1
+    return OutputSpec(spec.path, spec.array_path, spec.shape, spec.chunks, spec.dtype, volume.layout.output_fixed,
+                      f"c{volume.layout.channel}_" if several else "")
 
 
 def resolve_dtype(dtype: str, input_dtype: np.dtype) -> np.dtype:
@@ -62,14 +77,21 @@ def output_chunks(volume: Volume, chunks: tuple[int, ...] | None,
 def create_array(path: str | Path, volume: Volume, chunks: tuple[int, ...], dtype: np.dtype,
                  attributes: dict, fill_value: float = 0) -> zarr.Array:
     """A plain Zarr v3 array at ``path`` of ``volume``'s shape, recording its axes (also as
-    dimension names), scale and units next to ``attributes``."""
-    attrs = {"axes": volume.axes, **attributes}
-    if volume.scale is not None:
-        attrs["scale"] = list(volume.scale)
-    if volume.units is not None:
-        attrs["units"] = list(volume.units)
-    return zarr.create_array(store=str(path), shape=volume.shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
-                             attributes=attrs, dimension_names=tuple(volume.axes.lower()), zarr_format=3)
+    dimension names), scale, units and translation next to ``attributes``. For an input with a
+    channel axis (``volume.layout``): the input's axes, with the chosen channels along ``C``
+    (``chunks`` are the volume's; 1 along the axes it does not see)."""
+    meta = volume.layout or volume
+    shape = volume.shape
+    if volume.layout is not None:
+        shape = volume.layout.output_shape
+        kept = iter(chunks)
+        chunks = tuple(1 if f is not None else next(kept) for f in volume.layout.fixed)
+    attrs = {"axes": meta.axes, **attributes}
+    for key in ("scale", "units", "translation"):
+        if getattr(meta, key) is not None:
+            attrs[key] = list(getattr(meta, key))
+    return zarr.create_array(store=str(path), shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
+                             attributes=attrs, dimension_names=tuple(meta.axes.lower()), zarr_format=3)
 
 
 def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
@@ -87,7 +109,7 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
     chunks = output_chunks(volume, chunks)
     ome = volume.ome is not None or as_ome
     array_path = "0" if ome else ""
-    spec = OutputSpec(str(path), array_path, tuple(volume.shape), chunks, out_dtype.str)
+    spec = channel_spec(OutputSpec(str(path), array_path, tuple(volume.shape), chunks, out_dtype.str), volume)
     if exist_ok and (path / "zarr.json").is_file():
         try:
             arr = spec.open("r")
@@ -105,7 +127,11 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
     else:
         metadata = ome_metadata(volume)
         group = zarr.create_group(store=str(path), zarr_format=3)
-        group.create_array("0", shape=spec.shape, chunks=chunks, dtype=out_dtype, fill_value=fill,
+        shape, full_chunks = spec.shape, chunks
+        if volume.layout is not None:
+            shape, kept = volume.layout.output_shape, iter(chunks)
+            full_chunks = tuple(1 if f is not None else next(kept) for f in volume.layout.fixed)
+        group.create_array("0", shape=shape, chunks=full_chunks, dtype=out_dtype, fill_value=fill,
                            dimension_names=[a["name"] for a in metadata["multiscales"][0]["axes"]])
         group.attrs.update({"ome": metadata, "bigdenoise": attributes or {}})
     return spec
@@ -128,7 +154,7 @@ def mark_done(spec: OutputSpec, index: tuple[int, ...]) -> None:
     """Record that block ``index`` is completely written (called after its write returned)."""
     d = _done_dir(spec)
     d.mkdir(exist_ok=True)
-    (d / "-".join(map(str, index))).touch()
+    (d / (spec.part + "-".join(map(str, index)))).touch()
 
 
 def load_done(spec: OutputSpec, grid: tuple[int, ...]) -> np.ndarray:
@@ -138,8 +164,10 @@ def load_done(spec: OutputSpec, grid: tuple[int, ...]) -> np.ndarray:
     if not d.is_dir():
         return done
     for name in os.listdir(d):
+        if spec.part and not name.startswith(spec.part):
+            continue
         try:
-            index = tuple(int(v) for v in name.split("-"))
+            index = tuple(int(v) for v in name[len(spec.part):].split("-"))
             done[index] = True
         except (ValueError, IndexError):
             continue  # not one of ours, or from another block grid: redo rather than trust it

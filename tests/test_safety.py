@@ -132,6 +132,14 @@ DATA_LOSS = [
      "not written by bigdenoise"),
     ("noise-model --noisy {r}/proj/data.zarr --bootstrap {r}/model --out {r}/model --overwrite", "bootstrap model"),
     ("demo --out {r}/docs", "not written by bigdenoise"),
+    ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --log-file {r}/proj/data.zarr/run.log",
+     "the log file"),
+    ("predict {r}/link.zarr --model {r}/model --out {r}/new.zarr --log-file {r}/proj/data.zarr/c/0/log",
+     "sit inside the input"),
+    ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --log-file {r}/model/config.json",
+     "sit inside the model"),
+    ("predict {r}/proj/data.zarr --model {r}/model --out {r}/new.zarr --log-file {r}/docs", "is a folder"),
+    ("train {r}/proj/data.zarr --out {r}/m2 --log-file {r}/proj/data.zarr/zarr.json", "sit inside the input volume"),
 ]
 
 SILENT_ACCEPTANCE = [
@@ -391,9 +399,9 @@ def test_a_failing_block_is_reported_once_and_the_others_are_written(project):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2
     assert_one_line(err, "predict", "blocks failed, block (2, ")
-    assert "InputError" in err and "bigdenoise-errors.log" in err and "rerun with --resume" in err
-    log = (out / "bigdenoise-errors.log").read_text()
-    assert "Traceback" in log and "--- block (2, 1, 2) failed" in log
+    assert "InputError" in err and "bigdenoise.log" in err and "rerun with --resume" in err
+    log = (out / "bigdenoise.log").read_text()
+    assert "Traceback" in log and "block (2, 1, 2) failed" in log
     written = zarr.open_array(str(out), mode="r")[...]
     assert np.abs(written[:2]).min() > 0  # every block of the first two images was written
     assert np.all(written[2, 32:, 64:] == 0)  # the block of the corrupt chunk was not

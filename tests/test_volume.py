@@ -126,13 +126,22 @@ def test_ome_zarr_05_group(tmp_path: Path) -> None:
     np.testing.assert_array_equal(v.read(Box.from_shape(v.shape)), data)
 
 
-def test_ome_channel_axis_rejected(tmp_path: Path) -> None:
+def test_ome_channel_axis_needs_a_choice(tmp_path: Path) -> None:
     group = zarr.open_group(str(tmp_path / "c.zarr"), mode="w")
     group.create_array("0", shape=(2, 8, 8), dtype="uint8")
     axes = [{"name": "c", "type": "channel"}, {"name": "y"}, {"name": "x"}]
     group.attrs["multiscales"] = [{"axes": axes, "datasets": [{"path": "0"}]}]
-    with pytest.raises(InputError, match="channel"):
+    with pytest.raises(InputError, match="has 2 channels .*--channel K"):
         open_volume(tmp_path / "c.zarr")
+    assert open_volume(tmp_path / "c.zarr", channel=1).axes == "YX"
+    single = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    single.create_array("0", shape=(1, 1, 8, 8), dtype="uint8")
+    axes = [{"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "y"}, {"name": "x"}]
+    single.attrs["multiscales"] = [{"axes": axes, "datasets": [{"path": "0"}]}]
+    v = open_volume(tmp_path / "s.zarr")  # singleton t and c: squeezed, no --channel needed
+    assert v.axes == "YX" and v.shape == (8, 8) and v.layout.axes == "TCYX"
+    with pytest.raises(InputError, match="no channel axis"):
+        open_volume(single["0"], axes="TZYX", channel=0)
 
 
 def test_tiff_lazy(tiff_stack: tuple[Path, np.ndarray]) -> None:
