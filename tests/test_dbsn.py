@@ -215,6 +215,28 @@ def test_stages_train_what_they_say(noise):
             assert any(t.startswith("noise.") for t in trained)
 
 
+def test_co_distillation_trains_the_u_net_and_leaves_the_teachers_gradients_as_they_were():
+    """Stage joint with co_distill: the U-Net learns the posterior; the D-BSN's and the noise
+    net's gradients are those of the joint loss alone (the target is detached)."""
+    method = get_method("dbsn")
+    on, off = method.options(width=4), method.options(width=4, co_distill=False)
+    assert [s.nets for s in method.stages(on) if s.name == "joint"] == [("bsn", "noise", "unet")]
+    assert [s.nets for s in method.stages(off) if s.name == "joint"] == [("bsn", "noise")]
+    torch.manual_seed(0)
+    nets = method.build(NetConfig(depth=1, features=4, batch_norm=False), 2, on)
+    batch = {"input": torch.randn(2, 1, 16, 16)}
+    grads = {}
+    for name, options in (("on", on), ("off", off)):
+        for net in nets.values():
+            net.zero_grad(set_to_none=True)
+        dbsn.joint_loss(nets, batch, options).backward()
+        grads[name] = {f"{k}.{n}": p.grad.clone() for k, net in nets.items() for n, p in net.named_parameters()
+                       if p.grad is not None}
+    assert any(k.startswith("unet.") for k in grads["on"]) and not any(k.startswith("unet.") for k in grads["off"])
+    for key, grad in grads["off"].items():
+        torch.testing.assert_close(grads["on"][key], grad, rtol=0, atol=0)
+
+
 _ROUGH = {}
 
 
