@@ -1,11 +1,11 @@
-"""Command line: ``bigdenoise convert|info|train|predict|noise-model|demo``. Thin wrappers over the library."""
+"""Command line: ``bigdenoise convert|info|train|predict|noise-model|demo``. Thin wrappers over the library;
+the argument types and the flags several commands share are in cli_args.py."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import re
 import shlex
 import sys
 import traceback
@@ -13,94 +13,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from ._version import __version__
+from .cli_args import (Parser, add_input_options, add_job_options, add_log_file, add_option_flag, at_least,
+                       given_options, input_kwargs, job_options, parse_duration, parse_shape)
 from .errors import BigDenoiseError, ConfigError
 
 log = logging.getLogger("bigdenoise.cli")  # also when run as `python -m bigdenoise.cli`
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``5m``, ``1.5h``."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
-    if not m:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 300, 300s, 5m or 1h")
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-
-
-def at_least(least: int):
-    """An argparse type: a whole number not below ``least``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"{value} is below the least allowed value {least}")
-        return value
-    return parse
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``64,256,256`` (or ``64x256x256``) -> a tuple of positive ints."""
-    try:
-        values = tuple(int(v) for v in re.split(r"[,x]", text.strip()))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a shape like 64,256,256") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be positive")
-    return values
-
-
-def parse_option(text: str) -> tuple[str, str | None]:
-    """``KEY=VALUE`` -> ``(KEY, VALUE)``; ``help`` -> ``("help", None)``."""
-    key, sep, value = text.partition("=")
-    key = key.strip().replace("-", "_")
-    if key == "help" and not sep:
-        return "help", None
-    if not sep or not re.fullmatch(r"[A-Za-z_]\w*", key):
-        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (or help)")
-    return key, value
-
-
-def _add_option(p, what: str, example: str) -> None:
-    p.add_argument("--option", action="append", default=[], type=parse_option, metavar="KEY=VALUE",
-                   help=f"{what}, e.g. --option {example}; VALUE is parsed as the option's type (none: None). "
-                        f"Repeatable. `--option help` lists them with types, defaults and descriptions")
-
-
-def _options(a: argparse.Namespace) -> dict[str, str]:
-    """The ``--option`` pairs as a dict; a ConfigError for a key given twice with different values."""
-    options: dict[str, str] = {}
-    for key, value in a.option:
-        if key in options and options[key] != value:
-            raise ConfigError(f"--option {key} is given twice, as {options[key]!r} and {value!r}; give it once")
-        options[key] = value
-    return options
-
-
-def _add_log_file(p, where: str) -> None:
-    p.add_argument("--log-file", metavar="PATH",
-                   help=f"append the run's log (command line, cluster and dashboard, stages or failed blocks with "
-                        f"their tracebacks, a summary) to PATH (default: bigdenoise.log inside the {where}); never "
-                        f"an input or a file inside one")
-
-
-def _add_input_options(p) -> None:
-    p.add_argument("--channel", metavar="K", help="channel(s) to use of an input with a C axis (CZYX, TCZYX, ...), "
-                   "e.g. 1 or 0,2 (train: one); required when it has several")
-    p.add_argument("--series", type=at_least(0), metavar="N", help="series of a multi-series TIFF file (default 0)")
-    p.add_argument("--voxel-size", metavar="Z,Y,X", help="physical voxel size along the spatial axes (z,y,x or y,x) "
-                   "for inputs whose metadata give none; written to the output")
-
-
-def _input_kwargs(a: argparse.Namespace) -> dict:
-    return {"channel": a.channel, "series": a.series, "voxel_size": a.voxel_size}
-
-
-class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (no usage block), like every other error."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_train(sub) -> None:
@@ -110,7 +27,7 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--method", default="n2v", help="training method (default n2v)")
     p.add_argument("--axes", help="axes of the input, e.g. SYX, ZYX (default: from metadata)")
-    _add_input_options(p)
+    add_input_options(p)
     p.add_argument("--target", help="second volume for paired methods (n2n, care)")
     p.add_argument("--clean", metavar="UNPAIRED",
                    help="clean images of other fields of view (any shape, the input's axes): dbsn distils from "
@@ -158,9 +75,9 @@ def _add_train(sub) -> None:
                         "normalisation; prediction subtracts it too")
     net.add_argument("--batch-norm", action="store_true",
                      help="use batch norm (the default for n2v; n2n, care and noise2stack default to none)")
-    _add_option(p, "an option of the method (its pydantic options; the flags above are shortcuts for some)",
+    add_option_flag(p, "an option of the method (its pydantic options; the flags above are shortcuts for some)",
                 "masked_fraction=0.02")
-    _add_log_file(p, "model directory")
+    add_log_file(p, "model directory")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -200,32 +117,11 @@ def _add_predict(sub) -> None:
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--out", required=True, help="output Zarr (opens as an array of the input's shape)")
     p.add_argument("--axes", help="axes of the input (default: metadata, else the model's)")
-    _add_input_options(p)
+    add_input_options(p)
     p.add_argument("--cluster", default="local",
                    help="threads | local | slurm | pbs | lsf | tcp://HOST:PORT (default local)")
     p.add_argument("--workers", type=int, help="worker processes for --cluster local")
-    jobs = p.add_argument_group("batch jobs (--cluster slurm|pbs|lsf, through dask-jobqueue; what is not given "
-                                "comes from the site's jobqueue.yaml)")
-    jobs.add_argument("--jobs", type=int, default=1, help="jobs kept running (default 1; a job that ends is replaced)")
-    jobs.add_argument("--min-jobs", type=int, help="adaptive: fewest jobs (default --jobs)")
-    jobs.add_argument("--max-jobs", type=int, help="adaptive: most jobs, added while blocks wait (default --jobs)")
-    jobs.add_argument("--job-cores", type=int, help="cores per job")
-    jobs.add_argument("--job-memory", help="memory per job, e.g. 32GB")
-    jobs.add_argument("--job-gpus", type=int, default=0, help="GPUs per job: one worker per GPU")
-    jobs.add_argument("--job-processes", type=int, help="worker processes per job (default: GPUs, else cores/4)")
-    jobs.add_argument("--walltime", help="per job, e.g. 02:00:00")
-    jobs.add_argument("--lifetime", help="a worker retires gracefully after this long, e.g. 1h50m (default: the "
-                      "walltime less 10%%, at least 5 minutes; off: never), so its blocks move before the job is killed")
-    jobs.add_argument("--queue", help="queue / partition")
-    jobs.add_argument("--account", help="account / project to charge")
-    jobs.add_argument("--interface", help="network interface of the workers, e.g. ib0")
-    jobs.add_argument("--local-directory", help="workers' scratch folder on the compute nodes")
-    jobs.add_argument("--job-directive", action="append", default=[], metavar="LINE",
-                      help="extra scheduler directive, e.g. --job-directive=--constraint=a100 (repeatable)")
-    jobs.add_argument("--job-prologue", action="append", default=[], metavar="LINE",
-                      help="shell line run before each worker, e.g. 'source ~/venv/bin/activate' (repeatable)")
-    jobs.add_argument("--print-job-script", action="store_true",
-                      help="print the job script these settings make and exit, submitting nothing")
+    add_job_options(p)
     p.add_argument("--chunks", type=parse_shape, help="output chunks (default: the input's)")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, input (input dtype, clipped), uint16...")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -250,9 +146,9 @@ def _add_predict(sub) -> None:
                    help="run the network through torch.compile on each worker: seconds of compilation per worker "
                    "process; on a CPU the default eager path is faster (benchmarks/RESULTS.md); meant for GPUs "
                    "(a CPU needs a C++ compiler, g++ or $CXX)")
-    _add_option(p, "override a prediction-time option of the model's method for this prediction (one that does "
+    add_option_flag(p, "override a prediction-time option of the model's method for this prediction (one that does "
                 "not change the networks)", "prediction=prior_mean (pn2v)")
-    _add_log_file(p, "output")
+    add_log_file(p, "output")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -271,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="shape, dtype, chunks, axes, size and a sampled intensity summary")
     p.add_argument("input")
     p.add_argument("--axes")
-    _add_input_options(p)
+    add_input_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     _add_train(sub)
     _add_predict(sub)
@@ -305,7 +201,7 @@ def _train_kwargs(a: argparse.Namespace) -> dict:
               "noise_model", "samples"):
         if getattr(a, k) is not None:
             options[k] = getattr(a, k)
-    given = _options(a)
+    given = given_options(a)
     if given:
         from .methods import get_method, parse_options
 
@@ -322,15 +218,6 @@ def _train_kwargs(a: argparse.Namespace) -> dict:
     return kw
 
 
-def _job_options(a: argparse.Namespace):
-    from .clusters import JobOptions
-
-    return JobOptions(jobs=a.jobs, min_jobs=a.min_jobs, max_jobs=a.max_jobs, cores=a.job_cores, memory=a.job_memory,
-                      gpus=a.job_gpus, processes=a.job_processes, walltime=a.walltime, lifetime=a.lifetime,
-                      queue=a.queue, account=a.account, interface=a.interface, local_directory=a.local_directory,
-                      directives=tuple(a.job_directive), prologue=tuple(a.job_prologue))
-
-
 def run(a: argparse.Namespace) -> int:
     from . import api
 
@@ -343,12 +230,12 @@ def run(a: argparse.Namespace) -> int:
         from .convert import describe, format_description
         from .volume import open_volume
 
-        d = describe(open_volume(a.input, a.axes, **_input_kwargs(a)))
+        d = describe(open_volume(a.input, a.axes, **input_kwargs(a)))
         print(json.dumps(d, indent=2, default=str) if a.json else format_description(d))
     elif a.command == "train":
         model = api.train(a.input, a.out, method=a.method, axes=a.axes, target=a.target, clean=a.clean,
                           resume=a.resume,
-                          overwrite=a.overwrite, progress=not a.quiet, **_input_kwargs(a), **_train_kwargs(a))
+                          overwrite=a.overwrite, progress=not a.quiet, **input_kwargs(a), **_train_kwargs(a))
         info = model.info
         print(f"trained {a.method} for {info['steps']} steps ({info['train_seconds']} s on {info['device']}); "
               f"best validation loss {info['best_val_loss']:.4g}; model written to {a.out}")
@@ -357,15 +244,15 @@ def run(a: argparse.Namespace) -> int:
 
         if a.cluster not in JOBQUEUE:
             raise ConfigError(f"--print-job-script needs --cluster slurm, pbs or lsf, not {a.cluster}")
-        with jobqueue_cluster(a.cluster, _job_options(a)) as cluster:
+        with jobqueue_cluster(a.cluster, job_options(a)) as cluster:
             print(cluster.job_script())
     elif a.command == "predict":
         s = api.predict(a.input, a.model, a.out, axes=a.axes, cluster=a.cluster, workers=a.workers, chunks=a.chunks,
                         dtype=a.dtype, overwrite=a.overwrite, resume=a.resume, tile=a.tile, overlap=a.overlap,
                         halo=a.halo, inexact=a.inexact, batch_size=a.batch_size, precision=a.precision, device=a.device,
                         skip_background=a.skip_background, background_value=a.background_value,
-                        block_voxels=a.block_voxels, jobs=_job_options(a), compiled=a.compile,
-                        options=_options(a), progress=not a.quiet, **_input_kwargs(a))
+                        block_voxels=a.block_voxels, jobs=job_options(a), compiled=a.compile,
+                        options=given_options(a), progress=not a.quiet, **input_kwargs(a))
         extra = f"; skipped {s['skipped']} blocks already done" if s["skipped"] else ""
         if s["background_blocks"]:
             extra += f"; {s['background_blocks']} background blocks left unwritten"

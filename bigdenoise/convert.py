@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 
 from bigdenoise.geometry import Box
 from bigdenoise.outputs import ZARR_COPY, destination
-from bigdenoise.volume import AxisView, Volume, default_chunks, open_volume, sample_chunk_boxes
+from bigdenoise.channels import AxisView
+from bigdenoise.volume import Volume, default_chunks, open_volume, sample_chunk_boxes
 from bigdenoise.writer import create_array, output_chunks
 
 COPY_BLOCK_BYTES = 256 * 2**20  # upper bound of one copied block (unless a single chunk is larger)

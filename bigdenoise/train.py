@@ -1,12 +1,12 @@
 """One training loop for every method: budget, device, AMP, Adam, LR on plateau or cosine, validation,
-atomic checkpoints, resume, progress; the loss history and the cosine schedule live in history.py."""
+atomic checkpoints, resume, progress; the loss history and the cosine schedule live in history.py,
+the checkpoint files in checkpoints.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,10 +18,10 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoints import CHECKPOINT_DIR, TrainState, load_checkpoint, load_nets, load_optimizer, save_checkpoint
 from .config import TrainConfig
-from .errors import ConfigError, InputError, OutputError
-from .files import atomic_save_tensors, atomic_write_bytes, load_tensors, read_json_object
-from .fingerprint import differences, fingerprint
+from .errors import ConfigError, InputError
+from .fingerprint import fingerprint
 from .logs import current as current_log
 from .history import HISTORY_FILE, CosineLR, plot_history, read_history, write_history
 from .methods import Method, Nets, Stage, get_method, method_names
@@ -33,8 +33,6 @@ from .background import estimate_background, subtract_background
 from .sampling import TRAIN, VALIDATION, make_sampler, patch_count
 from .data import PatchBatches
 from .volume import Volume, check_finite_sample, refuse_nonfinite, sample_chunk_boxes
-
-CHECKPOINT_DIR = "checkpoint"
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +98,6 @@ def _describe_options(config: TrainConfig) -> str:
     return ", ".join(f"{k}={v}" for k, v in config.method_options.model_dump().items()) or "default options"
 
 
-@dataclass
-class _State:
-    step: int = 0
-    stage: int = 0
-    stage_step: int = 0
-    stage_elapsed: float = 0.0
-    elapsed: float = 0.0
-    best_val: float = math.inf
-    best_step: int = 0
-
-
 def _stage_budgets(config: TrainConfig, stages: tuple[Stage, ...], volume: Volume) -> tuple[list[int | None], list[float | None]]:
     """Steps and seconds per stage; ``None`` where that budget is not set."""
     steps = config.steps
@@ -124,25 +111,6 @@ def _stage_budgets(config: TrainConfig, stages: tuple[Stage, ...], volume: Volum
     step_b = [None if steps is None else max(1, round(steps * s.fraction / total)) for s in stages]
     time_b = [None if config.max_time is None else config.max_time * s.fraction / total for s in stages]
     return step_b, time_b
-
-
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Adam state as flat tensors + JSON (checkpoints never pickle)."""
-    sd = opt.state_dict()
-    tensors = {}
-    for pid, state in sd["state"].items():
-        for key, value in state.items():
-            tensors[f"opt.{pid}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    return tensors, {"param_groups": sd["param_groups"]}
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 def _validate(nets: Nets, stage: Stage, options: object, batches: list[dict[str, torch.Tensor]], device, amp) -> float:
@@ -211,7 +179,7 @@ def fit(
     if session is not None:
         session.check(protect)
     prints = {k: fingerprint(v) for k, v in volumes.items()}
-    saved = _load_checkpoint(dest.work / CHECKPOINT_DIR, config, prints) if resume else None
+    saved = load_checkpoint(dest.work / CHECKPOINT_DIR, config, prints) if resume else None
     run = _prepare(volumes, config, method, dest.work, saved)
     work = dest.start()
     if session is not None:
@@ -220,18 +188,18 @@ def fit(
              volumes.items()), dest.path, "resuming" if saved else "replacing" if dest.replacing else "new",
              run.device, json.dumps(config.model_dump(mode="json"), default=str))
     (work / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    state, history, best = _State(), [], None
+    state, history, best = TrainState(), [], None
     if saved is not None:
-        state = _State(**saved["state"])
+        state = TrainState(**saved["state"])
         log.info("resuming at step %d (stage %d)", state.step, state.stage)
         history = read_history(work / HISTORY_FILE)
-        _load_nets(run.nets, saved["tensors"]["weights"])
+        load_nets(run.nets, saved["tensors"]["weights"])
         best = saved["tensors"].get("best")
     run_start = time.monotonic() - state.elapsed
     for stage_index in range(state.stage, len(run.method.stages(run.options))):
         best = _run_stage(run, stage_index, state, history, best, saved, run_start, progress, prints)
     if best is not None:
-        _load_nets(run.nets, best)
+        load_nets(run.nets, best)
     info = {
         "steps": state.step,
         "train_seconds": round(state.elapsed, 1),
@@ -315,22 +283,14 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
                 list(val_data), step_budget, time_budget, work)
 
 
-def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], best: dict | None,
+def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dict], best: dict | None,
                saved: dict | None, run_start: float, progress: bool, prints: dict) -> dict | None:
     """Train one stage to its budget, validating and checkpointing every ``val_every`` steps and
     after its last step; returns the best weights so far (a later stage starts its own best)."""
     config, nets, options = run.config, run.nets, run.options
     stage = run.method.stages(options)[stage_index]
-    params = [p for name in stage.nets for p in nets[name].parameters()]
-    opt = torch.optim.Adam(params, lr=config.lr)
-    if (config.schedule or stage.schedule) == "cosine":
-        sched = CosineLR(opt, config.lr)
-    else:
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
-    if saved is not None and stage_index == state.stage and "optimizer" in saved["tensors"]:
-        _load_optimizer(opt, saved["tensors"]["optimizer"], saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-    elif stage_index != state.stage:
+    opt, sched = _optimizer(run, stage, stage_index, state, saved)
+    if stage_index != state.stage:
         state.stage, state.stage_step, state.stage_elapsed = stage_index, 0, 0.0
         state.best_val, best = math.inf, None  # stages' losses differ: keep the last stage's best
     max_steps, max_secs = run.step_budget[stage_index], run.time_budget[stage_index]
@@ -393,19 +353,36 @@ def _run_stage(run: _Run, stage_index: int, state: _State, history: list[dict], 
             if val < state.best_val:
                 state.best_val, state.best_step = val, state.step
                 best = {k: v.detach().cpu().clone() for k, v in net_tensors(nets).items()}
-            _checkpoint(run, state, opt, sched, best, prints)
+            save_checkpoint(run.work / CHECKPOINT_DIR, config, nets, run.stats, state, opt, sched, best, prints)
             write_history(run.work / HISTORY_FILE, history)
             window_losses, window_t0, window_patches = [], time.monotonic(), 0
         if last:
             break
     bar.close()
-    _checkpoint(run, state, opt, sched, best, prints)
+    save_checkpoint(run.work / CHECKPOINT_DIR, config, nets, run.stats, state, opt, sched, best, prints)
     log.info("stage %s ends at step %d after %.1f s; best validation loss %.6g at step %d", stage.name, state.step,
              state.stage_elapsed, state.best_val, state.best_step)
     return best
 
 
-def _step(run: _Run, stage: Stage, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor], state: _State) -> float:
+def _optimizer(run: _Run, stage: Stage, stage_index: int, state: TrainState, saved: dict | None):
+    """Adam over the stage's networks and its LR schedule (cosine or on plateau), restored from the
+    checkpoint ``saved`` when the run resumes inside this stage."""
+    config = run.config
+    params = [p for name in stage.nets for p in run.nets[name].parameters()]
+    opt = torch.optim.Adam(params, lr=config.lr)
+    if (config.schedule or stage.schedule) == "cosine":
+        sched = CosineLR(opt, config.lr)
+    else:
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
+    if saved is not None and stage_index == state.stage and "optimizer" in saved["tensors"]:
+        load_optimizer(opt, saved["tensors"]["optimizer"], saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+    return opt, sched
+
+
+def _step(run: _Run, stage: Stage, opt: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+          state: TrainState) -> float:
     """One optimiser step on ``batch``; returns its loss, or an error naming the cause when the
     loss is not finite."""
     batch = {k: to_fast_layout(v.to(run.device, non_blocking=True)) for k, v in batch.items()}
@@ -422,66 +399,3 @@ def _step(run: _Run, stage: Stage, opt: torch.optim.Optimizer, batch: dict[str, 
     state.step += 1
     state.stage_step += 1
     return float(loss.detach())
-
-
-def _load_nets(nets: Nets, tensors: dict[str, torch.Tensor]) -> None:
-    for name, net in nets.items():
-        net.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
-
-
-def _checkpoint(run: _Run, state: _State, opt: torch.optim.Optimizer, sched, best: dict | None,
-                prints: dict) -> None:
-    """Write the loop's state so that a kill at any moment leaves the previous checkpoint or this one.
-
-    The tensor files are named by step and written first; ``state.json``, replaced atomically
-    last, names them; then the files no state names any more are removed.
-    """
-    ckpt_dir = run.work / CHECKPOINT_DIR
-    files = {"weights": f"weights-{state.step}.safetensors", "optimizer": f"optimizer-{state.step}.safetensors"}
-    atomic_save_tensors(net_tensors(run.nets), ckpt_dir / files["weights"])
-    tensors, meta = _optimizer_tensors(opt)
-    atomic_save_tensors(tensors, ckpt_dir / files["optimizer"])
-    if best is not None:
-        files["best"] = f"best-{state.stage}-{state.best_step}.safetensors"
-        if not (ckpt_dir / files["best"]).is_file():
-            atomic_save_tensors(best, ckpt_dir / files["best"])
-    document = {
-        "config": run.config.model_dump(mode="json"),
-        "data": prints,
-        "stats": {k: s.to_dict() for k, s in run.stats.items()},
-        "state": vars(state).copy(),
-        "files": files,
-        "optimizer": meta,
-        "scheduler": sched.state_dict(),
-    }
-    atomic_write_bytes(ckpt_dir / "state.json", json.dumps(document, indent=1, default=float).encode())
-    for name in os.listdir(ckpt_dir):
-        if name.endswith(".safetensors") and name not in files.values():
-            (ckpt_dir / name).unlink(missing_ok=True)
-
-
-def _load_checkpoint(ckpt_dir: Path, config: TrainConfig, prints: dict) -> dict:
-    """The checkpoint to resume, with its tensors under ``"tensors"``; a clear error when it is
-    missing, corrupt, of another configuration or of other data."""
-    state_path = ckpt_dir / "state.json"
-    if not state_path.is_file():
-        raise OutputError(f"cannot resume: {ckpt_dir} has no checkpoint; train without --resume")
-    saved = read_json_object(state_path, "checkpoint", OutputError)
-    try:
-        budget = {"steps", "epochs", "max_time"}
-        same = TrainConfig.model_validate(saved["config"]).model_dump(exclude=budget) == config.model_dump(exclude=budget)
-        _State(**saved["state"])
-        files = saved["files"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise OutputError(f"the checkpoint {state_path} is incomplete or corrupt ({exc}); train again with "
-                          f"--overwrite") from None
-    if not same:
-        raise ConfigError(f"cannot resume {ckpt_dir.parent}: the configuration differs from the checkpoint's (only "
-                          f"--steps, --epochs and --max-time may change); train into a new directory instead")
-    for key, now in prints.items():
-        changed = differences(saved.get("data", {}).get(key), now)
-        if changed:
-            raise ConfigError(f"cannot resume {ckpt_dir.parent}: the {key} volume is not the data the checkpoint was "
-                              f"trained on ({', '.join(changed)} differ); train into a new directory instead")
-    saved["tensors"] = {k: load_tensors(ckpt_dir / name, "checkpoint", OutputError) for k, name in files.items()}
-    return saved

@@ -2,7 +2,8 @@
 
 A :class:`Volume` wraps a lazily indexable array together with its axes (one of
 :data:`AXES_ALLOWED`), storage chunking and physical metadata. Nothing is read until
-:meth:`Volume.read` is called, and only the requested box is read.
+:meth:`Volume.read` is called, and only the requested box is read. Which axis letters an input
+has and which of its channels the engine sees are decided in :mod:`bigdenoise.channels`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from bigdenoise.axes import AXES_ALLOWED, CHANNEL, Layout, axis_roles, net_axes, squeezed_axes, stored_axes_ok
+from bigdenoise.axes import Layout, axis_roles, net_axes
+from bigdenoise.channels import (AxisView, parse_numbers, resolve_axes, select_channel, stored_array_axes,
+                                 volume_voxel_size, with_voxel_size)
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
 from bigdenoise.tiff import SUFFIXES as TIFF_SUFFIXES, TiffData, is_sequence, open_sequence, open_tiff
@@ -55,7 +58,7 @@ class Volume:
     layout
         For a stored input with a channel axis: which channel this is, the axes the engine does
         not see (``C``, a singleton ``T``) and how the output restores them; None otherwise.
-        ``array`` is then an :class:`AxisView` of the stored array.
+        ``array`` is then a :class:`channels.AxisView` of the stored array.
     opened
         The ``open_volume`` keywords that reopen this volume from ``path`` (pickling).
     """
@@ -178,39 +181,6 @@ def _reopen(path: str, opened: tuple[tuple[str, Any], ...], channel: int | None)
     return volume if channel is None else next(v for v in volume.channel_volumes() if v.layout.channel == channel)
 
 
-class AxisView:
-    """A lazily indexed view of ``array`` with some axes fixed at one index (a chosen channel,
-    a squeezed singleton axis). Indexing with the kept axes' slices reads (or writes) only
-    those voxels of ``array``; ``fixed`` has one entry per axis of ``array``: an index or None."""
-
-    def __init__(self, array: Any, fixed: tuple[int | None, ...]) -> None:
-        if len(fixed) != array.ndim:
-            raise ValueError(f"fixed {fixed} must have one entry per axis of an array of shape {array.shape}")
-        self.array = array
-        self.fixed = tuple(fixed)
-        self.shape = tuple(int(n) for n, f in zip(array.shape, fixed) if f is None)
-        self.dtype = array.dtype
-        self.ndim = len(self.shape)
-
-    @property
-    def chunks(self) -> tuple[int, ...]:
-        return tuple(int(c) for c, f in zip(self.array.chunks, self.fixed) if f is None)
-
-    def _expand(self, key: Any) -> tuple:
-        key = key if isinstance(key, tuple) else (key,)
-        kept = iter(tuple(key) + (slice(None),) * (self.ndim - len(key)))
-        return tuple(next(kept) if f is None else f for f in self.fixed)
-
-    def __getitem__(self, key: Any) -> Any:
-        return self.array[self._expand(key)]
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.array[self._expand(key)] = value
-
-    def __reduce__(self):
-        return (AxisView, (self.array, self.fixed))
-
-
 # --------------------------------------------------------------------------- opening
 
 
@@ -253,8 +223,8 @@ def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Se
                          "this input is not one: leave --series out")
     volume = _open_stored(source, axes, series)
     if voxel_size is not None:
-        volume = _with_voxel_size(volume, parse_numbers(voxel_size, "--voxel-size", float))
-    volume = _select_channel(volume, None if channel is None else parse_numbers(channel, "--channel", int))
+        volume = with_voxel_size(volume, parse_numbers(voxel_size, "--voxel-size", float))
+    volume = select_channel(volume, None if channel is None else parse_numbers(channel, "--channel", int))
     opened = (("axes", volume.layout.axes if volume.layout else volume.axes),
               ("channel", None if volume.layout is None or channel is None else volume.layout.channels),
               ("series", series), ("voxel_size", None if voxel_size is None else volume_voxel_size(volume)))
@@ -265,72 +235,6 @@ def _name(source: Any) -> str:
     return str(source) if isinstance(source, (str, Path)) else f"<{type(source).__name__}>"
 
 
-def parse_numbers(value: Any, flag: str, kind: type) -> tuple:
-    """``"0,2"``, ``"2 0.4 0.4"``, a number or a sequence -> a tuple of ``kind``; a one-line
-    InputError naming ``flag`` otherwise."""
-    items = value.replace(",", " ").split() if isinstance(value, str) else (
-        list(value) if isinstance(value, (list, tuple)) else [value])
-    try:
-        numbers = tuple(kind(v) for v in items)
-    except (TypeError, ValueError):
-        numbers = ()
-    if not numbers or (kind is int and any(isinstance(v, float) and not float(v).is_integer() for v in items)):
-        example = "1 or 0,2" if kind is int else "2,0.4,0.4"
-        raise InputError(f"{flag} {value!r} is not a list of numbers like {example}")
-    if kind is float and any(not math.isfinite(v) or v <= 0 for v in numbers):
-        raise InputError(f"{flag} {value!r}: voxel sizes must be positive numbers")
-    return numbers
-
-
-def volume_voxel_size(volume: Volume) -> tuple[float, ...] | None:
-    """The voxel size along the spatial axes, or None when unknown."""
-    if volume.scale is None:
-        return None
-    return tuple(s for s, r in zip(volume.scale, axis_roles(volume.axes)) if r == "spatial")
-
-
-def _with_voxel_size(volume: Volume, size: tuple[float, ...]) -> Volume:
-    spatial = [i for i, a in enumerate(volume.axes) if a in "ZYX"]
-    if len(size) != len(spatial):
-        letters = ",".join(volume.axes[i].lower() for i in spatial)
-        raise InputError(f"--voxel-size gives {len(size)} value(s) but {volume.source} has {len(spatial)} spatial "
-                         f"axes (axes {volume.axes}): give {letters}")
-    scale = list(volume.scale or (1.0,) * volume.ndim)
-    for i, v in zip(spatial, size):
-        scale[i] = float(v)
-    return replace(volume, scale=tuple(scale))
-
-
-def _select_channel(volume: Volume, channels: tuple[int, ...] | None) -> Volume:
-    """The volume of the first of ``channels`` of an input with a ``C`` axis (C and a singleton
-    T/S dropped, the stored axes kept in ``layout``); ``volume`` itself without a ``C`` axis."""
-    axes, source = volume.axes, volume.source
-    if CHANNEL not in axes:
-        if channels is not None:
-            raise InputError(f"{source} has no channel axis (axes {axes}): leave out --channel")
-        return volume
-    n = volume.shape[axes.index(CHANNEL)]
-    if channels is None:
-        if n > 1:
-            raise InputError(f"{source} has {n} channels (axes {axes}): choose which to denoise with --channel K, "
-                             f"or several with --channel 0,{n - 1}")
-        channels = (0,)
-    bad = [c for c in channels if not 0 <= c < n]
-    if bad:
-        raise InputError(f"{source}: --channel {bad[0]} does not exist; it has {n} channel(s), 0 to {n - 1}")
-    if len(set(channels)) != len(channels):
-        raise InputError(f"--channel {','.join(map(str, channels))} names a channel twice; name each once")
-    fixed = squeezed_axes(axes, volume.shape, channels[0])
-    layout = Layout(axes, volume.shape, fixed, tuple(int(c) for c in channels), volume.scale, volume.units,
-                    volume.translation)
-
-    def kept(values):
-        return None if values is None else tuple(v for v, f in zip(values, fixed) if f is None)
-
-    return Volume(AxisView(volume.array, fixed), "".join(kept(axes)), source, kept(volume.chunks), kept(volume.scale),
-                  kept(volume.units), volume.ome, volume.path, kept(volume.translation), layout)
-
-
 def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
     """The input as stored, all its axes (a ``C`` axis too)."""
     if isinstance(source, np.ndarray):
@@ -338,7 +242,7 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
     if _is_dask_array(source):
         return _wrap_array(source, "<dask array>", axes)
     if _is_zarr_array(source):
-        axes = _resolve_axes(axes, _attr_axes(source), source.shape, "<zarr array>")
+        axes = resolve_axes(axes, stored_array_axes(source), source.shape, "<zarr array>")
         _check_array(source, "<zarr array>")
         return Volume(source, axes, "<zarr array>", tuple(source.chunks))
     if not isinstance(source, (str, Path)):
@@ -371,7 +275,7 @@ def _is_zarr_array(obj: Any) -> bool:
 
 
 def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
-    axes = _resolve_axes(axes, None, array.shape, source)
+    axes = resolve_axes(axes, None, array.shape, source)
     _check_array(array, source)
     if source == "<dask array>":
         chunks = tuple(int(c[0]) for c in array.chunks)
@@ -390,7 +294,7 @@ def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volu
         scale = tuple(v if k else 1.0 for v, k in zip(scale, same)) if scale and any(same) else None
         units = tuple(u if k else None for u, k in zip(units, same)) if units and any(same) else None
         found = None
-    axes = _resolve_axes(axes, found, data.array.shape, source)
+    axes = resolve_axes(axes, found, data.array.shape, source)
     _check_array(data.array, source)
     return Volume(data.array, axes, source, tuple(data.array.chunks), scale, units, path=path)
 
@@ -423,13 +327,13 @@ def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
     if isinstance(node, zarr.Group):
         return _open_ome_group(source, node, path, axes)
     meta = parent_ome_metadata(source, root, inner)
-    given = _attr_axes(node)
+    given = stored_array_axes(node)
     scale = _attr_floats(node, "scale", node.ndim)
     units = _attr_units(node)
     translation = _attr_floats(node, "translation", node.ndim)
     if meta is not None:
         given, scale, units, translation = meta
-    axes = _resolve_axes(axes, given, node.shape, source)
+    axes = resolve_axes(axes, given, node.shape, source)
     _check_array(node, source)
     return Volume(node, axes, source, tuple(node.chunks), scale, units, path=str(path), translation=translation)
 
@@ -451,7 +355,7 @@ def _open_ome_group(source: str, group: Any, path: Path, axes: str | None) -> Vo
     ome_axes, units = read_ome_axes(source, multiscale, array.shape)
     scale = read_ome_scale(multiscale, datasets[0], array.ndim)
     translation = read_ome_translation(multiscale, datasets[0], array.ndim)
-    axes = _resolve_axes(axes, ome_axes, array.shape, source)
+    axes = resolve_axes(axes, ome_axes, array.shape, source)
     _check_array(array, source)
     return Volume(array, axes, source, tuple(array.chunks), scale, units, attrs, str(path), translation)
 
@@ -470,19 +374,6 @@ def _not_ome_message(source: str, group: Any) -> str:
     )
 
 
-def _attr_axes(array: Any) -> str | None:
-    """Axes written by us (``attrs["axes"]``) or from Zarr v3 dimension names."""
-    axes = array.attrs.get("axes")
-    if isinstance(axes, str):
-        return axes.upper()
-    names = getattr(array.metadata, "dimension_names", None)
-    if names and all(isinstance(n, str) for n in names):
-        joined = "".join(names).upper()
-        if stored_axes_ok(joined):
-            return joined
-    return None
-
-
 def _attr_floats(array: Any, key: str, ndim: int) -> tuple[float, ...] | None:
     value = array.attrs.get(key)
     if isinstance(value, list) and len(value) == ndim:
@@ -498,39 +389,6 @@ def _attr_units(array: Any) -> tuple[str | None, ...] | None:
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], source: str) -> str:
-    """Decide the axes from the user's ``given`` and the metadata's ``found`` letters."""
-    ndim = len(shape)
-    if given is not None:
-        axes = _validate_axes(given, ndim, source)
-        if found is not None and found != axes:
-            raise InputError(
-                f"axes {axes!r} disagree with the axes {found!r} in the metadata of {source}: "
-                f"leave axes out or pass {found!r}"
-            )
-        return axes
-    if found is not None:
-        return _validate_axes(found, ndim, source)
-    if ndim == 2:
-        return "YX"
-    raise InputError(
-        f"cannot tell the axes of {source} (shape {tuple(shape)}): pass axes, "
-        "e.g. --axes ZYX for a volume or --axes SYX for a stack of 2D images"
-    )
-
-
-def _validate_axes(axes: str, ndim: int, source: str) -> str:
-    axes = axes.upper()
-    if not stored_axes_ok(axes):
-        raise InputError(f"axes {axes!r} for {source} are not supported: use one of {', '.join(AXES_ALLOWED)}, "
-                         f"or one of them with a channel axis C before YX (e.g. CZYX, TCZYX)")
-    if len(axes) != ndim:
-        allowed = [a for a in AXES_ALLOWED if len(a) == ndim]
-        hint = f"use one of {', '.join(allowed)}" if allowed else f"use one of {', '.join(AXES_ALLOWED)}"
-        raise InputError(f"axes {axes!r} have {len(axes)} letters but {source} has {ndim} dimensions: {hint}")
-    return axes
 
 
 def _check_array(array: Any, source: str) -> None:

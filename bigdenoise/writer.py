@@ -12,7 +12,8 @@ import zarr
 
 from .errors import OutputError
 from .ome import ome_metadata
-from .volume import AxisView, Volume
+from .channels import AxisView
+from .volume import Volume
 
 OUTPUT_DTYPES = ("float32", "float16", "input", "uint8", "uint16", "int16", "int32")
 
@@ -24,7 +25,7 @@ class OutputSpec:
     ``array_path`` is the Zarr array inside ``path`` (``""`` when the store root is the array,
     ``"0"`` for an OME-Zarr image). ``shape`` and ``chunks`` are the volume's; for an input with
     a channel axis (``Volume.layout``) the stored array has the input's axes and ``fixed`` says
-    where this channel's voxels go (:class:`volume.AxisView`), ``part`` prefixes its done records.
+    where this channel's voxels go (:class:`channels.AxisView`), ``part`` prefixes its done records.
     """
 
     path: str

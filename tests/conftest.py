@@ -2,7 +2,6 @@
 at the data's scale (for exactness tests), the exactness rule, and access to the shared data."""
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np

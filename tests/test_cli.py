@@ -3,11 +3,11 @@
 import os
 
 import numpy as np
-import pytest
 import tifffile
 import zarr
 
-from bigdenoise.cli import main, parse_duration
+from bigdenoise.cli import main
+from bigdenoise.cli_args import parse_duration
 
 from conftest import smooth_volume, write_zarr
 
