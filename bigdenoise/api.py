@@ -128,21 +128,10 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     loaded = model if isinstance(model, Model) else load_model(model_path)
     overrides = prediction_options(loaded, options)
     loaded = with_options(loaded, overrides)
-    opening = {"channel": channel, "series": series, "voxel_size": voxel_size}
-    try:
-        volume = _volume(source, axes, **opening)
-    except InputError:
-        model_axes = None if axes is not None or isinstance(source, Volume) else _axes_like_model(source, loaded)
-        if model_axes is None:
-            raise
-        volume = _volume(source, model_axes, **opening)
+    volume = _prediction_input(source, axes, loaded, out, channel=channel, series=series, voxel_size=voxel_size)
     if volume.path is None and cluster != "threads":
         cluster = "threads"  # an in-memory array cannot be shipped to worker processes
     resolve_dtype(dtype, volume.dtype)  # an unknown --dtype is refused before anything is written
-    if (volume.layout is not None and str(out).lower().rstrip("/").endswith(".ome.zarr")
-            and not ome_order_ok(volume.layout.axes)):
-        raise ConfigError(f"{volume.source} has axes {volume.layout.axes}, which OME-Zarr cannot store (it orders "
-                          f"t, c, z, y, x): write a plain Zarr output (an --out not ending in .ome.zarr)")
     block = block_shape_for(output_chunks(volume, chunks), volume.shape, block_voxels)
     plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, inexact=inexact,
                     block=block, source=volume.source)
@@ -175,6 +164,24 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
         dest.commit()
         log.info("wrote %s", dest.path)
     return {**summary, "output": str(dest.path), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+
+
+def _prediction_input(source: Any, axes: str | None, model: Model, out: str | Path, **opening: Any) -> Volume:
+    """The volume ``predict`` reads: ``source`` opened with ``axes``, else the model's axes when
+    ``source`` does not say its own; an InputError if they do not fit, a ConfigError for channel
+    axes a ``.ome.zarr`` output cannot store."""
+    try:
+        volume = _volume(source, axes, **opening)
+    except InputError:
+        model_axes = None if axes is not None or isinstance(source, Volume) else _axes_like_model(source, model)
+        if model_axes is None:
+            raise
+        volume = _volume(source, model_axes, **opening)
+    if (volume.layout is not None and str(out).lower().rstrip("/").endswith(".ome.zarr")
+            and not ome_order_ok(volume.layout.axes)):
+        raise ConfigError(f"{volume.source} has axes {volume.layout.axes}, which OME-Zarr cannot store (it orders "
+                          f"t, c, z, y, x): write a plain Zarr output (an --out not ending in .ome.zarr)")
+    return volume
 
 
 def _run_channels(volume: Volume, model: Model, plan, block: tuple[int, ...], settings: BlockSettings, spec,
