@@ -178,7 +178,7 @@ def main(argv=None) -> int:
 
         if a.record:
             per_round = "; ".join(
-                [f"(a) " + ", ".join(f"{s:.2f}" for s in forward_s)]
+                ["(a) " + ", ".join(f"{s:.2f}" for s in forward_s)]
                 + [f"(b {c}) " + ", ".join(f"{s:.2f}" for s in predict_s[c]) for c in a.clusters])
             lines = "\n".join(
                 f"| predict, `--cluster {c}` (wall time of the call) | {rate / 1e6:.3f} | {med:.2f} | **{ratio:.3f}** |"
