@@ -77,10 +77,23 @@ def test_analytic_kl_matches_monte_carlo():
     vae = LadderVAE(2, levels=2, s_code=4)
     x = torch.randn(1, 1, 8, 8).expand(4000, -1, -1, -1)
     with torch.no_grad():
-        _, kl, log_ratio = vae.top_down(vae.bottom_up(x))
+        _, kl, log_ratio = vae.top_down(vae.bottom_up(x), log_ratio=True)
     sem = float(log_ratio.std()) / len(log_ratio) ** 0.5
     assert abs(float(log_ratio.mean() - kl.mean())) < 4 * sem, (float(log_ratio.mean()), float(kl.mean()), sem)
     assert float(kl.mean()) > 0
+
+
+def test_sampling_without_the_kl_decodes_the_same_latents():
+    # the sampled paths skip the priors and the KL (speed); the signal code must not change
+    torch.manual_seed(0)
+    vae = LadderVAE(2, levels=3, s_code=8)
+    feats = vae.bottom_up(torch.randn(2, 1, 16, 16))
+    torch.manual_seed(1)
+    code, kl, ratio = vae.top_down(feats)
+    torch.manual_seed(1)
+    fast, none_kl, none_ratio = vae.top_down(feats, kl=False)
+    assert torch.equal(code, fast)
+    assert kl.shape == (2,) and ratio is None and none_kl is None and none_ratio is None
 
 
 def _batch(options, n=2, shape=(32, 32)):

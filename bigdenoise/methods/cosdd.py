@@ -249,10 +249,11 @@ def vae_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptions) 
     training = enc.training and torch.is_grad_enabled()
     nll, kl, sd = elbo_terms(nets, batch, record=training)
     if training:
+        kl_value = float(kl.detach())  # the step's one device sync of the method
         with torch.no_grad():
-            enc.kl_per_pixel.fill_(float(kl.detach()))
-        if float(kl.detach()) < COLLAPSE_KL:
-            warnings.warn(f"cosdd: the KL is {float(kl.detach()):.2e} nats per pixel: the latents may have collapsed (the "
+            enc.kl_per_pixel.fill_(kl_value)
+        if kl_value < COLLAPSE_KL:
+            warnings.warn(f"cosdd: the KL is {kl_value:.2e} nats per pixel: the latents may have collapsed (the "
                           f"signal decoder then outputs the mean); check the noise direction, train longer or with "
                           f"another seed", UserWarning, stacklevel=2)
     return nll + kl + sd
@@ -281,7 +282,7 @@ def signal_samples(nets: Nets, x: torch.Tensor, n: int, generator: torch.Generat
             noise = coordinate_noise(seed, k, origins)
         else:
             noise = drawn if generator is not None else None
-        code, _, _ = enc.top_down(feats, noise)
+        code, _, _ = enc.top_down(feats, noise, kl=False)
         s = dec(code).float()
         total = s if total is None else total + s
     return (total / n)[(slice(None), slice(None), *(slice(0, m) for m in sizes))]

@@ -171,15 +171,18 @@ class LadderVAE(nn.Module):
             feats.append(h)
         return feats
 
-    def top_down(self, feats: list[torch.Tensor], noise: Noise | None = None, *, mean: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def top_down(self, feats: list[torch.Tensor], noise: Noise | None = None, *, mean: bool = False,
+                 kl: bool = True, log_ratio: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Sample the latents from q and decode: ``(s_code, kl, log_ratio)``.
 
-        ``kl``: analytic KL summed over all latents of each batch item, ``(N,)``; ``log_ratio``:
-        ``sum log q(z) - log p(z)`` at the sampled ``z`` (a one-sample Monte-Carlo KL), ``(N,)``.
+        ``kl``: analytic KL summed over all latents of each batch item, ``(N,)`` (None when not
+        asked: sampling then skips the priors p); ``log_ratio``: ``sum log q(z) - log p(z)`` at
+        the sampled ``z`` (a one-sample Monte-Carlo KL), ``(N,)``, None unless asked.
         ``noise``: the standard normal draws (default ``torch.randn``); ``mean``: use q's means.
         """
-        kl = log_ratio = 0.0
+        priors = kl or log_ratio
+        kl_sum = ratio_sum = 0.0
         h = None
         for level in reversed(range(self.levels)):
             d = feats[level]
@@ -188,7 +191,7 @@ class LadderVAE(nn.Module):
                 mp, sp = torch.zeros_like(mq), torch.ones_like(sq)
             else:
                 h = F.interpolate(h, scale_factor=2, mode="nearest")
-                mp, sp = _gaussian(self.p[level](h))
+                mp, sp = _gaussian(self.p[level](h)) if priors else (None, None)
                 mq, sq = _gaussian(self.q[level](torch.cat([h, d], 1)))
             if mean:
                 z = mq
@@ -196,12 +199,14 @@ class LadderVAE(nn.Module):
                 eps = noise(level, tuple(mq.shape), mq) if noise is not None else torch.randn_like(mq)
                 z = mq + sq * eps
             dims = tuple(range(1, mq.ndim))
-            kl = kl + gaussian_kl(mq, sq, mp, sp).sum(dims)
-            log_ratio = log_ratio + (gaussian_log_prob(z, mq, sq) - gaussian_log_prob(z, mp, sp)).sum(dims)
+            if kl:
+                kl_sum = kl_sum + gaussian_kl(mq, sq, mp, sp).sum(dims)
+            if log_ratio:
+                ratio_sum = ratio_sum + (gaussian_log_prob(z, mq, sq) - gaussian_log_prob(z, mp, sp)).sum(dims)
             m = self.merge[level](z if h is None else torch.cat([h, z], 1))
             h = self.td[level](m if h is None else h + m)
         h = F.interpolate(h, scale_factor=2, mode="nearest")
-        return self.out(h), kl, log_ratio
+        return self.out(h), kl_sum if kl else None, ratio_sum if log_ratio else None
 
     def forward(self, x: torch.Tensor, noise: Noise | None = None, *, mean: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
