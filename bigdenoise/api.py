@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -12,7 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from .config import make_config
+from .backing import cluster_for_memory
+from .bioimageio_model import bioimageio_digest, for_volume, is_bioimageio
+from .channel_models import (ChannelModels, check_train_arguments, package_digest, read_channel_models,
+                             train_channels)
+from .channels import all_channels, volume_voxel_size
+from .config import make_config, with_voxel_patch
 from .errors import ConfigError, InputError
 from .clusters import JobOptions, check_cluster, dask_client
 from .execute import BlockSettings, image_means, run_blocks
@@ -25,6 +29,10 @@ from .runtime import check_compiler
 from .tiling import block_shape_for
 from .train import estimate_stats, fit, pick_device
 from .outputs import PREDICTION, destination
+from .pyramid_run import check_request, write_levels
+from .geometry import Box
+from .preview import write_preview
+from .roi import parse_roi, roi_text, roi_volume
 from .volume import Volume, open_volume
 from .writer import (channel_spec, create_output, finish_output, load_done, output_chunks, resolve_dtype,
                      run_record)
@@ -48,7 +56,7 @@ def _volume(source: Any, axes: str | None, **opening: Any) -> Volume:
 def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None = None, target: Any = None,
           clean: Any = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
           log_file: str | Path | None = None, channel: Any = None, series: int | None = None,
-          voxel_size: Any = None, **config: Any) -> Model:
+          voxel_size: Any = None, per_channel_models: bool = False, **config: Any) -> Model | ChannelModels:
     """Train a denoiser on ``source`` and write its model package to ``out``.
 
     Parameters
@@ -62,15 +70,27 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
         methods that distil from them (``dbsn``); normalised with the input's statistics.
     log_file : where the run's log goes (default ``bigdenoise.log`` in the model directory).
     channel, series, voxel_size : as for :func:`bigdenoise.volume.open_volume`; training takes one
-        channel of an input with a ``C`` axis (train one model per channel for several).
+        channel of an input with a ``C`` axis, or with ``per_channel_models=True`` trains one model
+        per chosen channel (default: every channel) into ``out`` (:mod:`bigdenoise.channel_models`;
+        returns a ChannelModels). A 3D patch not given follows an anisotropic voxel size
+        (``config.with_voxel_patch``).
     config : any :class:`bigdenoise.config.TrainConfig` field (``steps``, ``max_time``,
         ``patch``, ``batch_size``, ``net={"depth": 2, ...}``, ``options={...}``, ``seed`` ...).
     """
+    if per_channel_models:
+        check_train_arguments(target, clean)
+        if channel is None and not isinstance(source, Volume):
+            channel = all_channels(source, axes, series)
+        volume = _volume(source, axes, channel=channel, series=series, voxel_size=voxel_size)
+        with run_log(log_file):
+            return train_channels(volume, out, method=method, config=config, resume=resume, overwrite=overwrite,
+                                  progress=progress)
     volume = _volume(source, axes, channel=channel, series=series, voxel_size=voxel_size)
     if volume.layout is not None and len(volume.layout.channels) > 1:
         raise ConfigError(f"train learns one channel at a time, not --channel "
-                          f"{','.join(map(str, volume.layout.channels))}: train one model per channel")
-    cfg = make_config(method=method, axes=volume.axes, **config)
+                          f"{','.join(map(str, volume.layout.channels))}: train one model per channel "
+                          f"(--per-channel-models)")
+    cfg = with_voxel_patch(make_config(method=method, axes=volume.axes, **config), volume_voxel_size(volume))
     volumes = {"input": volume}
     if target is not None:
         volumes["target"] = _volume(target, volume.axes)
@@ -89,7 +109,8 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
             block_voxels: int = 4 * 2**20, jobs: JobOptions | None = None, compiled: bool = False,
             options: Mapping[str, Any] | None = None, progress: bool = True,
             log_file: str | Path | None = None, channel: Any = None, series: int | None = None,
-            voxel_size: Any = None) -> dict:
+            voxel_size: Any = None, roi: Any = None, pyramid: bool | int = False, ngff: str | None = None,
+            trust_model: bool = False) -> dict:
     """Denoise ``source`` block by block on a Dask cluster into the Zarr array ``out``.
 
     The output has the input's shape and axes (an OME-Zarr input, or an ``out`` ending in
@@ -117,6 +138,13 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     as if it were a volume of its own (the model's statistics).
     The run's log (cluster, failed blocks with their tracebacks, a summary line) is appended to
     ``log_file``, by default ``bigdenoise.log`` inside the output (``logs.run_log``).
+    ``roi`` (``"z0:z1,y0:y1,x0:x1"``, :func:`bigdenoise.roi.parse_roi`) writes only that box, as
+    an array of its shape equal to the same box of a full run. Every run writes ``preview.png``
+    (mid-planes, input | output) inside the output (:mod:`bigdenoise.preview`).
+    An OME-Zarr output is NGFF ``ngff`` (``"0.5"``, default, or ``"0.4"``); ``pyramid=True`` adds 2x-mean
+    levels until the smallest fits 512 voxels in-plane, ``pyramid=N`` makes N levels (:mod:`bigdenoise.pyramid`).
+    ``model`` may be a bioimage.io model (``.zip``, or a folder with ``rdf.yaml``; :mod:`bigdenoise.bioimageio_model`):
+    ONNX weights run as they are, TorchScript ones (code) only with ``trust_model=True``.
     Returns a summary of the run.
     """
     check_cluster(cluster, workers)
@@ -125,12 +153,20 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     model_path = model.path if isinstance(model, Model) else str(model)
     if model_path is None:
         raise InputError("predict needs a model saved on disk (a model directory); save it first")
-    loaded = model if isinstance(model, Model) else load_model(model_path)
+    models = None if isinstance(model, Model) else read_channel_models(model_path)  # one model per channel
+    if models is not None and channel is None and not isinstance(source, Volume):
+        channel = models.channels if all_channels(source, axes, series) else None  # default: every channel
+    loaded = model if isinstance(model, Model) else models.first() if models else load_model(
+        model_path, trust_model=trust_model)
     overrides = prediction_options(loaded, options)
     loaded = with_options(loaded, overrides)
     volume = _prediction_input(source, axes, loaded, out, channel=channel, series=series, voxel_size=voxel_size)
-    if volume.path is None and cluster != "threads":
-        cluster = "threads"  # an in-memory array cannot be shipped to worker processes
+    loaded, imported = for_volume(loaded, volume)  # a bioimage.io model's statistics of this volume, or ()
+    if models is not None:
+        models.check_input(volume)
+    region = None if roi is None else parse_roi(roi, volume)  # tiles still planned on the whole volume
+    if volume.path is None:
+        cluster = cluster_for_memory(cluster, volume.source)  # threads beside it, or refused (bigdenoise.backing)
     resolve_dtype(dtype, volume.dtype)  # an unknown --dtype is refused before anything is written
     block = block_shape_for(output_chunks(volume, chunks), volume.shape, block_voxels)
     plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, inexact=inexact,
@@ -139,28 +175,35 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     if compiled:
         check_compiler(dev)
     protect = {"input": volume.path, "model": model_path}
+    check_request(pyramid, ngff, volume.ome is not None or str(out).lower().rstrip("/").endswith(".ome.zarr"))
     dest = destination(out, PREDICTION, protect=protect, overwrite=overwrite, resume=resume)
     model_path = str(Path(model_path).resolve())
-    record = {"model": model_path, "model_sha256": _digest(Path(model_path)), "source": volume.source,
+    digest = models.digest if models else _digest(Path(model_path))
+    record = {"model": model_path, "model_sha256": digest, "source": volume.source,
               "input": fingerprint(volume), "block_shape": list(block), "tile": list(plan.tile),
               "halo": list(plan.halo), "overlap": list(plan.overlap), "precision": precision,
               "skip_background": skip_background, "compiled": compiled, "options": dict(overrides)}
     if volume.layout is not None:
         record["channels"] = list(volume.layout.channels)
+    if region is not None:
+        record["roi"] = roi_text(region)
     with run_log(log_file) as session:
         session.check(protect)
         log.info("predict %s with the model %s into %s (%s): block %s, tile %s, halo %s, %s on %s, cluster %s",
                  volume.source, model_path, dest.path, "resuming" if resume else "replacing" if dest.replacing
                  else "new", block, plan.tile, plan.halo, precision, dev, cluster)
         with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
-            spec = create_output(dest.start(), volume, chunks=chunks, dtype=dtype, exist_ok=resume,
+            shown = volume if region is None else roi_volume(volume, region)  # what the output holds
+            spec = create_output(dest.start(), shown, chunks=chunks, dtype=dtype, exist_ok=resume,
                                  attributes=record, fill_value=background_value,
-                                 as_ome=dest.path.name.lower().endswith(".ome.zarr"))
+                                 as_ome=dest.path.name.lower().endswith(".ome.zarr"), ngff=ngff or "0.5")
             settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
-                                     skip_background, compiled, overrides)
+                                     skip_background, compiled, overrides, imported=imported)
             summary = _run_channels(volume, loaded, plan, block, settings, spec, client, record, dest, resume,
-                                    progress, session)
+                                    progress, session, models, region)
+            summary["levels"] = write_levels(spec, client, pyramid, block_voxels=block_voxels, progress=progress)
         finish_output(spec)
+        write_preview(dest.work, volume, spec, region)
         dest.commit()
         log.info("wrote %s", dest.path)
     return {**summary, "output": str(dest.path), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
@@ -185,17 +228,19 @@ def _prediction_input(source: Any, axes: str | None, model: Model, out: str | Pa
 
 
 def _run_channels(volume: Volume, model: Model, plan, block: tuple[int, ...], settings: BlockSettings, spec,
-                  client, record: dict, dest, resume: bool, progress: bool, session) -> dict:
+                  client, record: dict, dest, resume: bool, progress: bool, session,
+                  models: ChannelModels | None = None, region: Box | None = None) -> dict:
     """Denoise each chosen channel of ``volume`` (the volume itself without a ``C`` axis) into its
-    place in the output, one after the other; the summaries added up."""
+    place in the output, one after the other (with its own model of ``models``); the summaries
+    added up."""
     channels = volume.channel_volumes()
-    per_channel = len(channels) > 1 and model.output_stats is None
+    per_channel = len(channels) > 1 and model.output_stats is None and models is None
     total: dict = {}
     for vol in channels:
         out = channel_spec(spec, vol)
-        skip = _resumed_blocks(out, record, vol.shape, block, dest) if resume else None
+        skip = _resumed_blocks(out, record, (region or vol).shape, block, dest) if resume else None
         session.open(dest.work)  # once the run is accepted: inside the output (staged with it when replacing one)
-        run = settings
+        run = settings if models is None else models.settings_for(settings, vol.layout.channel)
         if per_channel:
             stats = estimate_stats(vol, model.train_config.stats_chunks, model.train_config.seed, model.background)
             run = replace(settings, stats=astuple(stats))
@@ -205,7 +250,7 @@ def _run_channels(volume: Volume, model: Model, plan, block: tuple[int, ...], se
         if image_statistic(model) is not None:  # e.g. D-BSN awgn: each image's noise level, before tiling
             means = image_means(vol, plan, block, run, client, progress=progress)
         summary = run_blocks(vol, plan, block, run, out, client, progress=progress, skip=skip, image_means=means,
-                             log_path=session.path)
+                             log_path=session.path, region=region)
         for key, value in summary.items():
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             total[key] = total.get(key, 0) + value if numeric else value
@@ -248,14 +293,8 @@ def _check_numbers(**values: float | None) -> None:
 
 
 def _digest(model_dir: Path) -> str:
-    """SHA-256 over the package files that decide predictions (config and every tensor file)."""
-    h = hashlib.sha256()
-    for path in sorted([model_dir / "config.json", *model_dir.glob("*.safetensors")]):
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for part in iter(lambda: f.read(2**20), b""):
-                h.update(part)
-    return h.hexdigest()
+    """SHA-256 over the package files that decide predictions (``channel_models.package_digest``)."""
+    return bioimageio_digest(model_dir) if is_bioimageio(model_dir) else package_digest(model_dir)
 
 
 def _axes_like_model(source: Any, model: Model) -> str | None:

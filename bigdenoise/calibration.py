@@ -38,7 +38,8 @@ Pairs = tuple[list[np.ndarray], list[np.ndarray]]
 
 def calibration_pairs(noisy: Any, *, clean: Any = None, repeats_axis: str | None = None, bootstrap: Any = None,
                       axes: str | None = None, max_chunks: int = 64, max_pairs: int = 2_000_000,
-                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                      seed: int = 0, channel: Any = None, series: int | None = None,
+                      voxel_size: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """(signal, noisy) value pairs for fitting a noise model, from exactly one source.
 
     Parameters
@@ -53,6 +54,9 @@ def calibration_pairs(noisy: Any, *, clean: Any = None, repeats_axis: str | None
         with ``bootstrap``, has as many dimensions as the model's axes (then it takes those).
     max_chunks : storage chunks (boxes of at most 512 voxels per axis) read at random.
     max_pairs : pairs kept, drawn at random from what was read.
+    channel, series, voxel_size : as for :func:`bigdenoise.volume.open_volume`; a noise model is
+        measured on one channel of an input with a ``C`` axis (``clean`` has the same axes and
+        gives the same channel).
 
     Returns
     -------
@@ -64,36 +68,46 @@ def calibration_pairs(noisy: Any, *, clean: Any = None, repeats_axis: str | None
                           "repeated frames of a static field (--repeats-axis) or an N2V model to bootstrap from "
                           f"(--bootstrap); got {', '.join(given) or 'none'}")
     rng = np.random.default_rng(seed)
+    opening = {k: v for k, v in (("channel", channel), ("series", series), ("voxel_size", voxel_size))
+               if v is not None}
     if bootstrap is not None:
         model = bootstrap if isinstance(bootstrap, Model) else load_model(bootstrap)
-        volume = _open_noisy(noisy, axes, model.axes)
+        volume = _open_noisy(noisy, axes, model.axes, **opening)
         signals, values = _bootstrap_pairs(volume, model, max_chunks, max_pairs, rng)
     elif clean is not None:
-        volume = _open_noisy(noisy, axes)
+        volume = _open_noisy(noisy, axes, **opening)
         signals, values = _clean_pairs(volume, clean, max_chunks, max_pairs, rng)
     else:
-        volume = _open_noisy(noisy, axes)
+        volume = _open_noisy(noisy, axes, **opening)
         signals, values = _repeat_pairs(volume, repeats_axis, max_chunks, max_pairs, rng)
     return np.concatenate(signals), np.concatenate(values)
 
 
-def _open_noisy(noisy: Any, axes: str | None, model_axes: str | None = None) -> Volume:
-    """``noisy`` as a Volume; without ``axes`` and metadata, ``model_axes`` when their length fits."""
+def _open_noisy(noisy: Any, axes: str | None, model_axes: str | None = None, **opening: Any) -> Volume:
+    """``noisy`` as a Volume (``opening``: ``open_volume``'s channel, series, voxel_size; one
+    channel); without ``axes`` and metadata, ``model_axes`` when their length fits."""
     if isinstance(noisy, Volume):
         return noisy
     if axes is not None or model_axes is None:
-        return open_volume(noisy, axes)
-    try:
-        return open_volume(noisy)
-    except InputError as exc:
+        volume = open_volume(noisy, axes, **opening)
+    else:
         try:
-            return open_volume(noisy, model_axes)
-        except InputError:
-            raise exc from None
+            volume = open_volume(noisy, **opening)
+        except InputError as exc:
+            try:
+                volume = open_volume(noisy, model_axes, **opening)
+            except InputError:
+                raise exc from None
+    if volume.layout is not None and len(volume.layout.channels) > 1:
+        raise ConfigError(f"a noise model is measured on one channel, not --channel "
+                          f"{','.join(map(str, volume.layout.channels))}: measure one per channel")
+    return volume
 
 
 def _clean_pairs(volume: Volume, clean: Any, max_chunks: int, max_pairs: int, rng: np.random.Generator) -> Pairs:
-    ref = clean if isinstance(clean, Volume) else open_volume(clean, volume.axes)
+    layout = volume.layout  # a clean volume with a C axis gives the same channel
+    ref = clean if isinstance(clean, Volume) else open_volume(clean, layout.axes if layout else volume.axes,
+                                                              channel=layout.channels if layout else None)
     if ref.shape != volume.shape:
         raise InputError(f"{ref.source} (clean) has shape {ref.shape} but {volume.source} has {volume.shape}; "
                          f"calibration pairs must match voxel for voxel")
@@ -178,15 +192,18 @@ def _subsample(s: np.ndarray, x: np.ndarray, n: int, rng: np.random.Generator) -
 def make_noise_model(noisy: Any, *, clean: Any = None, repeats_axis: str | None = None, bootstrap: Any = None,
                      axes: str | None = None, kind: str = "histogram", bins: int = 256, gaussians: int = 3,
                      degree: int = 1, steps: int = 1000, max_chunks: int = 64, max_pairs: int = 2_000_000,
-                     seed: int = 0) -> tuple[NoiseModel, dict[str, Any]]:
-    """Read calibration pairs (see :func:`calibration_pairs`) and fit a noise model of ``kind``.
+                     seed: int = 0, channel: Any = None, series: int | None = None,
+                     voxel_size: Any = None) -> tuple[NoiseModel, dict[str, Any]]:
+    """Read calibration pairs (see :func:`calibration_pairs`; ``channel``, ``series``, ``voxel_size``
+    as there) and fit a noise model of ``kind``.
 
     Returns the model and a provenance record (source, number of pairs, settings) for its JSON.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown noise model kind {kind!r}; choose one of {', '.join(KINDS)}")
     s, x = calibration_pairs(noisy, clean=clean, repeats_axis=repeats_axis, bootstrap=bootstrap, axes=axes,
-                             max_chunks=max_chunks, max_pairs=max_pairs, seed=seed)
+                             max_chunks=max_chunks, max_pairs=max_pairs, seed=seed, channel=channel, series=series,
+                             voxel_size=voxel_size)
     model = fit(s, x, kind, bins=bins, gaussians=gaussians, degree=degree, steps=steps, seed=seed)
     if clean is not None:
         source = {"signal_from": "clean", "clean": _describe(clean)}
@@ -194,7 +211,8 @@ def make_noise_model(noisy: Any, *, clean: Any = None, repeats_axis: str | None 
         source = {"signal_from": "repeats", "repeats_axis": repeats_axis.upper()}
     else:
         source = {"signal_from": "bootstrap", "bootstrap": _describe(getattr(bootstrap, "path", bootstrap))}
-    return model, {"noisy": _describe(noisy), **source, "pairs": int(s.size), "seed": seed}
+    chosen = {} if channel is None else {"channel": channel if isinstance(channel, (int, str)) else list(channel)}
+    return model, {"noisy": _describe(noisy), **chosen, **source, "pairs": int(s.size), "seed": seed}
 
 
 def save_noise_model(model: NoiseModel, path: str | Path, *, info: dict[str, Any] | None = None,

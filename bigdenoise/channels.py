@@ -121,6 +121,18 @@ def select_channel(volume: Volume, channels: tuple[int, ...] | None) -> Volume:
                    layout=layout, opened=())
 
 
+def all_channels(source: Any, axes: str | None = None, series: int | None = None) -> tuple[int, ...] | None:
+    """Every channel of ``source`` (a path or array with a ``C`` axis), or None without one
+    (opening it then says why)."""
+    from bigdenoise.volume import open_volume
+
+    try:
+        probe = open_volume(source, axes, channel=0, series=series)
+    except InputError:
+        return None
+    return tuple(range(probe.layout.shape[probe.layout.axes.index(CHANNEL)]))
+
+
 def stored_array_axes(array: Any) -> str | None:
     """Axes written by us (``attrs["axes"]``) or from Zarr v3 dimension names."""
     axes = array.attrs.get("axes")

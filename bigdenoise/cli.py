@@ -1,4 +1,4 @@
-"""Command line: ``bigdenoise convert|info|train|predict|noise-model|demo``. Thin wrappers over the library;
+"""Command line: ``bigdenoise convert|info|train|predict|pyramid|noise-model|export|demo``. Thin wrappers over the library;
 the argument types and the flags several commands share are in cli_args.py."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from ._version import __version__
 from .cli_args import (Parser, add_input_options, add_job_options, add_log_file, add_option_flag, at_least,
                        given_options, input_kwargs, job_options, parse_duration, parse_shape)
 from .errors import BigDenoiseError, ConfigError
+from .runfile import add_config_flag, apply_run_file, with_run_config
 
 log = logging.getLogger("bigdenoise.cli")  # also when run as `python -m bigdenoise.cli`
 
@@ -28,6 +29,9 @@ def _add_train(sub) -> None:
     p.add_argument("--method", default="n2v", help="training method (default n2v)")
     p.add_argument("--axes", help="axes of the input, e.g. SYX, ZYX (default: from metadata)")
     add_input_options(p)
+    p.add_argument("--per-channel-models", action="store_true",
+                   help="an input with a C axis: train one model per channel (--channel, default all) into "
+                        "OUT/channel-K; `bigdenoise predict --model OUT` gives each channel its own model")
     p.add_argument("--target", help="second volume for paired methods (n2n, care)")
     p.add_argument("--clean", metavar="UNPAIRED",
                    help="clean images of other fields of view (any shape, the input's axes): dbsn distils from "
@@ -73,11 +77,15 @@ def _add_train(sub) -> None:
     p.add_argument("--remove-background", action="store_true",
                    help="subtract a fixed camera background (median YX plane over sampled planes) before "
                         "normalisation; prediction subtracts it too")
+    p.add_argument("--foreground", metavar="auto|off|THRESHOLD",
+                   help="draw patches favouring foreground (voxels above a threshold): auto turns it on when the "
+                        "sampled chunks are mostly background; off (default); or a threshold in raw intensity")
     net.add_argument("--batch-norm", action="store_true",
                      help="use batch norm (the default for n2v; n2n, care and noise2stack default to none)")
     add_option_flag(p, "an option of the method (its pydantic options; the flags above are shortcuts for some)",
                 "masked_fraction=0.02")
     add_log_file(p, "model directory")
+    add_config_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -91,6 +99,7 @@ def _add_noise_model(sub) -> None:
     p.add_argument("--noisy", required=True, help="noisy volume (raw values, as the data to denoise)")
     p.add_argument("--axes", help="axes of the noisy volume, e.g. SYX (default: from metadata, else the "
                    "--bootstrap model's)")
+    add_input_options(p)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--clean", help="clean volume of the same shape: calibration pairs")
     source.add_argument("--repeats-axis", metavar="AXIS",
@@ -114,7 +123,10 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="denoise a volume blockwise into Zarr",
                        description="Denoise a volume block by block on a Dask cluster into a Zarr array.")
     p.add_argument("input")
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help="model directory, or a bioimage.io model (.zip, or a folder with "
+                   "rdf.yaml)")
+    p.add_argument("--trust-model", action="store_true", help="run a bioimage.io model's TorchScript weights, "
+                   "which are code running with your permissions (ONNX weights need no trust)")
     p.add_argument("--out", required=True, help="output Zarr (opens as an array of the input's shape)")
     p.add_argument("--axes", help="axes of the input (default: metadata, else the model's)")
     add_input_options(p)
@@ -123,6 +135,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--workers", type=int, help="worker processes for --cluster local")
     add_job_options(p)
     p.add_argument("--chunks", type=parse_shape, help="output chunks (default: the input's)")
+    p.add_argument("--roi", metavar="Z0:Z1,Y0:Y1,X0:X1",
+                   help="write only this box (one start:stop per axis of the input, S/T included or left out; "
+                        "equal to the same box of a full run): try a region before the big run")
     p.add_argument("--dtype", default="float32", help="float32 (default), float16, input (input dtype, clipped), uint16...")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out")
@@ -148,8 +163,28 @@ def _add_predict(sub) -> None:
                    "(a CPU needs a C++ compiler, g++ or $CXX)")
     add_option_flag(p, "override a prediction-time option of the model's method for this prediction (one that does "
                 "not change the networks)", "prediction=prior_mean (pn2v)")
+    p.add_argument("--pyramid", nargs="?", const=True, default=False, type=int, metavar="N",
+                   help="OME-Zarr output: add 2x-mean resolution levels until the smallest fits 512 px in-plane, or "
+                   "N levels in all")
+    p.add_argument("--ngff", choices=("0.4", "0.5"), help="OME-Zarr version of the output (default 0.5)")
     add_log_file(p, "output")
+    add_config_flag(p)
     p.add_argument("--quiet", action="store_true")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a model as a bioimage.io model package (ONNX + TorchScript .zip)",
+                       description="Write MODEL as a bioimage.io (spec 0.5) model zip: ONNX and TorchScript weights "
+                       "of its tile prediction with the normalisation inside, halo, test tensors, cover, citation.")
+    p.add_argument("model", help="model directory (`bigdenoise train --out`)")
+    p.add_argument("--bioimageio", required=True, metavar="OUT.zip", help="the zip to write (never replaced)")
+    p.add_argument("--sample", metavar="IN", help="volume to cut the test tile from (default: the training input)")
+    p.add_argument("--axes", help="axes of --sample")
+    p.add_argument("--name", help="model name (letters, digits, spaces, _+-())")
+    p.add_argument("--author", action="append", default=[], help="author name; repeatable (default: your user name)")
+    p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id (default CC-BY-4.0)")
+    p.add_argument("--description", help="one or two sentences")
+    add_option_flag(p, "a prediction-time option of the model's method for the exported graph", "prediction=mu (dbsn)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("output")
     p.add_argument("--axes")
+    add_input_options(p)
     p.add_argument("--chunks", type=parse_shape)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -172,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_predict(sub)
     _add_noise_model(sub)
+    _add_export(sub)
+    p = sub.add_parser("pyramid", help="add resolution levels to an OME-Zarr prediction bigdenoise wrote")
+    p.add_argument("output")
+    p.add_argument("--levels", type=int, metavar="N", help="levels in all (default: until 512 px in-plane)")
+    p.add_argument("--cluster", default="local", help="threads | local | tcp://HOST:PORT (default local)")
+    p.add_argument("--workers", type=int, help="worker processes for --cluster local")
+    p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("demo", help="make a noisy volume, train N2V, denoise it on a LocalCluster, report PSNR")
     p.add_argument("--out", default="demo-output", help="directory for the demo's files (default ./demo-output)")
     p.add_argument("--max-time", type=parse_duration, default=180.0, help="training time (default 3m)")
@@ -185,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_kwargs(a: argparse.Namespace) -> dict:
     kw = {k: getattr(a, k) for k in ("steps", "epochs", "max_time", "seed", "device", "patch", "batch_size", "lr",
-                                     "schedule", "val_every", "num_workers") if getattr(a, k) is not None}
+                                     "schedule", "val_every", "num_workers", "foreground") if getattr(a, k) is not None}
     if a.remove_background:
         kw["remove_background"] = True
     net = {k: getattr(a, k) for k in ("depth", "features", "kernel") if getattr(a, k) is not None}
@@ -224,8 +267,10 @@ def run(a: argparse.Namespace) -> int:
     if a.command == "convert":
         from .convert import convert
 
-        vol = convert(a.input, a.output, axes=a.axes, chunks=a.chunks, overwrite=a.overwrite, progress=not a.quiet)
-        print(f"wrote {a.output}: shape {vol.shape}, axes {vol.axes}, chunks {vol.chunks}, dtype {vol.dtype}")
+        vol = convert(a.input, a.output, axes=a.axes, chunks=a.chunks, overwrite=a.overwrite, progress=not a.quiet,
+                      **input_kwargs(a))
+        stored = vol.layout or vol  # with a C axis: the stored axes and shape
+        print(f"wrote {a.output}: shape {stored.shape}, axes {stored.axes}, chunks {vol.chunks}, dtype {vol.dtype}")
     elif a.command == "info":
         from .convert import describe, format_description
         from .volume import open_volume
@@ -235,7 +280,12 @@ def run(a: argparse.Namespace) -> int:
     elif a.command == "train":
         model = api.train(a.input, a.out, method=a.method, axes=a.axes, target=a.target, clean=a.clean,
                           resume=a.resume,
-                          overwrite=a.overwrite, progress=not a.quiet, **input_kwargs(a), **_train_kwargs(a))
+                          overwrite=a.overwrite, progress=not a.quiet, per_channel_models=a.per_channel_models,
+                          **input_kwargs(a), **with_run_config(a, _train_kwargs(a)))
+        if a.per_channel_models:
+            print(f"trained one {a.method} model per channel ({', '.join(map(str, model.channels))}); written to "
+                  f"{a.out}")
+            return 0
         info = model.info
         print(f"trained {a.method} for {info['steps']} steps ({info['train_seconds']} s on {info['device']}); "
               f"best validation loss {info['best_val_loss']:.4g}; model written to {a.out}")
@@ -252,12 +302,20 @@ def run(a: argparse.Namespace) -> int:
                         halo=a.halo, inexact=a.inexact, batch_size=a.batch_size, precision=a.precision, device=a.device,
                         skip_background=a.skip_background, background_value=a.background_value,
                         block_voxels=a.block_voxels, jobs=job_options(a), compiled=a.compile,
-                        options=given_options(a), progress=not a.quiet, **input_kwargs(a))
+                        options=given_options(a), progress=not a.quiet, roi=a.roi, pyramid=a.pyramid,
+                        ngff=a.ngff, trust_model=a.trust_model, **input_kwargs(a))
         extra = f"; skipped {s['skipped']} blocks already done" if s["skipped"] else ""
         if s["background_blocks"]:
             extra += f"; {s['background_blocks']} background blocks left unwritten"
+        if s.get("levels", 1) > 1:
+            extra += f"; {s['levels']} resolution levels"
         print(f"denoised {s['voxels']:,} voxels in {s['blocks']} blocks in {s['seconds']:.1f} s "
               f"({s['voxels_per_s'] / 1e6:.2f} Mvox/s) into {s['output']}{extra}")
+    elif a.command == "pyramid":
+        from .pyramid_run import add_pyramid
+
+        s = add_pyramid(a.output, levels=a.levels, cluster=a.cluster, workers=a.workers, progress=not a.quiet)
+        print(f"{s['output']} has {s['levels']} levels")
     elif a.command == "noise-model":
         from .calibration import make_noise_model, save_noise_model
         from .outputs import NOISE_MODEL, destination
@@ -266,12 +324,18 @@ def run(a: argparse.Namespace) -> int:
         destination(a.out, NOISE_MODEL, protect=protect, overwrite=a.overwrite)  # refused before the work
         nm, info = make_noise_model(a.noisy, clean=a.clean, repeats_axis=a.repeats_axis, bootstrap=a.bootstrap,
                                     axes=a.axes, kind=a.kind, bins=a.bins, gaussians=a.gaussians, degree=a.degree,
-                                    steps=a.steps, max_pairs=a.max_pairs, seed=a.seed)
+                                    steps=a.steps, max_pairs=a.max_pairs, seed=a.seed, **input_kwargs(a))
         save_noise_model(nm, a.out, info=info, overwrite=a.overwrite, protect=protect)
         h = nm.header()
         print(f"wrote {a.kind} noise model to {a.out} from {info['pairs']:,} pairs ({info['signal_from']}): signal "
               f"{h['signal_range'][0]:.6g}..{h['signal_range'][1]:.6g}, noisy {h['x_range'][0]:.6g}.."
               f"{h['x_range'][1]:.6g}; plot {a.out}/noise_model.png")
+    elif a.command == "export":
+        from .bioimageio_export import export_bioimageio
+
+        path = export_bioimageio(a.model, a.bioimageio, sample=a.sample, axes=a.axes, name=a.name, authors=a.author,
+                                 license=a.license, description=a.description, options=given_options(a))
+        print(f"wrote bioimage.io model {path}")
     elif a.command == "demo":
         from .demo import run_demo
 
@@ -280,12 +344,13 @@ def run(a: argparse.Namespace) -> int:
 
 
 def _options_help(argv: list[str]) -> int | None:
-    """``bigdenoise train --method M --option help`` / ``bigdenoise predict --model D --option help``:
-    print the method's options (train) or the model's prediction-time options (predict) and
-    return 0, without the other required arguments; None when no such help is asked for."""
+    """``bigdenoise train --method M --option help`` / ``bigdenoise predict --model D --option help``
+    / ``bigdenoise export D --option help``: print the method's options (train) or the model's
+    prediction-time options (predict, export) and return 0, without the other required
+    arguments; None when no such help is asked for."""
     words = [w for w in argv if not w.startswith("-")]
     command = words[0] if words else None
-    if command not in ("train", "predict"):
+    if command not in ("train", "predict", "export"):
         return None
     rest = argv[argv.index(command) + 1:]
     if not any(w == "--option=help" or (w == "help" and i and rest[i - 1] == "--option") for i, w in enumerate(rest)):
@@ -293,8 +358,10 @@ def _options_help(argv: list[str]) -> int | None:
     p = Parser(prog=f"bigdenoise {command}", add_help=False)
     if command == "train":
         p.add_argument("--method", default="n2v")
-    else:
+    elif command == "predict":
         p.add_argument("--model", required=True)
+    else:
+        p.add_argument("model")
     a, _ = p.parse_known_args(rest)
     from .methods import describe_options, get_method
 
@@ -304,13 +371,15 @@ def _options_help(argv: list[str]) -> int | None:
             print(f"options of method {method.name} (bigdenoise train --method {method.name} --option KEY=VALUE):\n"
                   f"{describe_options(method)}")
         else:
+            from .channel_models import read_channel_models
             from .package import load_model
 
-            method = load_model(a.model).method
+            models = read_channel_models(a.model)  # a folder of per-channel models: their one method
+            method = (models.first() if models else load_model(a.model)).method
             keys = method.predict_options
-            print(f"prediction-time options of method {method.name} (bigdenoise predict --option KEY=VALUE):\n"
+            print(f"prediction-time options of method {method.name} (bigdenoise {command} --option KEY=VALUE):\n"
                   f"{describe_options(method, keys)}" if keys else
-                  f"method {method.name} has no prediction-time options (`bigdenoise predict --option`)")
+                  f"method {method.name} has no prediction-time options (`bigdenoise {command} --option`)")
     except BigDenoiseError as exc:
         print(f"bigdenoise {command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -346,6 +415,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status is not None:
         return status
     parser = build_parser()
+    try:
+        apply_run_file(parser, argv)  # a --config file's values become the flags' defaults
+    except BigDenoiseError as exc:
+        print(f"bigdenoise: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     from .logs import configure_console
 

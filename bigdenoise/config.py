@@ -64,6 +64,10 @@ class TrainConfig(BaseModel):
     remove_background: bool = Field(
         False, description="subtract a fixed camera background pattern (YX median over sampled planes) "
         "before normalisation; the pattern travels in the model package")
+    foreground: Literal["auto", "off"] | float = Field(
+        "off", description="foreground-aware patch sampling (bigdenoise.foreground): auto (on when the sampled "
+        "chunks are mostly background), off (the default until benchmarks/foreground.py shows a gain), or a "
+        "foreground threshold in raw intensity (always on)")
     net: NetConfig = NetConfig()
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -74,6 +78,16 @@ class TrainConfig(BaseModel):
         if axes not in AXES_ALLOWED:
             raise ValueError(f"axes {axes!r} must be one of {', '.join(AXES_ALLOWED)}")
         return axes
+
+    @field_validator("foreground", mode="before")
+    @classmethod
+    def _foreground(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "off"):
+            return value.strip().lower()
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"foreground must be auto, off or a threshold (a number), got {value!r}") from None
 
     @model_validator(mode="before")
     @classmethod
@@ -138,11 +152,43 @@ class TrainConfig(BaseModel):
     def patch_shape(self) -> tuple[int, ...]:
         if self.patch is not None:
             return tuple(self.patch)
-        return (64, 64) if self.spatial_ndim == 2 else (16, 64, 64)
+        return (64, 64) if self.spatial_ndim == 2 else DEFAULT_PATCH_3D
 
     @property
     def method_options(self) -> BaseModel:
         return get_method(self.method).options.model_validate(self.options)
+
+
+DEFAULT_PATCH_3D = (16, 64, 64)
+
+
+def anisotropic_patch(voxel_size: tuple[float, float, float], depth: int) -> tuple[int, int, int] | None:
+    """The default 3D patch for a volume whose Z voxels are longer than its Y voxels, or None
+    when the cubic default (:data:`DEFAULT_PATCH_3D`, 16 x 64 x 64) stays.
+
+    The rule: Y and X stay 64; Z is ``64 * y_size / z_size`` (the physical extent of 64 Y voxels),
+    rounded to the nearest multiple of ``2**depth``, at least ``max(4, 2**depth)`` and never above
+    the default's 16. E.g. spacing (2, 0.4, 0.4) µm, depth 2: 64 * 0.2 = 12.8 -> 12 x 64 x 64.
+    ``voxel_size``: (z, y, x), any one unit.
+    """
+    z_size, y_size = float(voxel_size[0]), float(voxel_size[1])
+    default_z, yx = DEFAULT_PATCH_3D[0], DEFAULT_PATCH_3D[1:]
+    if not z_size > y_size > 0:
+        return None
+    factor = 2**depth
+    z = factor * round(yx[0] * y_size / z_size / factor)
+    z = min(default_z, max(4, factor, z))
+    return None if z >= default_z else (z, *yx)
+
+
+def with_voxel_patch(config: TrainConfig, voxel_size: tuple[float, ...] | None) -> TrainConfig:
+    """``config`` with :func:`anisotropic_patch` as its patch when none was given, the network
+    sees Z, Y and X and ``voxel_size`` (per spatial axis of ``config.axes``) is anisotropic;
+    ``config`` itself otherwise. The patch chosen is recorded in the model's config."""
+    if config.patch is not None or config.net_axes != "ZYX" or voxel_size is None or len(voxel_size) != 3:
+        return config
+    patch = anisotropic_patch(tuple(voxel_size), config.net.depth)
+    return config if patch is None else config.model_copy(update={"patch": patch})
 
 
 def make_config(**kwargs: Any) -> TrainConfig:

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from bigdenoise.geometry import Box
 from bigdenoise.outputs import ZARR_COPY, destination
-from bigdenoise.channels import AxisView
+from bigdenoise.channels import AxisView, all_channels
 from bigdenoise.volume import Volume, default_chunks, open_volume, sample_chunk_boxes
 from bigdenoise.writer import create_array, output_chunks
 
@@ -27,6 +27,9 @@ def convert(
     chunks: tuple[int, ...] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    channel: Any = None,
+    series: int | None = None,
+    voxel_size: Any = None,
 ) -> Volume:
     """Copy a volume into a Zarr v3 array at ``dest`` (the array is the store root).
 
@@ -46,25 +49,30 @@ def convert(
         is swapped in when complete. Never allowed when ``dest`` overlaps the input.
     progress
         Show a progress bar.
+    channel, series, voxel_size
+        As for :func:`~bigdenoise.volume.open_volume`: the channel(s) of an input with a ``C``
+        axis to copy (the copy keeps its axes, with those channels along ``C``; default: every
+        channel), the series of a multi-series TIFF, the voxel size written with the copy.
 
     Returns
     -------
     Volume
-        The written array, opened read-only.
+        The written array, opened read-only (its every channel, for an input with a ``C`` axis).
     """
-    volume = open_volume(source, axes)
+    if channel is None:
+        channel = all_channels(source, axes, series)
+    volume = open_volume(source, axes, channel=channel, series=series, voxel_size=voxel_size)
     out_chunks = output_chunks(volume, chunks, default_chunks(volume.shape, volume.axes))
     target = destination(dest, ZARR_COPY, protect={"input": volume.path}, overwrite=overwrite)
     try:
         out = create_array(target.start(), volume, out_chunks, volume.dtype, {})
-        if volume.layout is not None:  # an input with a (singleton) channel axis keeps its axes
-            out = AxisView(out, volume.layout.output_fixed)
-        _copy(volume, out, out_chunks, progress)
+        for vol in volume.channel_volumes():  # an input with a channel axis keeps its axes
+            _copy(vol, out if vol.layout is None else AxisView(out, vol.layout.output_fixed), out_chunks, progress)
     except BaseException:
         target.discard()  # a copy cannot be continued: leave nothing half-written
         raise
     target.commit()
-    return open_volume(target.path)
+    return open_volume(target.path, channel=None if volume.layout is None else tuple(range(len(volume.layout.channels))))
 
 
 def copy_block_shape(

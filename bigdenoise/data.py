@@ -15,6 +15,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .axes import axis_roles
 from .background import subtract_background
+from .foreground import Foreground, choose_attempt, content, foreground_rng
+from .geometry import Box
 from .normalize import Stats, normalize
 from .sampling import TRAIN, ChunkCache, PatchSampler, dihedral, read_neighbourhood, sample_rng, unpaired_stream
 from .volume import Volume
@@ -56,6 +58,9 @@ class PatchBatches(IterableDataset):
         a random stream of their own (``sampling.unpaired_stream``), independent of the input's,
         and never background-subtracted. ``read``: the unpaired keys to read (None: all); the
         paired volumes are always read.
+    foreground : the run's foreground-aware sampling (``sampling.foreground_plan``); when it is
+        on, each sample's box is chosen among candidate boxes by the content of the input there
+        (``foreground.choose_attempt``), else it is the sampler's box as is.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class PatchBatches(IterableDataset):
         background: np.ndarray | None = None,
         unpaired: Mapping[str, PatchSampler] | None = None,
         read: tuple[str, ...] | None = None,
+        foreground: Foreground | None = None,
     ) -> None:
         self.volumes = dict(volumes)
         self.stats = dict(stats)
@@ -95,6 +101,7 @@ class PatchBatches(IterableDataset):
         self.channel_halo = channel_halo
         self.background = background
         self.unpaired = dict(unpaired or {})
+        self.foreground = foreground if foreground is not None and foreground.on else None
         keys = [k for k in volumes if k not in self.unpaired or read is None or k in read]
         self.volumes = {k: self.volumes[k] for k in keys}
         self._caches: dict[str, ChunkCache] | None = None
@@ -107,7 +114,7 @@ class PatchBatches(IterableDataset):
     def example(self, index: int) -> dict[str, np.ndarray]:
         """Training example ``index``: read, normalise, augment, prepare. Arrays are
         ``(C, *spatial)`` float32 (sample axes dropped; C = 1, or the plane neighbourhood)."""
-        box = self.sampler.box(index, self.seed, self.stream)
+        box = self.box(index)
         rng = sample_rng(self.seed, self.stream, index)
         sample = {}
         for key, cache in self.caches().items():
@@ -127,6 +134,20 @@ class PatchBatches(IterableDataset):
             k = int(rng.integers(8))
             sample = {key: dihedral(x, k) for key, x in sample.items()}
         return self.prepare(sample, rng, self.options)
+
+    def box(self, index: int) -> Box:
+        """The box of sample ``index``: the sampler's, or with foreground-aware sampling the
+        chosen candidate (each candidate read through the input's chunk cache)."""
+        if self.foreground is None:
+            return self.sampler.box(index, self.seed, self.stream)
+        cache, threshold = self.caches()["input"], self.foreground.threshold
+
+        def candidate_content(attempt: int) -> float:
+            b = self.sampler.box(index, self.seed, self.stream, attempt)
+            return content(subtract_background(cache.read(b), b, self.background), threshold)
+
+        attempt = choose_attempt(candidate_content, foreground_rng(self.seed, self.stream, index), self.foreground)
+        return self.sampler.box(index, self.seed, self.stream, attempt)
 
     def batch(self, b: int) -> dict[str, torch.Tensor]:
         examples = [self.example(b * self.batch_size + i) for i in range(self.batch_size)]

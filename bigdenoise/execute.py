@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from .clusters import gpu_for_worker
 from .errors import BigDenoiseError
-from .geometry import Block
+from .geometry import Block, Box
 from .logs import FILE_ONLY
+from .memory import after_block
 from .infer import denoise_block, for_inference, image_sums, model_device
 from .normalize import Stats
 from .package import Model, load_model, with_options
@@ -52,6 +53,7 @@ class BlockSettings:
     compiled: bool = False  # torch.compile the networks on each worker (infer.for_inference)
     options: tuple[tuple[str, Any], ...] = ()  # prediction-time method options (package.prediction_options)
     stats: tuple[float, ...] | None = None  # a channel's own normalisation (Stats fields), replacing the model's
+    imported: tuple[tuple[str, Any], ...] = ()  # a bioimage.io model's reload keywords (bioimageio_model.for_volume)
 
 
 _models: dict[tuple, Model] = {}
@@ -63,12 +65,13 @@ _compute_lock = threading.Lock()
 def worker_model(settings: BlockSettings) -> Model:
     """The model of ``settings``, loaded once per process (batch norms folded for inference,
     ``infer.for_inference``; the prediction-time ``options`` applied) and kept for later tasks."""
-    key = (settings.model_path, settings.model_digest, settings.device, settings.compiled, settings.options)
+    key = (settings.model_path, settings.model_digest, settings.device, settings.compiled, settings.options,
+           settings.imported)
     with _lock:
         if key not in _models:
             if settings.torch_threads > 0:
                 torch.set_num_threads(settings.torch_threads)
-            model = load_model(settings.model_path, device=gpu_for_worker(settings.device))
+            model = load_model(settings.model_path, device=gpu_for_worker(settings.device), **dict(settings.imported))
             model = with_options(model, settings.options)
             _models[key] = for_inference(model, compiled=settings.compiled)
         model = _models[key]
@@ -83,9 +86,10 @@ def _output_array(spec: OutputSpec):
 
 
 def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockSettings, out: OutputSpec,
-                  image_means: np.ndarray | None = None) -> dict:
+                  image_means: np.ndarray | None = None, origin: tuple[int, ...] | None = None) -> dict:
     """Read, denoise and write one block (runs on a worker). Returns a small summary.
-    ``image_means``: the whole-image pre-pass means (:func:`image_means`), or None."""
+    ``image_means``: the whole-image pre-pass means (:func:`image_means`), or None. ``origin``:
+    the volume voxel at the output's first voxel (a ROI's offset; None: the output is the volume)."""
     t0 = time.perf_counter()
     model = worker_model(settings)
     rbox = read_box(plan, block.write)
@@ -106,8 +110,10 @@ def process_block(volume: Volume, block: Block, plan: TilePlan, settings: BlockS
                               timings=timings, image_means=image_means)
     t2 = time.perf_counter()
     if not background:
-        write_block(_output_array(out), block.write, to_dtype(y, np.dtype(out.dtype)))
+        write_block(_output_array(out), block.write.relative_to(origin or (0,) * len(block.write.offset)),
+                    to_dtype(y, np.dtype(out.dtype)))
     mark_done(out, block.index)
+    after_block(out)  # memory.py: a bounded heap, so the worker's peak does not creep with the blocks
     t3 = time.perf_counter()
     return {"index": block.index, "voxels": block.write.size, "background": background, "read_s": t1 - t0,
             "compute_s": t2 - t1, "write_s": t3 - t2, **timings}
@@ -165,8 +171,9 @@ def image_means(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], se
 def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], settings: BlockSettings,
                out: OutputSpec, client, *, window: int | None = None, progress: bool = True,
                skip: np.ndarray | None = None, image_means: np.ndarray | None = None,
-               log_path: Path | None = None) -> dict:
-    """Run every block of the volume on ``client``, at most ``window`` tasks in flight.
+               log_path: Path | None = None, region: Box | None = None) -> dict:
+    """Run every block of the volume (of its box ``region``, a ROI, when given: the block grid
+    then covers the region and ``out`` holds only it) on ``client``, at most ``window`` tasks in flight.
 
     ``skip`` is a boolean array over the block grid of blocks already done (resume). Failed
     blocks (each tried twice) do not stop the others: each is logged with its traceback (to the
@@ -179,11 +186,12 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
     """
     from distributed import as_completed
 
-    total = count_blocks(volume.shape, block_shape)
+    region = region or Box.from_shape(volume.shape)
+    total = count_blocks(region.shape, block_shape)
     if window is None:
         n_threads = sum(client.nthreads().values()) or 1
         window = max(4, 2 * n_threads)
-    blocks = (b for b in iter_blocks(volume.shape, block_shape) if skip is None or not skip[b.index])
+    blocks = (b for b in iter_blocks(region.shape, block_shape, region.offset) if skip is None or not skip[b.index])
     done = total - (int(skip.sum()) if skip is not None else 0)
     pending = as_completed()
     index_of: dict[str, tuple[int, ...]] = {}
@@ -194,8 +202,8 @@ def run_blocks(volume: Volume, plan: TilePlan, block_shape: tuple[int, ...], set
             return False
         key = f"bigdenoise-block-{'-'.join(map(str, block.index))}-{id(out)}"
         index_of[key] = block.index
-        pending.add(client.submit(process_block, volume, block, plan, settings, out, image_means, key=key, retries=1,
-                                  pure=False))
+        pending.add(client.submit(process_block, volume, block, plan, settings, out, image_means, region.offset,
+                                  key=key, retries=1, pure=False))
         return True
 
     for _ in range(window):

@@ -1,5 +1,6 @@
 """OME-Zarr (NGFF 0.4 / 0.5) metadata: what an input's says about its axes, units, scale and
-translation, and what an output's says (one level, the input's axes, scale and translation)."""
+translation, and what an output's says (its levels with their scale and translation, the input's
+axes and units, an OMERO display window)."""
 
 from __future__ import annotations
 
@@ -104,9 +105,12 @@ def ome_order_ok(axes: str) -> bool:
     return rank == sorted(rank)
 
 
-def ome_metadata(volume: Volume) -> dict:
-    """NGFF 0.5 ``ome`` attributes for a one-level image with the input's axes (all of them,
-    ``volume.layout``'s when the input has a channel axis), scale, translation and units."""
+NGFF_VERSIONS = ("0.4", "0.5")  # 0.4 is stored as Zarr v2, 0.5 as Zarr v3
+
+
+def ome_metadata(volume: Volume, version: str = "0.5") -> dict:
+    """NGFF ``version`` group attributes for a one-level image with the input's axes (all of
+    them, ``volume.layout``'s when the input has a channel axis), scale, translation and units."""
     names = {"S": "t", "T": "t", "C": "c", "Z": "z", "Y": "y", "X": "x"}
     kinds = {"S": "time", "T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
     meta = volume.layout or volume
@@ -116,15 +120,41 @@ def ome_metadata(volume: Volume) -> dict:
         if meta.units is not None and meta.units[i] and a != "C":
             entry["unit"] = meta.units[i]
         axes.append(entry)
-    scale = list(meta.scale) if meta.scale is not None else [1.0] * len(meta.axes)
-    transforms = [{"type": "scale", "scale": scale}]
-    if meta.translation is not None:
-        transforms.append({"type": "translation", "translation": list(meta.translation)})
-    return {
-        "version": "0.5",
-        "multiscales": [{
-            "axes": axes,
-            "datasets": [{"path": "0", "coordinateTransformations": transforms}],
-            "name": "denoised",
-        }],
-    }
+    scale = tuple(meta.scale) if meta.scale is not None else (1.0,) * len(meta.axes)
+    return image_attributes(axes, [(scale, meta.translation)], version)
+
+
+def image_attributes(axes: list[dict], levels: list[tuple[tuple[float, ...], tuple[float, ...] | None]],
+                     version: str = "0.5", windows: list[dict] | None = None, name: str = "denoised") -> dict:
+    """The attributes of an OME-Zarr image group (NGFF ``version``, ``"0.4"`` or ``"0.5"``).
+
+    Parameters
+    ----------
+    axes : NGFF axis entries (``{"name", "type"[, "unit"]}``), one per array axis.
+    levels : per level (arrays ``"0"``, ``"1"``, ...), its scale and translation (None, or all
+        zeros: none written) per axis.
+    windows : per channel (along ``c``; one without a ``c`` axis), an OMERO display window
+        (``start``, ``end``, ``min``, ``max``); None: no ``omero`` block.
+    """
+    datasets = []
+    for k, (scale, translation) in enumerate(levels):
+        transforms = [{"type": "scale", "scale": [float(s) for s in scale]}]
+        if translation is not None and any(t != 0 for t in translation):
+            transforms.append({"type": "translation", "translation": [float(t) for t in translation]})
+        datasets.append({"path": str(k), "coordinateTransformations": transforms})
+    multiscale = {"axes": axes, "datasets": datasets, "name": name}
+    if len(levels) > 1:
+        multiscale["type"] = "mean"
+    omero = None
+    if windows is not None:
+        omero = {"channels": [{"label": f"{name} {i}" if len(windows) > 1 else name, "color": "FFFFFF",
+                               "active": True, "coefficient": 1.0, "family": "linear", "inverted": False,
+                               "window": window} for i, window in enumerate(windows)],
+                 "rdefs": {"model": "greyscale" if len(windows) == 1 else "color"}}
+    if version == "0.4":
+        attrs = {"multiscales": [{"version": "0.4", **multiscale}]}
+        return attrs if omero is None else {**attrs, "omero": omero}
+    if version != "0.5":
+        raise ValueError(f"NGFF version {version!r}: one of {NGFF_VERSIONS}")
+    ome = {"version": "0.5", "multiscales": [multiscale]}
+    return {"ome": ome if omero is None else {**ome, "omero": omero}}

@@ -62,9 +62,10 @@ MODEL = Kind("model package", ("config.json", "*.safetensors", "history.csv", "l
                                "bigdenoise.log"),
              (("checkpoint", ("state.json", "*.safetensors")),))
 NOISE_MODEL = Kind("noise model", ("noise_model.json", "noise_model.safetensors", "noise_model.png"))
-# bigdenoise-errors.log: where failed blocks' tracebacks went before bigdenoise.log held them
-PREDICTION = Kind("prediction", ("zarr.json", "c", "[0-9]*", ".bigdenoise-done", "bigdenoise.log",
-                                 "bigdenoise-errors.log"))
+# bigdenoise-errors.log: where failed blocks' tracebacks went before bigdenoise.log held them;
+# .zgroup, .zattrs: an NGFF 0.4 image (Zarr v2)
+PREDICTION = Kind("prediction", ("zarr.json", ".zgroup", ".zattrs", "c", "[0-9]*", ".bigdenoise-done",
+                                 "bigdenoise.log", "bigdenoise-errors.log", "preview.png"))
 ZARR_COPY = Kind("Zarr copy", ("zarr.json", "c"))
 DEMO = Kind("demo folder", ("bigdenoise-demo.json", "noisy.zarr", "clean.zarr", "denoised.zarr", "model",
                             "preview.png"))

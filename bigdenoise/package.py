@@ -176,11 +176,20 @@ def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, 
     return path
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Model:
-    """Load a model package; a ModelError says what is missing or incompatible."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", **imported: Any) -> Model:
+    """Load a model package; a ModelError says what is missing or incompatible. A bioimage.io
+    model (a ``.zip``, or a folder with ``rdf.yaml``) is imported by ``bioimageio_model.load_bioimageio``
+    with the keywords ``imported`` (``trust_model``...), which a bigdenoise package ignores."""
+    from .bioimageio_model import is_bioimageio, load_bioimageio  # a function-level import: no cycle
+
+    if is_bioimageio(path):
+        return load_bioimageio(path, device, **imported)
     path = Path(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file():
+        if (path / "channels.json").is_file():  # channel_models.INDEX
+            raise ModelError(f"{path} holds one model per channel: `bigdenoise predict --model {path}` uses them all; "
+                             f"load one channel's model from {path}/channel-K")
         raise ModelError(f"{path} is not a bigdenoise model: {CONFIG_FILE} is missing (train one with `bigdenoise train`)")
     document = read_versioned_json(config_path, FORMAT, FORMAT_VERSION, "model")
     try:

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .axes import axis_roles
+from .background import subtract_background
+from .foreground import Foreground, decide
 from .geometry import Box
 from .tiling import reflect_indices
-from .volume import Volume
+from .volume import Volume, sample_chunk_boxes
 
 TRAIN, VALIDATION = 0, 1
 
@@ -60,17 +62,23 @@ class PatchSampler:
             if not 1 <= p <= r <= n:
                 raise ValueError(f"need 1 <= patch <= region <= volume, got {self.patch}, {self.region}, {self.shape}")
 
-    def region_box(self, region_index: int, seed: int, stream: int) -> Box:
-        rng = np.random.default_rng([seed, stream, 1_000_003, region_index])
+    def region_box(self, region_index: int, seed: int, stream: int, attempt: int = 0) -> Box:
+        key = [seed, stream, 1_000_003, region_index] + ([attempt] if attempt else [])
+        rng = np.random.default_rng(key)
         offset = tuple(int(rng.integers(0, n - r + 1)) for n, r in zip(self.shape, self.region))
         return Box(offset, self.region)
 
-    def box(self, index: int, seed: int, stream: int = TRAIN) -> Box:
-        """The patch of sample ``index``: a uniformly placed patch inside its region."""
+    def box(self, index: int, seed: int, stream: int = TRAIN, attempt: int = 0) -> Box:
+        """The patch of sample ``index``: a uniformly placed patch inside its region.
+
+        ``attempt > 0``: the ``attempt``-th further candidate of foreground-aware sampling
+        (``foreground.choose_attempt``), uniformly placed in a region of its own, shared by the
+        samples of the same region (so their retries read the same chunks).
+        """
         group, slot = divmod(index, self.active * self.per_region)
         region_index = group * self.active + slot % self.active
-        region = self.region_box(region_index, seed, stream)
-        rng = np.random.default_rng([seed, stream, index])
+        region = self.region_box(region_index, seed, stream, attempt)
+        rng = np.random.default_rng([seed, stream, index] + ([attempt] if attempt else []))
         offset = tuple(
             o + int(rng.integers(0, r - p + 1)) for o, r, p in zip(region.offset, region.shape, self.patch)
         )
@@ -93,6 +101,17 @@ def make_sampler(
     if per_region is None:
         per_region = 1 if volume.nbytes <= cache_bytes else 8
     return PatchSampler(volume.shape, patch, region, active=active, per_region=per_region)
+
+
+def foreground_plan(volume: Volume, setting: str | float, n_chunks: int, seed: int,
+                    background: np.ndarray | None = None) -> Foreground:
+    """The run's foreground-aware sampling decision (:func:`foreground.decide`) from ``n_chunks``
+    random storage chunks of ``volume`` (``volume.sample_chunk_boxes``, the ones normalisation
+    reads; nothing for ``"off"``), after subtracting ``background`` (a YX pattern) when given."""
+    if setting == "off":
+        return decide("off", [])
+    boxes = sample_chunk_boxes(volume, n_chunks, seed)
+    return decide(setting, [subtract_background(volume.read(b), b, background) for b in boxes], seed)
 
 
 class ChunkCache:

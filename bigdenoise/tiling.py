@@ -383,14 +383,19 @@ def block_shape_for(chunks: tuple[int, ...], shape: tuple[int, ...], target_voxe
     return tuple(block)
 
 
-def iter_blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[Block]:
+def iter_blocks(shape: tuple[int, ...], block: tuple[int, ...],
+                origin: tuple[int, ...] | None = None) -> Iterator[Block]:
     """Blocks of shape ``block`` (clipped at the end) covering ``shape``, generated lazily in C
-    order. With ``block`` a multiple of the output chunks, every block writes whole chunks."""
+    order. With ``block`` a multiple of the output chunks, every block writes whole chunks.
+    ``origin``: the grid covers the box ``Box(origin, shape)`` of a larger volume (a ROI) and
+    write boxes are in that volume's coordinates."""
     grid = tuple(math.ceil(n / b) for n, b in zip(shape, block))
+    origin = origin or (0,) * len(shape)
     for index in np.ndindex(*grid):
         lo = tuple(i * b for i, b in zip(index, block))
         hi = tuple(min(l + b, n) for l, b, n in zip(lo, block, shape))
-        yield Block(tuple(index), Box(lo, tuple(h - l for l, h in zip(lo, hi))))
+        size = tuple(h - l for l, h in zip(lo, hi))
+        yield Block(tuple(index), Box(tuple(l + o for l, o in zip(lo, origin)), size))
 
 
 def count_blocks(shape: tuple[int, ...], block: tuple[int, ...]) -> int:

@@ -30,7 +30,7 @@ from .outputs import MODEL, destination
 from .package import Model, build_nets, load_model, net_tensors, save_model
 from .runtime import nets_to_fast_layout, to_fast_layout, tune_allocator
 from .background import estimate_background, subtract_background
-from .sampling import TRAIN, VALIDATION, make_sampler, patch_count
+from .sampling import TRAIN, VALIDATION, foreground_plan, make_sampler, patch_count
 from .data import PatchBatches
 from .volume import Volume, check_finite_sample, refuse_nonfinite, sample_chunk_boxes
 
@@ -207,6 +207,7 @@ def fit(
         "device": str(run.device),
         "data": {k: v.source for k, v in volumes.items()},
         "data_shape": list(volumes["input"].shape),
+        "foreground": run.batches["foreground"].to_dict(),
     }
     output_stats = run.stats["target"] if method.target_normalization == "own" and "target" in run.stats else None
     save_model(work, config, run.nets, run.stats["input"], info, output_stats=output_stats,
@@ -273,7 +274,10 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
                 for k, v in volumes.items() if k in method.unpaired}  # own boxes, normalised as the input
     batches = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment, cache_bytes=cache_bytes,
                    stack_axis=config.stack_axis, channel_halo=method.channel_halo(options), background=background,
-                   unpaired=unpaired)
+                   unpaired=unpaired, foreground=foreground_plan(volume, config.foreground, config.stats_chunks,
+                                                                 config.seed, background))
+    log.info("foreground-aware sampling %s: %s", "on" if batches["foreground"].on else "off",
+             batches["foreground"].reason)
     n_val = math.ceil(config.val_patches / config.batch_size)
     val_data = PatchBatches(volumes, stats, sampler, method.prepare, options, stream=VALIDATION,
                             n_batches=n_val, **{**batches, "augment": False})

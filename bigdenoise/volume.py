@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from bigdenoise.axes import Layout, axis_roles, net_axes
+from bigdenoise.backing import zarr_path
 from bigdenoise.channels import (AxisView, parse_numbers, resolve_axes, select_channel, stored_array_axes,
                                  volume_voxel_size, with_voxel_size)
 from bigdenoise.errors import InputError
@@ -194,8 +195,8 @@ def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Se
         Path (str or Path) to a Zarr array (``vol.zarr`` or ``store.zarr/group/array``), an
         OME-Zarr image group (level 0 is used), a TIFF file (``series``), or a sequence of TIFF
         planes: a folder of them or a glob pattern (``planes/*.tif``; natural order, the planes
-        are the first axis); or a numpy, dask or open zarr array (in-memory and open arrays
-        cannot be sent to worker processes).
+        are the first axis); or a numpy, dask or open zarr array (a ``da.from_zarr`` array opens
+        as its Zarr path, ``backing.zarr_path``; other arrays stay in this process).
     axes
         Axis letters, one of :data:`AXES_ALLOWED` (case-insensitive), or one of them with a
         channel axis ``C`` (``CZYX``, ``TCZYX``, ...; :func:`axes.stored_axes_ok`). Optional when
@@ -240,7 +241,8 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
     if isinstance(source, np.ndarray):
         return _wrap_array(source, "<numpy array>", axes)
     if _is_dask_array(source):
-        return _wrap_array(source, "<dask array>", axes)
+        stored = zarr_path(source)  # a da.from_zarr array: reopened by path where it is read
+        return _wrap_array(source, "<dask array>", axes) if stored is None else _open_zarr(stored, Path(stored), axes)
     if _is_zarr_array(source):
         axes = resolve_axes(axes, stored_array_axes(source), source.shape, "<zarr array>")
         _check_array(source, "<zarr array>")

@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from .errors import OutputError
-from .ome import ome_metadata
+from .ome import ome_metadata, read_multiscales
 from .channels import AxisView
 from .volume import Volume
 
@@ -97,10 +97,11 @@ def create_array(path: str | Path, volume: Volume, chunks: tuple[int, ...], dtyp
 
 def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] | None = None,
                   dtype: str = "float32", exist_ok: bool = False, attributes: dict | None = None,
-                  fill_value: float = 0, as_ome: bool = False) -> OutputSpec:
+                  fill_value: float = 0, as_ome: bool = False, ngff: str = "0.5") -> OutputSpec:
     """Create the output for ``volume`` in the folder ``path`` (an ``outputs.Destination``'s
     started ``work``): a Zarr v3 array of the volume's shape, or an OME-Zarr image (level ``0``,
-    axes, scale and units copied) when the input is OME-Zarr or ``as_ome`` asks for one.
+    axes, scale and units copied) when the input is OME-Zarr or ``as_ome`` asks for one: NGFF
+    ``ngff`` (``"0.5"`` in Zarr v3, ``"0.4"`` in Zarr v2).
 
     With ``exist_ok`` an array already there is reused (for resuming): its shape, chunks and dtype
     must match. Chunks never written (skipped background) read as ``fill_value``.
@@ -111,7 +112,7 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
     ome = volume.ome is not None or as_ome
     array_path = "0" if ome else ""
     spec = channel_spec(OutputSpec(str(path), array_path, tuple(volume.shape), chunks, out_dtype.str), volume)
-    if exist_ok and (path / "zarr.json").is_file():
+    if exist_ok and ((path / "zarr.json").is_file() or (path / ".zgroup").is_file()):
         try:
             arr = spec.open("r")
         except Exception as exc:  # noqa: BLE001 - any failure means it cannot be continued
@@ -126,16 +127,27 @@ def create_output(path: str | Path, volume: Volume, *, chunks: tuple[int, ...] |
     if not ome:
         create_array(path, volume, chunks, out_dtype, {"bigdenoise": attributes or {}}, fill)
     else:
-        metadata = ome_metadata(volume)
-        group = zarr.create_group(store=str(path), zarr_format=3)
+        metadata = ome_metadata(volume, ngff)
+        group = zarr.create_group(store=str(path), zarr_format=2 if ngff == "0.4" else 3)
         shape, full_chunks = spec.shape, chunks
         if volume.layout is not None:
             shape, kept = volume.layout.output_shape, iter(chunks)
             full_chunks = tuple(1 if f is not None else next(kept) for f in volume.layout.fixed)
-        group.create_array("0", shape=shape, chunks=full_chunks, dtype=out_dtype, fill_value=fill,
-                           dimension_names=[a["name"] for a in metadata["multiscales"][0]["axes"]])
-        group.attrs.update({"ome": metadata, "bigdenoise": attributes or {}})
+        create_level(group, "0", shape, full_chunks, out_dtype, fill,
+                     [a["name"] for a in read_multiscales(metadata)[0]["axes"]])
+        group.attrs.update({**metadata, "bigdenoise": attributes or {}})
     return spec
+
+
+def create_level(group: zarr.Group, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype,
+                 fill_value: float, dimension_names: list[str]) -> zarr.Array:
+    """One level array of an OME-Zarr image group: Zarr v3 with dimension names (NGFF 0.5), or
+    Zarr v2 with ``/``-separated chunk keys (NGFF 0.4)."""
+    if group.metadata.zarr_format == 2:
+        return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
+                                  chunk_key_encoding={"name": "v2", "separator": "/"})
+    return group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=fill_value,
+                              dimension_names=dimension_names)
 
 
 def write_block(array: zarr.Array, box, data: np.ndarray) -> None:

@@ -31,7 +31,8 @@ NAME = "bigdenoise"
 # the second. A name covers a sub-package's modules too ("nets" is nets/__init__ and nets/*).
 LOW = ("geometry", "errors", "axes", "normalize", "tiling", "masking", "noise_models", "nets", "files", "ome", "history")
 HIGH = ("api", "cli", "cli_args", "execute", "clusters", "writer", "train", "checkpoints", "demo", "convert",
-        "calibration", "outputs")
+        "calibration", "outputs", "export", "bioimageio_export", "bioimageio_model", "pyramid_run", "channel_models",
+        "runfile", "preview", "memory")
 
 # (importer, imported) pairs tolerated for now, each with the reason. Empty: keep it so.
 ALLOWED: set[tuple[str, str]] = set()

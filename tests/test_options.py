@@ -102,6 +102,8 @@ def test_option_help_lists_types_defaults_and_descriptions(pn2v_model, capsys):
     assert main(["predict", "--model", str(pn2v_model), "--option=help"]) == 0
     out = capsys.readouterr().out
     assert "prediction (mmse|prior_mean)" in out and "samples (int)" not in out
+    assert main(["export", str(pn2v_model), "--option", "help"]) == 0  # no --bioimageio needed
+    assert "prediction (mmse|prior_mean)" in capsys.readouterr().out
 
 
 def _probe_values(field, annotation=None):

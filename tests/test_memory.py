@@ -1,0 +1,79 @@
+"""A worker's memory over many blocks (issue 20, item 6): its peak plateaus instead of creeping
+with the blocks it has processed. Measured in the worker process of a real LocalCluster, started
+with the allocator settings bigdenoise gives its workers (``runtime.ALLOCATOR_ENV``)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import bigdenoise as bd
+from bigdenoise.clusters import _worker_environ
+from bigdenoise.memory import TRIM_ENV, BlockMemoryLog, memory_rows
+from bigdenoise.runtime import ALLOCATOR_ENV
+
+from conftest import write_zarr
+
+CHUNKS = (8, 32, 32)
+
+
+def worker_rows(tmp_path, model_dir, blocks: int) -> list[tuple[int, float, float]]:
+    """Predict a ``blocks``-block volume (one chunk of :data:`CHUNKS` per block) on a one-worker
+    LocalCluster (two task threads); the worker's ``(blocks done, RSS MB, peak RSS MB)`` rows."""
+    z, y, x = CHUNKS
+    rng = np.random.default_rng(0)
+    # Block rows of different heights in Z: the blocks' arrays differ in size, as at a volume's edges.
+    shape = (z * 4, y * (blocks // 16 // 4), x * 16)
+    data = rng.normal(300, 40, shape).astype(np.float32)
+    src = write_zarr(tmp_path / "in.zarr", data, CHUNKS, "ZYX")
+    with _worker_environ(), LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=":0",
+                                         silence_logs=50) as cluster, Client(cluster) as client:
+        client.register_plugin(BlockMemoryLog(), name=BlockMemoryLog.name)
+        bd.predict(src, model_dir, tmp_path / "out.zarr", cluster=cluster.scheduler_address, tile=CHUNKS,
+                   block_voxels=int(np.prod(CHUNKS)), progress=False)
+        (rows,) = memory_rows(client).values()
+    return rows
+
+
+@pytest.mark.slow
+def test_worker_peak_after_256_blocks_stays_within_15_percent_of_after_32(tmp_path, model_3d):
+    rows = worker_rows(tmp_path, model_3d[0], 256)
+    assert len(rows) == 256
+    after_32, after_256 = rows[31][2], rows[255][2]
+    assert after_256 <= 1.15 * after_32, (after_32, after_256, rows[::32])
+
+
+# A process with the workers' allocator settings: four blocks set the baseline, then 200 MB
+# are allocated, touched and freed (the heap keeps them: no mmap, no automatic trim) and one
+# more block ends. Prints the resident memory (MB) at the baseline, with the 200 MB freed, and
+# after the block.
+GROWN_HEAP = """
+import json, numpy as np
+from bigdenoise.memory import after_block, _resident_bytes
+for _ in range(4):
+    after_block("run")
+base = _resident_bytes()
+arrays = [np.ones(2**20) for _ in range(25)]
+del arrays
+grown = _resident_bytes()
+after_block("run")
+print(json.dumps([base / 2**20, grown / 2**20, _resident_bytes() / 2**20]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim: Linux only")
+@pytest.mark.parametrize("policy", ["", "0"])
+def test_a_heap_grown_past_its_baseline_is_trimmed_after_the_block(policy):
+    env = {**os.environ, **ALLOCATOR_ENV, TRIM_ENV: policy}
+    run = subprocess.run([sys.executable, "-c", GROWN_HEAP], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    base, grown, after = json.loads(run.stdout)
+    assert grown > base + 150  # the freed arrays stayed resident
+    if policy == "0":  # the policy off: nothing gives the pages back
+        assert after > base + 150
+    else:
+        assert after < base + 20, (base, grown, after)
