@@ -70,7 +70,7 @@ def validation_curve(history: Path, points: int = 8) -> str:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from bigdenoise.cli import parse_duration
+    from bigdenoise.cli_args import parse_duration
 
     try:
         budget_s = parse_duration(a.max_time)

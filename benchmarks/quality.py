@@ -646,7 +646,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--section", help="record into the RESULTS.md section quality-NAME (panels quality_NAME_<dataset>"
                    ".png) instead of the default section quality")
     a = p.parse_args(argv)
-    from bigdenoise.cli import parse_duration
+    from bigdenoise.cli_args import parse_duration
 
     try:
         a.budget = parse_duration(a.budget) if a.budget else (45.0 if a.quick else 300.0)

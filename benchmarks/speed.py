@@ -15,7 +15,7 @@ import numpy as np
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
-    from bigdenoise.cli import parse_shape as parse
+    from bigdenoise.cli_args import parse_shape as parse
 
     return parse(text)
 

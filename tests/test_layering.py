@@ -30,7 +30,7 @@ NAME = "bigdenoise"
 # The rule: a module of the first column never imports (directly or through others) a module of
 # the second. A name covers a sub-package's modules too ("nets" is nets/__init__ and nets/*).
 LOW = ("geometry", "errors", "axes", "normalize", "tiling", "masking", "noise_models", "nets", "files", "ome", "history")
-HIGH = ("api", "cli", "cli_args", "execute", "clusters", "writer", "train", "checkpoints", "demo", "convert",
+HIGH = ("api", "cli", "cli_args", "cli_parser", "execute", "clusters", "writer", "train", "checkpoints", "demo", "convert",
         "calibration", "outputs", "export", "bioimageio_export", "bioimageio_model", "pyramid_run", "channel_models",
         "runfile", "preview", "memory")
 
