@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import astuple, replace
+from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,9 @@ from .logs import run_log
 from .ome import ome_order_ok
 from .package import Model, load_model, prediction_options, with_options
 from .runtime import check_compiler
-from .tiling import block_shape_for
+from .tiling import TilePlan, block_shape_for
 from .train import estimate_stats, fit, pick_device
-from .outputs import PREDICTION, destination
+from .outputs import PREDICTION, Destination, destination
 from .pyramid_run import check_request, write_levels
 from .geometry import Box
 from .preview import write_preview
@@ -78,13 +78,9 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
         ``patch``, ``batch_size``, ``net={"depth": 2, ...}``, ``options={...}``, ``seed`` ...).
     """
     if per_channel_models:
-        check_train_arguments(target, clean)
-        if channel is None and not isinstance(source, Volume):
-            channel = all_channels(source, axes, series)
-        volume = _volume(source, axes, channel=channel, series=series, voxel_size=voxel_size)
-        with run_log(log_file):
-            return train_channels(volume, out, method=method, config=config, resume=resume, overwrite=overwrite,
-                                  progress=progress)
+        return _train_per_channel(source, out, method=method, axes=axes, target=target, clean=clean, resume=resume,
+                                  overwrite=overwrite, progress=progress, log_file=log_file, channel=channel,
+                                  series=series, voxel_size=voxel_size, config=config)
     volume = _volume(source, axes, channel=channel, series=series, voxel_size=voxel_size)
     if volume.layout is not None and len(volume.layout.channels) > 1:
         raise ConfigError(f"train learns one channel at a time, not --channel "
@@ -98,6 +94,20 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
         volumes["clean"] = _volume(clean, volume.axes)
     with run_log(log_file):
         return fit(volumes, out, cfg, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def _train_per_channel(source: Any, out: str | Path, *, method: str, axes: str | None, target: Any, clean: Any,
+                       resume: bool, overwrite: bool, progress: bool, log_file: str | Path | None, channel: Any,
+                       series: int | None, voxel_size: Any, config: Mapping[str, Any]) -> ChannelModels:
+    """``train`` with ``per_channel_models=True``: one model per chosen channel (default: every
+    channel) into ``out``."""
+    check_train_arguments(target, clean)
+    if channel is None and not isinstance(source, Volume):
+        channel = all_channels(source, axes, series)
+    volume = _volume(source, axes, channel=channel, series=series, voxel_size=voxel_size)
+    with run_log(log_file):
+        return train_channels(volume, out, method=method, config=config, resume=resume, overwrite=overwrite,
+                              progress=progress)
 
 
 def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: str | None = None,
@@ -147,9 +157,51 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     ONNX weights run as they are, TorchScript ones (code) only with ``trust_model=True``.
     Returns a summary of the run.
     """
+    # Every user error is raised before the output is created (tests/test_safety.py).
     check_cluster(cluster, workers)
     _check_numbers(batch_size=batch_size, block_voxels=block_voxels, skip_background=skip_background,
                    background_value=background_value)
+    given = _models_and_volume(source, model, out, axes=axes, options=options, trust_model=trust_model,
+                               channel=channel, series=series, voxel_size=voxel_size)
+    volume = given.volume
+    region = None if roi is None else parse_roi(roi, volume)  # tiles still planned on the whole volume
+    if volume.path is None:
+        cluster = cluster_for_memory(cluster, volume.source)  # threads beside it, or refused (bigdenoise.backing)
+    resolve_dtype(dtype, volume.dtype)  # an unknown --dtype is refused before anything is written
+    block, plan = _block_and_tiles(given, chunks=chunks, block_voxels=block_voxels, tile=tile, overlap=overlap,
+                                   halo=halo, inexact=inexact)
+    dev = _device(device, compiled)
+    protect = {"input": volume.path, "model": given.model_path}
+    check_request(pyramid, ngff, volume.ome is not None or _ome_zarr_name(out))
+    dest = destination(out, PREDICTION, protect=protect, overwrite=overwrite, resume=resume)
+    record = _run_record(given, block, plan, region, precision=precision, skip_background=skip_background,
+                         compiled=compiled)
+    settings = BlockSettings(record["model"], record["model_sha256"], dev, batch_size, precision, 0,
+                             skip_background, compiled, given.overrides, imported=given.imported)
+    summary = _run(given, plan, block, region, record, settings, dest, protect, log_file=log_file, cluster=cluster,
+                   workers=workers, jobs=jobs, chunks=chunks, dtype=dtype, resume=resume,
+                   background_value=background_value, ngff=ngff, pyramid=pyramid, block_voxels=block_voxels,
+                   progress=progress)
+    return {**summary, "output": str(dest.path), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+
+
+@dataclass(frozen=True)
+class _Given:
+    """The model(s) and the volume a prediction runs on."""
+
+    model_path: str  # as given, not resolved: what the output must not overwrite
+    models: ChannelModels | None  # one model per channel, or None
+    model: Model  # with this prediction's options, ready for the volume (bioimageio_model.for_volume)
+    overrides: tuple[tuple[str, Any], ...]  # package.prediction_options
+    imported: tuple[tuple[str, Any], ...]  # a bioimage.io model's reload keywords, or ()
+    volume: Volume
+
+
+def _models_and_volume(source: Any, model: str | Path | Model, out: str | Path, *, axes: str | None,
+                       options: Mapping[str, Any] | None, trust_model: bool, channel: Any, series: int | None,
+                       voxel_size: Any) -> _Given:
+    """``predict``'s model (or one model per channel) with its prediction options, and the input
+    volume it fits; an InputError for a model not saved on disk."""
     model_path = model.path if isinstance(model, Model) else str(model)
     if model_path is None:
         raise InputError("predict needs a model saved on disk (a model directory); save it first")
@@ -164,49 +216,77 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     loaded, imported = for_volume(loaded, volume)  # a bioimage.io model's statistics of this volume, or ()
     if models is not None:
         models.check_input(volume)
-    region = None if roi is None else parse_roi(roi, volume)  # tiles still planned on the whole volume
-    if volume.path is None:
-        cluster = cluster_for_memory(cluster, volume.source)  # threads beside it, or refused (bigdenoise.backing)
-    resolve_dtype(dtype, volume.dtype)  # an unknown --dtype is refused before anything is written
+    return _Given(model_path, models, loaded, overrides, imported, volume)
+
+
+def _block_and_tiles(given: _Given, *, chunks: tuple[int, ...] | None, block_voxels: int,
+                     tile: int | tuple[int, ...] | None, overlap: int, halo: int | None,
+                     inexact: bool) -> tuple[tuple[int, ...], TilePlan]:
+    """The block shape (aligned to the output's chunks) and the tile plan for ``given``'s volume."""
+    volume = given.volume
     block = block_shape_for(output_chunks(volume, chunks), volume.shape, block_voxels)
-    plan = plan_for(loaded, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, inexact=inexact,
+    plan = plan_for(given.model, volume.shape, volume.axes, tile=tile, overlap=overlap, halo=halo, inexact=inexact,
                     block=block, source=volume.source)
+    return block, plan
+
+
+def _device(device: str, compiled: bool) -> str:
+    """The torch device ``device`` names; a ConfigError when ``compiled`` needs a compiler it lacks."""
     dev = str(pick_device(device))
     if compiled:
         check_compiler(dev)
-    protect = {"input": volume.path, "model": model_path}
-    check_request(pyramid, ngff, volume.ome is not None or str(out).lower().rstrip("/").endswith(".ome.zarr"))
-    dest = destination(out, PREDICTION, protect=protect, overwrite=overwrite, resume=resume)
-    model_path = str(Path(model_path).resolve())
-    digest = models.digest if models else _digest(Path(model_path))
+    return dev
+
+
+def _ome_zarr_name(out: str | Path) -> bool:
+    """Whether ``out`` names an OME-Zarr image."""
+    return str(out).lower().rstrip("/").endswith(".ome.zarr")
+
+
+def _run_record(given: _Given, block: tuple[int, ...], plan: TilePlan, region: Box | None, *, precision: str,
+                skip_background: float | None, compiled: bool) -> dict:
+    """What the output's attributes record of the run: the model, the input's fingerprint and the
+    settings a resumed run must share (``_resumed_blocks``)."""
+    volume = given.volume
+    model_path = str(Path(given.model_path).resolve())
+    digest = given.models.digest if given.models else _digest(Path(model_path))
     record = {"model": model_path, "model_sha256": digest, "source": volume.source,
               "input": fingerprint(volume), "block_shape": list(block), "tile": list(plan.tile),
               "halo": list(plan.halo), "overlap": list(plan.overlap), "precision": precision,
-              "skip_background": skip_background, "compiled": compiled, "options": dict(overrides)}
+              "skip_background": skip_background, "compiled": compiled, "options": dict(given.overrides)}
     if volume.layout is not None:
         record["channels"] = list(volume.layout.channels)
     if region is not None:
         record["roi"] = roi_text(region)
+    return record
+
+
+def _run(given: _Given, plan: TilePlan, block: tuple[int, ...], region: Box | None, record: dict,
+         settings: BlockSettings, dest: Destination, protect: Mapping[str, Any], *, log_file: str | Path | None,
+         cluster: str, workers: int | None, jobs: JobOptions | None, chunks: tuple[int, ...] | None, dtype: str,
+         resume: bool, background_value: float, ngff: str | None, pyramid: bool | int, block_voxels: int,
+         progress: bool) -> dict:
+    """The accepted run, under its log and Dask client: create the output, denoise every channel
+    into it, add the pyramid levels and the preview, and swap it in at ``dest``; the run's summary."""
+    volume = given.volume
     with run_log(log_file) as session:
         session.check(protect)
         log.info("predict %s with the model %s into %s (%s): block %s, tile %s, halo %s, %s on %s, cluster %s",
-                 volume.source, model_path, dest.path, "resuming" if resume else "replacing" if dest.replacing
-                 else "new", block, plan.tile, plan.halo, precision, dev, cluster)
-        with dask_client(cluster, workers, device=dev, jobs=jobs) as (client, torch_threads):
+                 volume.source, record["model"], dest.path, "resuming" if resume else "replacing" if dest.replacing
+                 else "new", block, plan.tile, plan.halo, settings.precision, settings.device, cluster)
+        with dask_client(cluster, workers, device=settings.device, jobs=jobs) as (client, torch_threads):
             shown = volume if region is None else roi_volume(volume, region)  # what the output holds
             spec = create_output(dest.start(), shown, chunks=chunks, dtype=dtype, exist_ok=resume,
                                  attributes=record, fill_value=background_value,
-                                 as_ome=dest.path.name.lower().endswith(".ome.zarr"), ngff=ngff or "0.5")
-            settings = BlockSettings(model_path, record["model_sha256"], dev, batch_size, precision, torch_threads,
-                                     skip_background, compiled, overrides, imported=imported)
-            summary = _run_channels(volume, loaded, plan, block, settings, spec, client, record, dest, resume,
-                                    progress, session, models, region)
+                                 as_ome=_ome_zarr_name(dest.path.name), ngff=ngff or "0.5")
+            summary = _run_channels(volume, given.model, plan, block, replace(settings, torch_threads=torch_threads),
+                                    spec, client, record, dest, resume, progress, session, given.models, region)
             summary["levels"] = write_levels(spec, client, pyramid, block_voxels=block_voxels, progress=progress)
         finish_output(spec)
         write_preview(dest.work, volume, spec, region)
         dest.commit()
         log.info("wrote %s", dest.path)
-    return {**summary, "output": str(dest.path), "block_shape": block, "tile": plan.tile, "halo": plan.halo}
+    return summary
 
 
 def _prediction_input(source: Any, axes: str | None, model: Model, out: str | Path, **opening: Any) -> Volume:
