@@ -172,10 +172,11 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
                                    halo=halo, inexact=inexact)
     dev = _device(device, compiled)
     protect = {"input": volume.path, "model": given.model_path}
-    check_request(pyramid, ngff, volume.ome is not None or _ome_zarr_name(out))
+    as_ome = volume.ome is not None or _ome_zarr_name(out)
+    check_request(pyramid, ngff, as_ome)
     dest = destination(out, PREDICTION, protect=protect, overwrite=overwrite, resume=resume)
     record = _run_record(given, block, plan, region, precision=precision, skip_background=skip_background,
-                         compiled=compiled)
+                         compiled=compiled, ngff=(ngff or "0.5") if as_ome else None)
     settings = BlockSettings(record["model"], record["model_sha256"], dev, batch_size, precision, 0,
                              skip_background, compiled, given.overrides, imported=given.imported)
     summary = _run(given, plan, block, region, record, settings, dest, protect, log_file=log_file, cluster=cluster,
@@ -244,9 +245,9 @@ def _ome_zarr_name(out: str | Path) -> bool:
 
 
 def _run_record(given: _Given, block: tuple[int, ...], plan: TilePlan, region: Box | None, *, precision: str,
-                skip_background: float | None, compiled: bool) -> dict:
+                skip_background: float | None, compiled: bool, ngff: str | None) -> dict:
     """What the output's attributes record of the run: the model, the input's fingerprint and the
-    settings a resumed run must share (``_resumed_blocks``)."""
+    settings a resumed run must share (``_resumed_blocks``); ``ngff``: an OME-Zarr output's version."""
     volume = given.volume
     model_path = str(Path(given.model_path).resolve())
     digest = given.models.digest if given.models else _digest(Path(model_path))
@@ -258,6 +259,8 @@ def _run_record(given: _Given, block: tuple[int, ...], plan: TilePlan, region: B
         record["channels"] = list(volume.layout.channels)
     if region is not None:
         record["roi"] = roi_text(region)
+    if ngff is not None:
+        record["ngff"] = ngff
     return record
 
 

@@ -210,3 +210,13 @@ def test_napari_reader_returns_every_level_with_its_scale(tmp_path, inputs, mode
     assert list(kwargs["scale"]) == pytest.approx([2.0, 0.5, 0.5])  # level 0's; napari derives the others
     window = zarr.open_group(str(out)).attrs["ome"]["omero"]["channels"][0]["window"]
     assert list(kwargs["contrast_limits"]) == pytest.approx([window["start"], window["end"]])
+
+
+def test_resume_with_another_ngff_version_is_refused(tmp_path, inputs, models):
+    out = tmp_path / "out.ome.zarr"
+    _predict(inputs, models, "2d", out, ngff="0.4")
+    for kw in ({"ngff": "0.5"}, {}):  # 0.5 is the default
+        with pytest.raises(ConfigError, match="ngff"):
+            _predict(inputs, models, "2d", out, resume=True, **kw)
+    _predict(inputs, models, "2d", out, resume=True, ngff="0.4", pyramid=2)  # the same version: levels may be added
+    assert len(_levels(out)) == 2 and zarr.open_group(str(out), mode="r").metadata.zarr_format == 2
