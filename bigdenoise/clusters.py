@@ -21,6 +21,13 @@ from .runtime import ALLOCATOR_ENV, release_memory, tune_allocator, tune_worker_
 log = logging.getLogger(__name__)
 
 LOCAL = ("threads", "local")
+# Dask settings of the workers bigdenoise starts. The statistical profiler samples every task
+# thread's stack each 10 ms into trees it keeps for 1000 s: a worker's heap grew with each block it
+# ran for its first quarter hour (68 kB of Python objects per 1.5 s block, tracemalloc), small
+# long-lived objects between the blocks' arrays. Nothing here reads it (the dashboard's Profile
+# page stays empty). Workers of an existing scheduler: start them with WORKER_CONFIG_ENV too.
+WORKER_CONFIG = {"distributed.worker.profile.enabled": False}
+WORKER_CONFIG_ENV = {"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}
 JOBQUEUE = {"slurm": "SLURMCluster", "pbs": "PBSCluster", "lsf": "LSFCluster"}
 
 
@@ -147,8 +154,8 @@ def jobqueue_cluster(kind: str, options: JobOptions):
     if options.gpus:
         directives.append({"slurm": f"--gres=gpu:{options.gpus}", "pbs": f"-l ngpus={options.gpus}",
                            "lsf": f'-gpu "num={options.gpus}"'}[kind])
-    prologue = (list(site.get("job-script-prologue") or []) + [f"export {k}={v}" for k, v in ALLOCATOR_ENV.items()]
-                + list(options.prologue))
+    prologue = (list(site.get("job-script-prologue") or [])
+                + [f"export {k}={v}" for k, v in {**ALLOCATOR_ENV, **WORKER_CONFIG_ENV}.items()] + list(options.prologue))
     extra_args = list(site.get("worker-extra-args") or [])
     walltime = options.walltime or site.get("walltime")
     life = worker_lifetime(walltime, options.lifetime)
@@ -288,10 +295,10 @@ def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
 
 
 def _worker_environ():
-    """dask config under which worker processes start with ``runtime.ALLOCATOR_ENV`` (on top of
-    dask's own pre-spawn environment)."""
+    """dask config under which workers start with :data:`WORKER_CONFIG` and worker processes
+    with ``runtime.ALLOCATOR_ENV`` (on top of dask's own pre-spawn environment)."""
     environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **ALLOCATOR_ENV}
-    return dask.config.set({"distributed.nanny.pre-spawn-environ": environ})
+    return dask.config.set({"distributed.nanny.pre-spawn-environ": environ, **WORKER_CONFIG})
 
 
 def gpu_for_worker(device: str) -> str:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bigdenoise.clusters import JobOptions, check_cluster, dask_client, jobqueue_cluster
+from bigdenoise.clusters import WORKER_CONFIG_ENV, JobOptions, check_cluster, dask_client, jobqueue_cluster
 from bigdenoise.errors import ConfigError
 from bigdenoise.runtime import ALLOCATOR_ENV
 
@@ -26,7 +26,7 @@ def test_job_scripts_carry_the_options(kind, expect):
     for line in expect:
         assert line in script, script
     assert "module load cuda" in script and "source ~/venv/bin/activate" in script
-    for name, value in ALLOCATOR_ENV.items():  # workers start with the allocator settings
+    for name, value in {**ALLOCATOR_ENV, **WORKER_CONFIG_ENV}.items():  # the allocator settings, no profiler
         assert f"export {name}={value}" in script
     assert "--nworkers 2" in script or "--nprocs 2" in script  # one worker per GPU
 
