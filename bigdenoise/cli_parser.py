@@ -69,8 +69,8 @@ def _add_train(sub) -> None:
                    help="subtract a fixed camera background (median YX plane over sampled planes) before "
                         "normalisation; prediction subtracts it too")
     p.add_argument("--foreground", metavar="auto|off|THRESHOLD",
-                   help="draw patches favouring foreground (voxels above a threshold): auto turns it on when the "
-                        "sampled chunks are mostly background; off (default); or a threshold in raw intensity")
+                   help="draw patches favouring foreground (voxels above a threshold): auto (default) turns it on "
+                        "when the sampled chunks are mostly background; off; or a threshold in raw intensity")
     net.add_argument("--batch-norm", action="store_true",
                      help="use batch norm (the default for n2v; n2n, care and noise2stack default to none)")
     add_option_flag(p, "an option of the method (its pydantic options; the flags above are shortcuts for some)",

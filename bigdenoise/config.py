@@ -65,9 +65,9 @@ class TrainConfig(BaseModel):
         False, description="subtract a fixed camera background pattern (YX median over sampled planes) "
         "before normalisation; the pattern travels in the model package")
     foreground: Literal["auto", "off"] | float = Field(
-        "off", description="foreground-aware patch sampling (bigdenoise.foreground): auto (on when the sampled "
-        "chunks are mostly background), off (the default until benchmarks/foreground.py shows a gain), or a "
-        "foreground threshold in raw intensity (always on)")
+        "auto", description="foreground-aware patch sampling (bigdenoise.foreground): auto (on when the sampled "
+        "chunks are mostly background), off (uniform patches), or a foreground threshold in raw intensity "
+        "(always on)")
     net: NetConfig = NetConfig()
     options: dict[str, Any] = Field(default_factory=dict)
 

@@ -20,15 +20,15 @@ from conftest import smooth_volume, write_zarr
 PATCH = (8, 16, 16)
 
 
-def sparse_volume(shape=(32, 96, 96), seed=0):
+def sparse_volume(shape=(32, 96, 96), seed=0, fraction=0.03):
     """A dark noisy volume (level 100, sigma 5) with bright 6x10x10 cubes placed at random: about
-    3 % foreground.
+    ``fraction`` of it foreground.
 
     Returns the noisy float32 volume and the boolean foreground mask.
     """
     rng = np.random.default_rng(seed)
     mask = np.zeros(shape, bool)
-    for _ in range(max(1, round(0.03 * np.prod(shape) / 600))):
+    for _ in range(max(1, round(fraction * np.prod(shape) / 600))):
         z, y, x = (int(rng.integers(n - s)) for n, s in zip(shape, (6, 10, 10)))
         mask[z:z + 6, y:y + 10, x:x + 10] = True
     noisy = 100 + 5 * rng.standard_normal(shape) + 300 * mask
@@ -130,8 +130,10 @@ def test_foreground_sampling_reads_only_the_chunks_it_needs(tmp_path):
     store = LoggingStore(LocalStore(str(tmp_path / "v.zarr"), read_only=True), log_level="DEBUG")
     volume = open_volume(zarr.open_array(store, mode="r"), "ZYX")
     store.counter.clear()
-    plan = foreground_plan(volume, "auto", 32, 0)
-    assert plan.on and store.counter["get"] == 32  # the estimate: 32 sampled chunks, no full read
+    estimate = foreground_plan(volume, "auto", 32, 0)
+    assert store.counter["get"] == 32  # the estimate: 32 sampled chunks, no full read
+    plan = foreground_plan(volume, estimate.threshold, 32, 0)  # on, whatever auto decided on these chunks
+    assert plan.on
     store.counter.clear()
     ds = _batches(volume, plan)
     n = 10
@@ -178,8 +180,8 @@ def test_cli_records_the_decision_in_the_model(tmp_path):
     src = write_zarr(tmp_path / "v.zarr", noisy, (8, 32, 32), "ZYX")
     common = ["--steps", "2", "--val-every", "2", "--batch-size", "2", "--patch", "8,16,16", "--depth", "1",
               "--features", "4", "--device", "cpu", "--quiet"]
-    assert main(["train", src, "--out", str(tmp_path / "auto"), "--foreground", "auto", *common]) == 0
-    assert main(["train", src, "--out", str(tmp_path / "off"), *common]) == 0  # the default
+    assert main(["train", src, "--out", str(tmp_path / "auto"), *common]) == 0  # the default
+    assert main(["train", src, "--out", str(tmp_path / "off"), "--foreground", "off", *common]) == 0
     assert main(["train", src, "--out", str(tmp_path / "bad"), "--foreground", "bright", *common]) != 0
     auto, off = load_model(tmp_path / "auto"), load_model(tmp_path / "off")
     assert auto.train_config.foreground == "auto" and off.train_config.foreground == "off"
