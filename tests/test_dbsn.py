@@ -461,28 +461,3 @@ def test_methods_that_do_not_use_clean_images_refuse_them(tmp_path, capsys):
     assert main(["train", src, "--method", "dbsn", "--clean", cln, "--out", str(out), *CLI_TINY, *no_distill]) == 2
     err = capsys.readouterr().err
     assert "trains no stage on the clean volume" in err and len(err.strip().splitlines()) == 1 and not out.exists()
-
-
-def test_the_student_learns_only_where_a_patchs_posterior_is_the_tiled_one():
-    """The distillation target of a patch equals the whole image's posterior at every voxel the
-    loss uses (the receptive radius from the border); one voxel nearer it does not, so the crop
-    is the smallest exact one. Changing the target there leaves the loss unchanged."""
-    method = get_method("dbsn")
-    torch.manual_seed(0)
-    nets = method.build(NetConfig(depth=1, features=4), 2, method.options())
-    for p in nets["bsn"].parameters():  # random weights at the data's scale: the border matters
-        torch.nn.init.normal_(p, std=0.3)
-    image = torch.randn(1, 1, 80, 80)
-    r, (y0, x0), n = nets["bsn"].receptive_radius, (11, 17), 40
-    patch = image[..., y0:y0 + n, x0:x0 + n]
-    with torch.no_grad():
-        whole = dbsn.posterior(nets, image, method.options())[..., y0:y0 + n, x0:x0 + n]
-        local = dbsn.posterior(nets, patch, method.options())
-    inner, ring = (..., slice(r, n - r), slice(r, n - r)), (..., slice(r - 1, n - r + 1), slice(r - 1, n - r + 1))
-    torch.testing.assert_close(local[inner], whole[inner], rtol=1e-5, atol=1e-5)
-    assert (local[ring] - whole[ring]).abs().max() > 1e-3
-    student = torch.zeros_like(local)
-    moved = local.clone()
-    moved[..., :r, :] += 5.0  # a wrong target in the border band only
-    torch.testing.assert_close(dbsn._student_mse(nets, student, moved), dbsn._student_mse(nets, student, local))
-    assert dbsn._student_mse(nets, student, local) == pytest.approx(float((local[inner] ** 2).mean()), rel=1e-6)

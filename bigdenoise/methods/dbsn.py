@@ -302,7 +302,7 @@ def joint_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions)
     if not options.co_distill:
         return loss
     target = posterior_mean(y.float(), mu.detach().float(), var_mu.detach().float(), var_n.detach().float())
-    return loss + _student_mse(nets, nets["unet"](y).float(), target)
+    return loss + ((nets["unet"](y).float() - target) ** 2).mean()
 
 
 def posterior(nets: Nets, y: torch.Tensor, options: DBSNOptions) -> torch.Tensor:
@@ -322,27 +322,14 @@ def synthetic_noisy(nets: Nets, clean: torch.Tensor, noise: torch.Tensor, y: tor
     return clean.float() + var_n.sqrt() * noise.float()
 
 
-def _student_mse(nets: Nets, student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """MSE of the U-Net's output to a posterior target of the same patch ``(N, 1, *spatial)``,
-    over the voxels at least the D-BSN's receptive radius from the patch border: there the target
-    is the posterior a tiled prediction computes; nearer the border it sees the zero padding
-    (at radius 8 on a 64x64 patch, 44 % of the voxels). The whole patch if it is too small."""
-    r = nets["bsn"].receptive_radius
-    if all(n > 2 * r for n in target.shape[2:]):
-        inner = (slice(None), slice(None), *(slice(r, n - r) for n in target.shape[2:]))
-        student, target = student[inner], target[inner]
-    return ((student - target) ** 2).mean()
-
-
 def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOptions) -> torch.Tensor:
-    """Stage distill: MSE between the U-Net's output for ``y`` and the frozen posterior mean (away
-    from the patch border, :func:`_student_mse`); with
+    """Stage distill: MSE between the U-Net's output for ``y`` and the frozen posterior mean; with
     clean patches (``--clean``), plus the MSE on synthetic pairs, the former weighted by
     ``clean_weight``."""
     y = batch["input"]
     with torch.no_grad():
         target = posterior(nets, y, options).float()
-    pseudo = _student_mse(nets, nets["unet"](y).float(), target)
+    pseudo = ((nets["unet"](y).float() - target) ** 2).mean()
     if "clean" not in batch:
         return pseudo
     x = batch["clean"].float()
