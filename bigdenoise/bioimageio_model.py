@@ -17,7 +17,6 @@ leaves core voxels unchanged). The halo is the description's output ``halo``, el
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import logging
 import math
@@ -32,6 +31,7 @@ from pydantic import BaseModel
 
 from .config import NetConfig
 from .errors import ConfigError, ModelError
+from .files import files_digest
 from .methods import Method
 from .normalize import Stats
 from .package import Model
@@ -389,10 +389,4 @@ def bioimageio_digest(path: str | Path) -> str:
     p = Path(path)
     files = [p] if p.is_file() and p.suffix.lower() == ".zip" else sorted(
         f for f in (p if p.is_dir() else p.parent).rglob("*") if f.is_file())
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as stream:
-            for part in iter(lambda: stream.read(2**20), b""):
-                h.update(part)
-    return h.hexdigest()
+    return files_digest(files)

@@ -27,7 +27,7 @@ from .config import make_config, with_voxel_patch
 from .channels import volume_voxel_size
 from .errors import ConfigError, InputError, ModelError
 from .execute import BlockSettings
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, files_digest
 from .logs import current as current_log
 from .outputs import Kind, destination
 from .package import Model, load_model
@@ -79,13 +79,7 @@ class ChannelModels:
 
 def package_digest(model_dir: Path) -> str:
     """SHA-256 over the package files that decide predictions (config and every tensor file)."""
-    h = hashlib.sha256()
-    for path in sorted([model_dir / "config.json", *model_dir.glob("*.safetensors")]):
-        h.update(path.name.encode())
-        with open(path, "rb") as f:
-            for part in iter(lambda: f.read(2**20), b""):
-                h.update(part)
-    return h.hexdigest()
+    return files_digest(sorted([model_dir / "config.json", *model_dir.glob("*.safetensors")]))
 
 
 def read_channel_models(path: str | Path) -> ChannelModels | None:

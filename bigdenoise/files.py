@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -80,3 +81,14 @@ def read_versioned_json(json_path: Path, fmt: str, max_version: int, what: str) 
             f"version {max_version}: upgrade bigdenoise"
         )
     return document
+
+
+def files_digest(paths) -> str:
+    """SHA-256 over ``paths`` in the order given: each file's name, then its bytes."""
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            for part in iter(lambda: f.read(2**20), b""):
+                h.update(part)
+    return h.hexdigest()
