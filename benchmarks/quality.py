@@ -10,7 +10,9 @@ denoises it through the blockwise engine (``bigdenoise.predict``, ``cluster="thr
 Zarr. Baselines on the same images: the noisy input; Gaussian and median filters (window 3, 5
 or 7, the best mean PSNR per data set: an oracle choice); non-local means (scikit-image, its
 own noise estimate); BM3D (``bm3d`` package, when it imports); CAREamics N2V (the peer, when
-installed: its own U-Net at our shape, the same patch, batch and budget, its tiled prediction).
+installed: its own U-Net at our shape, the same patch, batch and budget, its tiled prediction;
+``careamics-n2v`` with its default masking and last weights, ``careamics-n2v-best`` with its
+best-validation checkpoint, ``careamics-n2v-ours`` with our masking, see ``CAREAMICS_ROWS``).
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -67,7 +69,7 @@ from bigdenoise.errors import BigDenoiseError
 from datasets import ALL_DATASETS, Dataset, haar_sigma, load_dataset, write_stack
 
 FIGURES = common.BENCH_DIR / "figures"
-BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v")
+BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v", "careamics-n2v-best", "careamics-n2v-ours")
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
            "dbsn", "dbsn-posterior", "dbsn-mu", "cosdd", "cosdd-sampled")
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
@@ -75,7 +77,7 @@ VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": 
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
 ANY_DATA = ("dbsn", "cosdd")  # learn from the noisy volume alone: every data set allows them
 FILTERS = ("noisy", "gaussian", "median", "nlm")
-SEEDED_BASELINES = ("careamics-n2v",)  # baselines that train, hence run once per seed
+SEEDED_BASELINES = ("careamics-n2v", "careamics-n2v-best", "careamics-n2v-ours")  # these train: once per seed
 DEFAULT_SEEDS = 3
 # --quick: what each data set runs (BM3D and CAREamics where the issues need them: they are slow on a CPU)
 QUICK_PLAN = {
@@ -194,26 +196,49 @@ def run_baseline(name: str, ds: Dataset, work: Path, a: argparse.Namespace) -> t
                 s, how = estimate_noise_sigma(x)
             out.append(bm3d.bm3d(x, sigma_psd=s))
         return np.stack(out).astype(np.float32), f"sigma: {how}"
-    if name == "careamics-n2v":
-        return run_careamics(ds, work, a)
+    if name in CAREAMICS_ROWS:
+        return run_careamics(name, ds, work, a)
     raise SystemExit(f"unknown baseline {name!r}")
 
 
 CAREAMICS_TILE = (128, 128)
+# CAREamics rows: (masking, weights). Its defaults mask 0.2 % of the pixels (its
+# ``masked_pixel_percentage`` is a percentage) from an 11x11 window; ours masks 64 per 64x64 patch
+# (1.5625 %) from a 5x5 window. "last": the weights when its time budget stops it; "best": its
+# checkpoint with the lowest validation loss (what our rows keep).
+CAREAMICS_ROWS = {"careamics-n2v": ("its", "last"), "careamics-n2v-best": ("its", "best"),
+                  "careamics-n2v-ours": ("ours", "last")}
+CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
+                     "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
+assert set(CAREAMICS_ROWS) == set(SEEDED_BASELINES)
+_careamics_runs: dict[tuple[str, str], dict[str, tuple[np.ndarray, str]]] = {}  # (folder, masking) -> weights -> run
 
 
-def run_careamics(ds: Dataset, work: Path, a: argparse.Namespace) -> tuple[np.ndarray | None, str]:
+def run_careamics(name: str, ds: Dataset, work: Path, a: argparse.Namespace) -> tuple[np.ndarray | None, str]:
     """CAREamics N2V (the peer library) with our network, patch, batch, seed and wall-clock budget.
 
     Its own U-Net at our shape (depth 2, 32 initial features, batch norm), its defaults otherwise
-    (mean/std normalisation, flips and 90-degree rotations, 20 % masked pixels in an 11x11 window,
-    Adam with ReduceLROnPlateau, validation on 8 held-out patches); Lightning's ``max_time`` stops
-    it. The weights at the stop are saved and its tiled prediction (``CAREAMICS_TILE`` tiles,
-    48-pixel overlap) uses them: CAREamics' default "last" checkpoint may lag the stop by epochs.
+    (mean/std normalisation, flips and 90-degree rotations, Adam with ReduceLROnPlateau, validation
+    on 8 held-out patches), masking and weights as ``CAREAMICS_ROWS[name]`` says; Lightning's
+    ``max_time`` stops it. Both weights of one training are predicted (tiled, ``CAREAMICS_TILE``
+    tiles, 48-pixel overlap) and kept, so the "best" row reuses the "last" row's training.
     """
+    masking, weights = CAREAMICS_ROWS[name]
+    key = (str(work), masking)
+    if key not in _careamics_runs:
+        trained = _train_careamics(ds, work / f"careamics-{masking}", masking, a)
+        if trained is None:
+            return None, "careamics not installed"
+        _careamics_runs[key] = trained
+    return _careamics_runs[key][weights]
+
+
+def _train_careamics(ds: Dataset, folder: Path, masking: str,
+                     a: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]] | None:
+    """One CAREamics training; per weights ("last", "best") its output (N, H, W) and a note."""
     careamics = common.import_careamics()
     if careamics is None:
-        return None, "careamics not installed"
+        return None
     import logging
 
     for logger in ("lightning.pytorch", "lightning.fabric", "careamics"):
@@ -228,24 +253,31 @@ def run_careamics(ds: Dataset, work: Path, a: argparse.Namespace) -> tuple[np.nd
         experiment_name="quality", data_type="array", axes="SYX", patch_size=[64, 64], batch_size=16,
         num_epochs=1_000_000, n_val_patches=val_patches, model_params={"depth": 2, "num_channels_init": 32},
         seed=a.seed + 1,  # it needs a seed > 0
+        **CAREAMICS_MASKING[masking],
         trainer_params={"max_time": {"seconds": a.budget}, "accelerator": accelerator, "devices": 1,
                         "enable_model_summary": False})
-    folder = work / "careamics"
     shutil.rmtree(folder, ignore_errors=True)
     engine = CAREamist(config, work_dir=str(folder), enable_progress_bar=False)
     t0 = time.perf_counter()
     engine.train(train_data=ds.noisy)
     train_s = time.perf_counter() - t0
     steps = engine.trainer.global_step
-    final = folder / "final.ckpt"
-    engine.trainer.save_checkpoint(final)
-    t0 = time.perf_counter()
+    last = folder / "final.ckpt"
+    engine.trainer.save_checkpoint(last)  # its own "last" checkpoint may lag the stop by epochs
+    best = engine.trainer.checkpoint_callback.best_model_path or str(last)
+    mask = CAREAMICS_MASKING[masking]
     tile = tuple(min(t, s) for t, s in zip(CAREAMICS_TILE, ds.noisy.shape[1:]))
-    pred, _ = engine.predict(ds.noisy, tile_size=tile, tile_overlap=(48, 48), checkpoint=final)
-    predict_s = time.perf_counter() - t0
-    out = np.concatenate([np.asarray(p, np.float32).reshape(-1, *ds.noisy.shape[1:]) for p in pred])
-    return out, (f"CAREamics {careamics.__version__}: {steps} steps, train {train_s:.0f} s, predict {predict_s:.1f} s "
-                 f"({tile[0]}x{tile[1]} tiles, overlap 48)")
+    runs = {}
+    for weights, checkpoint in (("last", last), ("best", best)):
+        t0 = time.perf_counter()
+        pred, _ = engine.predict(ds.noisy, tile_size=tile, tile_overlap=(48, 48), checkpoint=checkpoint)
+        predict_s = time.perf_counter() - t0
+        out = np.concatenate([np.asarray(p, np.float32).reshape(-1, *ds.noisy.shape[1:]) for p in pred])
+        runs[weights] = out, (
+            f"CAREamics {careamics.__version__}, {'its default' if masking == 'its' else 'our'} masking ({mask['masked_pixel_percentage']:g} % of pixels, "
+            f"{mask['roi_size']}x{mask['roi_size']} window), {weights} weights: {steps} steps, train {train_s:.0f} s, "
+            f"predict {predict_s:.1f} s ({tile[0]}x{tile[1]} tiles, overlap 48)")
+    return runs
 
 
 # --------------------------------------------------------------------------- learned methods
@@ -471,10 +503,10 @@ def paired_diffs(run: dict, ref: dict) -> list[np.ndarray]:
 
 
 NOT_PLANNED = "not in the quick plan"
-HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"),
-                ("noise2stack-copy", "n2n"), ("n2n", "n2v"), ("care", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"),
-         ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("cosdd", "n2v"),
-         ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
+HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("careamics-n2v-best", "careamics-n2v"),
+                ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"), ("noise2stack-copy", "n2n"), ("n2n", "n2v"),
+                ("care", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"), ("dbsn", "n2v"), ("dbsn-posterior", "n2v"),
+                ("dbsn", "dbsn-posterior"), ("cosdd", "n2v"), ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
 
 
 def head_to_head(results: dict) -> list[str]:
@@ -564,8 +596,11 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"{a.seed}), "
            + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
            "default U-Net (depth 2, 32 features), patch 64x64, batch 16, through `bigdenoise.train`; prediction "
-           "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr. CAREamics N2V: its own U-Net "
-           "at the same shape, patch, batch and budget (Lightning `max_time`), its tiled prediction.",
+           "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr; our rows keep the weights with the "
+           "best validation loss. CAREamics N2V: its own U-Net at the same shape, patch, batch and budget (Lightning "
+           "`max_time`), its tiled prediction; `careamics-n2v` with its defaults (0.2 % of the pixels masked from an "
+           "11x11 window) and the weights at the stop (last), `careamics-n2v-best` the same training's checkpoint "
+           "with the best validation loss, `careamics-n2v-ours` our masking (1.5625 %, 5x5 window) and last weights.",
            "- **These are not the papers' settings.** The papers train for hours on GPUs (N2V on Train400 for BSD68, "
            "PN2V with depth 3, 64 features, K = 800); here every model gets a few CPU minutes or less and trains on "
            "the noisy test images themselves (self-supervised methods) or on the pairs listed below"
