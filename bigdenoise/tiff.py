@@ -24,8 +24,15 @@ SUFFIXES = (".tif", ".tiff")
 GLOB_CHARACTERS = "*?["
 # tifffile's axis letters -> ours ("I": an image sequence, one independent image per index)
 _AXES = {"Z": "Z", "Y": "Y", "X": "X", "T": "T", "I": "S", "C": "C"}
+# TIFF metadata's length units (ImageJ's and OME's spellings) as OME-Zarr (UDUNITS-2) names; others are dropped
 _UNITS = {"um": "micrometer", "µm": "micrometer", "\u00b5m": "micrometer", "micron": "micrometer",
-          "nm": "nanometer", "mm": "millimeter", "pixel": None, "": None}
+          "microns": "micrometer", "micrometer": "micrometer", "nm": "nanometer", "nanometer": "nanometer",
+          "pm": "picometer", "Å": "angstrom", "A": "angstrom", "angstrom": "angstrom", "mm": "millimeter",
+          "millimeter": "millimeter", "cm": "centimeter", "centimeter": "centimeter", "m": "meter", "meter": "meter",
+          "in": "inch", "inch": "inch"}
+# ImageJ copies a TIFF's print resolution (dots per inch or cm) into its calibration: one dot per unit
+# of these is its "not calibrated", not a voxel an inch wide
+_PRINT_UNITS = ("inch", "centimeter")
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ def _voxel_size(tif: Any, tiff_axes: str,
         for axis in "XYZ":
             if pixels.get(f"PhysicalSize{axis}") is not None:
                 sizes[axis] = float(pixels.get(f"PhysicalSize{axis}"))
-        unit = _UNITS.get(pixels.get("PhysicalSizeXUnit", "µm"), pixels.get("PhysicalSizeXUnit"))
+        unit = _UNITS.get(pixels.get("PhysicalSizeXUnit", "µm"))
     elif tif.is_imagej and tif.imagej_metadata is not None:
         meta = tif.imagej_metadata
         tags = tif.pages[0].tags
@@ -147,7 +154,9 @@ def _voxel_size(tif: Any, tiff_axes: str,
                     sizes[axis] = den / num
         if "spacing" in meta:
             sizes["Z"] = float(meta["spacing"])
-        unit = _UNITS.get(str(meta.get("unit", "")), re.sub(r"\W", "", str(meta.get("unit", ""))) or None)
+        unit = _UNITS.get(str(meta.get("unit", "")).strip())
+        if unit in _PRINT_UNITS and set(sizes.values()) == {1.0}:
+            sizes, unit = {}, None
     if not sizes:
         return None, None
     scale = tuple(sizes.get(a, 1.0) for a in tiff_axes)

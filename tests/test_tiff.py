@@ -48,6 +48,22 @@ def test_a_missing_or_mis_sized_plane_is_named(tmp_path, stack):
         open_volume(odd, axes="ZYX")
 
 
+def test_imagej_print_resolution_is_not_a_voxel_size_and_units_get_ome_zarr_names(tmp_path, stack):
+    # ImageJ writes a TIFF's 1 dot per inch (or cm) as its calibration: that is "not calibrated"
+    for unit in ("inch", "cm"):
+        tifffile.imwrite(tmp_path / f"{unit}.tif", stack, imagej=True, resolution=(1, 1),
+                         metadata={"unit": unit, "axes": "ZYX"})
+        vol = open_volume(tmp_path / f"{unit}.tif")
+        assert vol.scale is None and vol.units is None, unit
+    # a real calibration in cm is kept, under the unit's OME-Zarr name; an unknown unit is dropped
+    tifffile.imwrite(tmp_path / "cm_real.tif", stack, imagej=True, resolution=(1e4, 1e4),
+                     metadata={"unit": "cm", "axes": "ZYX"})
+    vol = open_volume(tmp_path / "cm_real.tif")
+    assert vol.scale == pytest.approx((1.0, 1e-4, 1e-4)) and vol.units == (None, "centimeter", "centimeter")
+    tifffile.imwrite(tmp_path / "odd.tif", stack, imagej=True, resolution=(2, 2), metadata={"unit": "furlong"})
+    assert open_volume(tmp_path / "odd.tif", axes="ZYX").units == (None,) * 3
+
+
 def test_imagej_and_ome_tiff_give_axes_and_voxel_size(tmp_path, stack):
     tifffile.imwrite(tmp_path / "ij.tif", stack, imagej=True, resolution=(1 / 0.4, 1 / 0.4),
                      metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
