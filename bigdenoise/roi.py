@@ -30,7 +30,8 @@ def parse_roi(roi: str | Sequence[Any], volume: Volume) -> Box:
         included), or one per spatial axis only (the sample axes are then taken whole). An
         empty end means the axis's end (``":"`` is the whole axis, ``"10:"`` from 10 on). From
         Python also a sequence of ``slice``s or ``(start, stop)`` pairs.
-    volume : the volume the engine sees (a channel axis ``C`` already dropped).
+    volume : the volume the engine sees (a channel axis ``C`` already dropped: the box holds
+        every chosen channel).
 
     Raises
     ------
@@ -39,9 +40,6 @@ def parse_roi(roi: str | Sequence[Any], volume: Volume) -> Box:
         reaching outside the volume.
     """
     text = roi if isinstance(roi, str) else ",".join(_range_text(r) for r in roi)
-    if volume.layout is not None:
-        raise ConfigError(f"--roi is not available for an input with a channel axis ({volume.source}, axes "
-                          f"{volume.layout.axes}) yet: convert the channel to an array of its own first")
     parts = text.split(",") if text.strip() else []
     spatial = [i for i, r in enumerate(axis_roles(volume.axes)) if r == "spatial"]
     example = ",".join(f"0:{n}" for n in volume.shape)
@@ -85,12 +83,28 @@ def roi_text(box: Box) -> str:
 def roi_volume(volume: Volume, box: Box) -> Volume:
     """What the output of a ROI run describes: the box of ``volume`` as a volume of its own
     (shape ``box.shape``, the input's chunks, axes, scale and units) whose ``translation`` puts
-    its first voxel where the box starts (``translation + offset * scale``, per axis). Its array
-    is a lazy view (dask) of the box; it is not reopenable from a path."""
+    its first voxel where the box starts (``translation + offset * scale``, per axis); with a
+    channel axis its ``layout`` describes the box the same way on the stored axes the engine sees
+    (the channel and squeezed axes keep theirs). Its array is a lazy view (dask) of the box; it is
+    not reopenable from a path."""
     import dask.array as da
 
     array = da.from_array(volume.array, chunks=volume.chunks)[box.slices]
-    scale = volume.scale or (1.0,) * volume.ndim
-    start = volume.translation or (0.0,) * volume.ndim
-    translation = tuple(float(t + o * s) for t, o, s in zip(start, box.offset, scale))
-    return replace(volume, array=array, path=None, opened=(), translation=translation)
+    layout = volume.layout
+    if layout is not None:
+        engine_axes = [i for i, f in enumerate(layout.fixed) if f is None]  # in the engine's order
+        offset, shape = [0] * len(layout.axes), list(layout.shape)
+        for i, o, n in zip(engine_axes, box.offset, box.shape):
+            offset[i], shape[i] = o, n
+        layout = replace(layout, shape=tuple(shape),
+                         translation=_moved(layout.translation, layout.scale, offset, len(layout.axes)))
+    translation = _moved(volume.translation, volume.scale, box.offset, volume.ndim)
+    return replace(volume, array=array, path=None, opened=(), translation=translation, layout=layout)
+
+
+def _moved(translation: tuple[float, ...] | None, scale: tuple[float, ...] | None, offset: Sequence[int],
+           ndim: int) -> tuple[float, ...]:
+    """The translation of a box starting ``offset`` voxels into an image at ``translation``."""
+    start = translation or (0.0,) * ndim
+    scale = scale or (1.0,) * ndim
+    return tuple(float(t + o * s) for t, o, s in zip(start, offset, scale))

@@ -204,3 +204,19 @@ def test_an_imagej_hyperstack_keeps_its_axes_in_a_plain_zarr_only(tmp_path, mode
     bd.predict(write_zarr(tmp_path / "c1.zarr", data[:, 1], (1, 24, 20), "ZYX"), model_dir, alone,
                cluster="threads", progress=False)
     np.testing.assert_allclose(out[:, 0], zarr.open_array(str(alone))[...], rtol=0, atol=1e-4)
+
+
+def test_a_roi_of_two_channels_equals_the_same_box_of_the_full_run(two_channels, tmp_path):
+    src, _, model_dir = two_channels
+    run = dict(channel=[0, 1], cluster="threads", progress=False, tile=(8, 16, 16), block_voxels=4096)
+    bd.predict(src, model_dir, tmp_path / "full.ome.zarr", **run)
+    bd.predict(src, model_dir, tmp_path / "roi.ome.zarr", roi="3:13,5:29,0:27", **run)
+    full = zarr.open_group(str(tmp_path / "full.ome.zarr"), mode="r")["0"][...]
+    group = zarr.open_group(str(tmp_path / "roi.ome.zarr"), mode="r")
+    box = full[:, :, 3:13, 5:29, 0:27]
+    assert group["0"].shape == box.shape == (1, 2, 10, 24, 27)
+    np.testing.assert_array_equal(group["0"][...], box)
+    translation = [t + o * s for t, o, s in zip(TRANSLATION, (0, 0, 3, 5, 0), SCALE)]
+    assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": SCALE}, {"type": "translation", "translation": translation}]
+    assert (tmp_path / "roi.ome.zarr" / "preview.png").stat().st_size > 1000
