@@ -81,3 +81,39 @@ def test_each_output_chunk_is_written_exactly_once_by_a_worker(tmp_path, model_2
     assert writers <= worker_pids, "a chunk was written outside the workers (by the client)"
     assert len(writers) == 2, "both worker processes should have written chunks"
     assert np.isfinite(arr[...]).all()
+
+
+def test_each_pyramid_level_chunk_is_written_exactly_once_by_a_worker(tmp_path, model_2d,
+                                                                     scheduler_with_two_workers):
+    """The levels of ``--pyramid`` too: every chunk of every level once, from the workers."""
+    from distributed import Client
+
+    model_dir, _, _ = model_2d
+    data, _ = smooth_volume((2, 96, 80), seed=8)
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 32, 32), "SYX")
+    out, log = tmp_path / "out.ome.zarr", tmp_path / "writes.log"
+    with Client(scheduler_with_two_workers, timeout="60s") as client:
+        client.wait_for_workers(2, timeout=60)
+        client.register_plugin(WriteLog(log), name="chunk-writes")
+        worker_pids = set(client.run(os.getpid).values())
+    undo = install(log)
+    try:
+        summary = bd.predict(src, model_dir, out, cluster=scheduler_with_two_workers, chunks=(1, 16, 16),
+                             block_voxels=2 * 16 * 16, tile=(16, 16), batch_size=1, pyramid=3, progress=False)
+    finally:
+        undo()
+    group = zarr.open_group(str(out), mode="r")
+    expected = set()
+    for level in map(str, range(summary["levels"])):
+        arr = group[level]
+        grid = tuple(-(-n // c) for n, c in zip(arr.shape, arr.chunks))
+        expected |= {f"{level}/{arr.metadata.encode_chunk_key(i)}" for i in np.ndindex(*grid)}
+    assert summary["levels"] == 3 and len(expected) == 2 * (6 * 5 + 3 * 3 + 2 * 2)  # 96x80, 48x40, 24x20
+    writes = [(pid, (Path(root) / key).relative_to(out.resolve()).as_posix())
+              for pid, root, key in read_log(log) if out.resolve() in (Path(root) / key).parents]
+    chunk_writes = [(pid, key) for pid, key in writes if "/c/" in key]
+    counts = Counter(key for _, key in chunk_writes)
+    twice = {k: n for k, n in counts.items() if n != 1}
+    assert not twice, f"chunks written more than once: {twice}"
+    assert set(counts) == expected, f"chunks never written: {sorted(expected - set(counts))}"
+    assert {pid for pid, _ in chunk_writes} <= worker_pids, "a chunk was written outside the workers"
