@@ -4,6 +4,7 @@ processes that reopen the Zarr by path."""
 
 import json
 import pickle
+import shutil
 
 import dask.array as da
 import numpy as np
@@ -135,3 +136,36 @@ def test_a_dask_array_from_zarr_runs_on_worker_processes_reading_the_zarr(per_ch
             bd.predict(memory, models / "channel-1", tmp_path / "refused.zarr", axes="ZYX", cluster="tcp://127.0.0.1:1",
                        progress=False)
     assert not (tmp_path / "refused.zarr").exists()
+
+
+def test_a_killed_per_channel_run_resumes_each_channel_with_its_own_model(per_channel, tmp_path):
+    src, data, _, models = per_channel
+    out = tmp_path / "out.ome.zarr"
+    run = dict(cluster="threads", progress=False, block_voxels=8 * 16 * 16)
+    summary = bd.predict(src, models, out, **run)
+    first = zarr.open_group(str(out), mode="r")["0"][...]
+    grid = tuple(-(-n // b) for n, b in zip(SHAPE, summary["block_shape"]))
+    assert np.prod(grid) == 4
+    # as if killed in channel 1: channel 0 recorded done, channel 1 only its first block
+    zarr.open_group(str(out), mode="r+")["0"][0, 1] = 0
+    meta = json.loads((out / "zarr.json").read_text())
+    meta["attributes"]["bigdenoise"]["complete"] = False
+    (out / "zarr.json").write_text(json.dumps(meta))
+    done = out / ".bigdenoise-done"
+    done.mkdir()
+    for index in np.ndindex(*grid):
+        (done / ("c0_" + "-".join(map(str, index)))).touch()
+    (done / "c1_0-0-0").touch()
+    again = bd.predict(src, models, out, resume=True, **run)
+    assert again["skipped"] == 4 + 1 and again["blocks"] == 3
+    resumed = zarr.open_group(str(out), mode="r")["0"][...]
+    first_block = (0, 1, *(slice(0, b) for b in summary["block_shape"]))
+    assert (resumed[first_block] == 0).all()  # recorded done: not computed again
+    resumed[first_block] = first[first_block]
+    np.testing.assert_array_equal(resumed, first)  # the others with channel 1's own model
+    # a folder whose channel 1 model changed is another run: refused
+    other = tmp_path / "models"
+    shutil.copytree(models, other)
+    shutil.copytree(models / "channel-0", other / "channel-1", dirs_exist_ok=True)
+    with pytest.raises(ConfigError, match="cannot resume .* model"):
+        bd.predict(src, other, out, resume=True, **run)
