@@ -393,18 +393,26 @@ def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
                             "struct-n2v": "noise is pixel-independent"})
 
 
+CALIBRATION_IMAGES = 100  # Train400 images whose noisy copies calibrate set12-pg's noise model
+
+
 def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
     clean = load_set12(dataset_dir("set12", a.data, "*.png"))
     if a.images:
         clean = clean[:a.images]
     noisy = _poisson_gaussian(clean, a.seed)
-    calibration = _poisson_gaussian(clean, a.seed + 1)
     second = _poisson_gaussian(clean, a.seed + 1000)
+    # a calibration acquisition of other samples: Train400 images (never scored) with the same noise
+    files = sorted((data_root(a.data) / "train400").glob("*.png"))[:CALIBRATION_IMAGES]
+    if not files:
+        raise SystemExit(f"set12-pg calibrates its noise model on Train400: no train400/*.png in {data_root(a.data)}")
+    reference = np.stack([_read(f) for f in files])
+    calibration = _poisson_gaussian(reference, a.seed + 1)
+    what = f"calibration pairs of {len(files)} Train400 images (180x180, not scored) with the same noise"
     return Dataset(name, f"{len(clean)} Set12 images (256x256) with {PG_TEXT}; PN2V noise model: GMM fitted to "
-                   f"calibration pairs (clean + an independent draw); peak 255", noisy, clean, 255.0,
+                   f"{what}; peak 255", noisy, clean, 255.0,
                    methods=("n2v", "n2v2", "pn2v", "pn2v-bootstrap", "n2n"), second=second,
-                   noise_model={"kind": "gmm", "pairs": (calibration, clean),
-                                "what": "simulated calibration pairs (clean + an independent draw)"},
+                   noise_model={"kind": "gmm", "pairs": (calibration, reference), "what": what},
                    why_not={"care": "no separate clean training images for this noise",
                             "noise2stack": "independent images, no stack",
                             "struct-n2v": "noise is pixel-independent"})
