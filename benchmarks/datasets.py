@@ -109,6 +109,15 @@ def load_bsd68(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
     return np.stack(images), [f.name for f in files], transposed
 
 
+def load_train400_tail(folder: Path, count: int = 12) -> np.ndarray:
+    """(count, 180, 180) float32 on 0..255: the *last* ``count`` Train400 images, which no scored
+    data set uses (set12-pg calibrates on the first ``CALIBRATION_IMAGES``): for choosing defaults."""
+    files = sorted(folder.glob("*.png"))[-count:]
+    if not files:
+        raise SystemExit(f"no Train400 images (*.png) in {folder}")
+    return np.stack([_read(f) for f in files])
+
+
 def load_set12(folder: Path, count: int = 12) -> np.ndarray:
     """(count, 256, 256) float32 on 0..255: the first ``count`` Set12 images, 512x512 ones centre-cropped."""
     import imageio.v3 as iio

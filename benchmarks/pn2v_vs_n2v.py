@@ -11,14 +11,15 @@ on 0..255; the noisy stack is ``x = g * Poisson(s / g) + N(0, read^2)`` with ``g
 - ``pn2v-bootstrap``: PN2V with a gmm noise model bootstrapped from the ``n2v`` model's
   prediction of the noisy stack itself (no calibration data, Prakash et al. 2020).
 
-Prints the mean PSNR (peak 255) of each; for a PN2V model also that of its prior's mean
+``--images-from train400`` uses the last Train400 images instead (no RESULTS row scores them):
+PN2V's defaults are chosen there. Prints the mean PSNR (peak 255) of each; for a PN2V model also that of its prior's mean
 (``prediction="prior_mean"``, the same trained model), which tells an undertrained prior centre
 from a wrong spread. Check the script quickly with
 ``--steps 5 --features 8 --samples 16`` (that does not denoise well); the paper's setting
 (U-Net depth 3, 64 features, K = 800, long training) needs a GPU.
 
 Usage: python benchmarks/pn2v_vs_n2v.py [--data DIR] [--steps 400] [--peak 30] [--read 10]
-        [--features 32] [--samples 64] [--images 12] [--lr 4e-4] [--option KEY=VALUE ...]
+        [--features 32] [--samples 64] [--images 12] [--images-from set12|train400] [--lr 4e-4] [--option KEY=VALUE ...]
         [--runs n2v,pn2v-histogram,pn2v-gmm,pn2v-bootstrap] [--work DIR]
 """
 
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 
 import common
-from datasets import dataset_dir, load_set12, poisson_gaussian
+from datasets import dataset_dir, load_set12, load_train400_tail, poisson_gaussian
 
 PEAK = 255.0
 RUNS = ("n2v", "pn2v-histogram", "pn2v-gmm", "pn2v-bootstrap")
@@ -50,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=32)
     p.add_argument("--samples", type=int, default=64, help="PN2V samples per pixel K (default 64; paper 800)")
     p.add_argument("--images", type=int, default=12, help="use the first N Set12 images (default 12)")
+    p.add_argument("--images-from", choices=("set12", "train400"), default="set12",
+                   help="set12, or the last N Train400 images (180x180), which no RESULTS row scores: choose "
+                        "defaults there")
     p.add_argument("--lr", type=float, default=4e-4, help="learning rate of every model (default 4e-4)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a PN2V option, e.g. warmup=0 or initial_spread=0.5 (value parsed as JSON, else a string)")
@@ -83,10 +87,13 @@ def main(argv=None) -> int:
             pn2v_options[key] = json.loads(value)
         except json.JSONDecodeError:
             pn2v_options[key] = value
-    clean = load_set12(dataset_dir("set12", a.data, "*.png"), a.images)
+    if a.images_from == "set12":
+        clean = load_set12(dataset_dir("set12", a.data, "*.png"), a.images)
+    else:
+        clean = load_train400_tail(dataset_dir("train400", a.data, "*.png"), a.images)
     noisy = poisson_gaussian(clean, a.peak, a.read, a.seed)
     calibration = poisson_gaussian(clean, a.peak, a.read, a.seed + 1)  # an independent acquisition
-    print(f"Set12: {clean.shape}, Poisson-Gaussian noise, {a.peak:g} photons at 255 (gain {PEAK / a.peak:.3g}), "
+    print(f"{a.images_from}: {clean.shape}, Poisson-Gaussian noise, {a.peak:g} photons at 255 (gain {PEAK / a.peak:.3g}), "
           f"read sigma {a.read:g}; noisy PSNR {common.mean_psnr(noisy, clean, PEAK)[0]:.2f} dB", flush=True)
 
     common_kw = dict(axes="SYX", steps=a.steps, lr=a.lr, batch_size=a.batch_size, patch=(a.patch, a.patch), seed=a.seed,
