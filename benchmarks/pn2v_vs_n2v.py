@@ -12,9 +12,9 @@ on 0..255; the noisy stack is ``x = g * Poisson(s / g) + N(0, read^2)`` with ``g
   prediction of the noisy stack itself (no calibration data, Prakash et al. 2020).
 
 ``--images-from train400`` uses the last Train400 images instead (no RESULTS row scores them):
-PN2V's defaults are chosen there. Prints the mean PSNR (peak 255) of each; for a PN2V model also that of its prior's mean
-(``prediction="prior_mean"``, the same trained model), which tells an undertrained prior centre
-from a wrong spread. Check the script quickly with
+PN2V's defaults are chosen there. Prints the mean PSNR (peak 255) of each; for a PN2V model
+also that of its prior's mean (``prediction="prior_mean"``, the same trained model), which tells
+an undertrained prior centre from a wrong spread. Check the script quickly with
 ``--steps 5 --features 8 --samples 16`` (that does not denoise well); the paper's setting
 (U-Net depth 3, 64 features, K = 800, long training) needs a GPU.
 
