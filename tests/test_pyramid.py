@@ -195,6 +195,27 @@ def test_killed_pyramid_resumes_to_identical_bytes_on_every_level(tmp_path, mode
     assert not (out / DONE_DIR).exists()
 
 
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_ome_zarr_py_reader_returns_every_level_with_its_scale_and_window(tmp_path, inputs, models, ngff):
+    """ome-zarr-py's reader (what napari-ome-zarr and other viewers build on) sees the pyramid."""
+    reader = pytest.importorskip("ome_zarr.reader", reason="ome-zarr is not installed (pip install -e .[test])")
+    from ome_zarr.io import parse_url
+
+    out = tmp_path / "out.ome.zarr"
+    _predict(inputs, models, "3d", out, pyramid=3, ngff=ngff)
+    image = next(iter(reader.Reader(parse_url(str(out)))()))
+    stored = _levels(out)
+    assert [d.shape for d in image.data] == [x.shape for x in stored] == [(9, 40, 37), (9, 20, 19), (9, 10, 10)]
+    for level, x in zip(image.data, stored):
+        np.testing.assert_array_equal(np.asarray(level), x)
+    scales = [t[0]["scale"] for t in image.metadata["coordinateTransformations"]]
+    assert np.allclose(scales, [[2.0, 0.5, 0.5], [2.0, 1.0, 1.0], [2.0, 2.0, 2.0]])  # Z kept: anisotropic
+    assert [a.get("unit") for a in image.metadata["axes"]] == ["micrometer"] * 3
+    attrs = zarr.open_group(str(out)).attrs
+    window = attrs.get("ome", attrs)["omero"]["channels"][0]["window"]  # 0.4: at the top
+    assert image.metadata["contrast_limits"] == [pytest.approx([window["start"], window["end"]])]
+
+
 def test_napari_reader_returns_every_level_with_its_scale(tmp_path, inputs, models):
     napari_ome_zarr = pytest.importorskip("napari_ome_zarr", reason="napari-ome-zarr is not installed")
     out = tmp_path / "out.ome.zarr"
