@@ -115,7 +115,12 @@ def worker_lifetime(walltime: str | None, lifetime: str | None) -> tuple[str, st
     return f"{life}s", f"{min(300, life // 20)}s"
 
 
-CONNECT_TIMEOUT = 30.0  # seconds to reach a scheduler and hear it answer
+def connect_timeout() -> float:
+    """Seconds to reach a scheduler and hear it answer: Dask's ``distributed.comm.timeouts.connect``
+    (30 s unless a site's Dask config or ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT`` says otherwise)."""
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(dask.config.get("distributed.comm.timeouts.connect", "30s"), default="seconds"))
 
 
 def check_cluster(cluster: str, workers: int | None = None) -> None:
@@ -219,7 +224,7 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
         if cluster.startswith("tcp://"):
             probe_scheduler(cluster)
         try:
-            client = Client(cluster, timeout=f"{CONNECT_TIMEOUT:g}s")
+            client = Client(cluster, timeout=f"{connect_timeout():g}s")
         except (OSError, ValueError, TypeError) as exc:
             raise ConfigError(f"cannot connect to the Dask scheduler at {cluster} ({exc})") from None
         with client:
@@ -270,10 +275,13 @@ def _log_local(cluster: str, n_workers: int, threads: int, client) -> None:
              n_workers * threads, client.dashboard_link)
 
 
-def probe_scheduler(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
     """A ConfigError unless a Dask scheduler answers at ``address`` within ``timeout`` seconds
-    (``Client`` alone waits forever on a port that accepts and stays silent)."""
+    (default :func:`connect_timeout`; ``Client`` alone waits forever on a port that accepts and
+    stays silent)."""
     from distributed.comm import connect
+
+    timeout = connect_timeout() if timeout is None else timeout
 
     async def identity():
         comm = await connect(address, timeout=timeout)
