@@ -103,7 +103,9 @@ def _git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        # what --record writes (RESULTS files, figures) is output, not a change to the code that ran
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/RESULTS*.md", ":!benchmarks/figures"], cwd=REPO,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return f"{rev}{' (uncommitted changes)' if dirty else ''}" if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
