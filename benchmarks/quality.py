@@ -505,8 +505,9 @@ def paired_diffs(run: dict, ref: dict) -> list[np.ndarray]:
 NOT_PLANNED = "not in the quick plan"
 HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("careamics-n2v-best", "careamics-n2v"),
                 ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"), ("noise2stack-copy", "n2n"), ("n2n", "n2v"),
-                ("care", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"), ("dbsn", "n2v"), ("dbsn-posterior", "n2v"),
-                ("dbsn", "dbsn-posterior"), ("cosdd", "n2v"), ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
+                ("care", "n2v"), ("n2v2", "n2v"), ("struct-n2v", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"),
+                ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("cosdd", "n2v"),
+                ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
 
 
 def head_to_head(results: dict) -> list[str]:
