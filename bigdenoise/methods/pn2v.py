@@ -16,7 +16,8 @@ sees the pixel's surroundings only, thanks to N2V masking); a noise model ``p(x|
   Measured with benchmarks/pn2v_vs_n2v.py (Set12, 300 steps): gmm noise model 25.38 dB
   without warm-up and with a +-1 comb, 25.73 dB with both (N2V 25.07); histogram 21.99 ->
   24.44 dB (its samples get no gradient outside its signal range, so a centre already near
-  the data matters more).
+  the data matters more). Confirmed on images no benchmark scores (the last 12 Train400 images,
+  3 seeds: every alternative lower in every seed; benchmarks/RESULTS.md#pn2v-defaults).
 - Prediction (eq. 10): on the unmasked input, the MMSE estimate
   ``sum_k p(x|s^k) s^k / sum_k p(x|s^k)`` (``prediction="mmse"``), or the prior's mean
   ``(1/K) sum_k s^k`` (``prediction="prior_mean"``). Tiles are processed one at a time and
