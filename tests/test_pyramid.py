@@ -217,7 +217,8 @@ def test_ome_zarr_py_reader_returns_every_level_with_its_scale_and_window(tmp_pa
 
 
 def test_napari_reader_returns_every_level_with_its_scale(tmp_path, inputs, models):
-    napari_ome_zarr = pytest.importorskip("napari_ome_zarr", reason="napari-ome-zarr is not installed")
+    napari_ome_zarr = pytest.importorskip("napari_ome_zarr",
+                                          reason="napari-ome-zarr is not installed (pip install -e .[test])")
     out = tmp_path / "out.ome.zarr"
     _predict(inputs, models, "3d", out, pyramid=3)
     reader = napari_ome_zarr.napari_get_reader(str(out))
