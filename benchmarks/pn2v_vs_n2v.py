@@ -209,7 +209,8 @@ def _report(a, clean, runs, variants, results, noisy_psnr, machine, probes, seco
             for label in list(variants)[1:]:
                 other = results.get(f"{name} {label}")
                 if ref and other and len(ref) == len(other):
-                    lines.append(f"- {name} {label} − {first}: {_spread([o[0] - r[0] for o, r in zip(other, ref)])} dB")
+                    diffs = [o[0] - r[0] for o, r in zip(other, ref)]
+                    lines.append(f"- {name} {label} − {first}: {_spread(diffs)} dB")
     return "\n".join(lines)
 
 

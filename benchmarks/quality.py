@@ -274,7 +274,8 @@ def _train_careamics(ds: Dataset, folder: Path, masking: str,
         predict_s = time.perf_counter() - t0
         out = np.concatenate([np.asarray(p, np.float32).reshape(-1, *ds.noisy.shape[1:]) for p in pred])
         runs[weights] = out, (
-            f"CAREamics {careamics.__version__}, {'its default' if masking == 'its' else 'our'} masking ({mask['masked_pixel_percentage']:g} % of pixels, "
+            f"CAREamics {careamics.__version__}, {'its default' if masking == 'its' else 'our'} masking "
+            f"({mask['masked_pixel_percentage']:g} % of pixels, "
             f"{mask['roi_size']}x{mask['roi_size']} window), {weights} weights: {steps} steps, train {train_s:.0f} s, "
             f"predict {predict_s:.1f} s ({tile[0]}x{tile[1]} tiles, overlap 48)")
     return runs
