@@ -9,6 +9,7 @@ Imported by the scripts in this folder as ``import common`` (run them as
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import re
@@ -51,6 +52,21 @@ def mean_psnr(x: np.ndarray, ref: np.ndarray, peak: float) -> tuple[float, list[
 
 
 # --------------------------------------------------------------------------- machine
+
+
+def spread(values: list[float]) -> tuple[float, float, float, float]:
+    """Mean, standard deviation (ddof 1; NaN for one value), min and max of per-seed values."""
+    v = np.asarray(values, dtype=np.float64)
+    std = float(np.std(v, ddof=1)) if len(v) > 1 else math.nan
+    return float(v.mean()), std, float(v.min()), float(v.max())
+
+
+def spread_text(values: list[float], digits: int = 2, sign: str = "") -> str:
+    """``mean ± std [min, max]`` of per-seed values, or the single value."""
+    mean, std, lo, hi = spread(values)
+    if math.isnan(std):
+        return f"{mean:{sign}.{digits}f}"
+    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
 
 
 def matmul_gflops(n: int = 1024, repeats: int = 5, device: str = "cpu") -> float:

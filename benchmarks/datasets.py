@@ -109,13 +109,19 @@ def load_bsd68(folder: Path) -> tuple[np.ndarray, list[str], list[str]]:
     return np.stack(images), [f.name for f in files], transposed
 
 
-def load_train400_tail(folder: Path, count: int = 12) -> np.ndarray:
-    """(count, 180, 180) float32 on 0..255: the *last* ``count`` Train400 images, which no scored
-    data set uses (set12-pg calibrates on the first ``CALIBRATION_IMAGES``): for choosing defaults."""
-    files = sorted(folder.glob("*.png"))[-count:]
+def load_train400(folder: Path, part: slice = slice(None)) -> np.ndarray:
+    """(n, 180, 180) float32 on 0..255: the Train400 images ``part`` picks (in file-name order).
+    CARE trains on all of them, set12-pg calibrates on the first ``CALIBRATION_IMAGES``, and PN2V's
+    defaults are chosen on the last ones (``load_train400_tail``), which no scored data set uses."""
+    files = sorted(folder.glob("*.png"))[part]
     if not files:
         raise SystemExit(f"no Train400 images (*.png) in {folder}")
     return np.stack([_read(f) for f in files])
+
+
+def load_train400_tail(folder: Path, count: int = 12) -> np.ndarray:
+    """The last ``count`` Train400 images (:func:`load_train400`)."""
+    return load_train400(folder, slice(-count, None))
 
 
 def load_set12(folder: Path, count: int = 12) -> np.ndarray:
@@ -387,10 +393,9 @@ def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
     train400 = data_root(a.data) / "train400"
     folds, care_note = [], "no train400 folder"
     if "care" in a.methods and train400.is_dir() and any(train400.glob("*.png")):
-        files = sorted(train400.glob("*.png"))
-        t_clean = np.stack([_read(f) for f in files])
+        t_clean = load_train400(train400)
         folds = [CareFold(_gaussian_noise(t_clean, sigma, a.seed + 2000), t_clean)]
-        care_note = f"CARE trained on the {len(files)} Train400 images (180x180) with the same noise"
+        care_note = f"CARE trained on the {len(t_clean)} Train400 images (180x180) with the same noise"
     return Dataset(name, f"{what}; Gaussian noise sigma {sigma:g} on 0..255, float32, not clipped, not "
                    f"quantised (numpy default_rng({a.seed})); N2N target: a second draw (seed {a.seed + 1000}); "
                    f"PSNR/SSIM peak 255 against the clean images", noisy, clean, 255.0,
@@ -412,12 +417,9 @@ def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
     noisy = _poisson_gaussian(clean, a.seed)
     second = _poisson_gaussian(clean, a.seed + 1000)
     # a calibration acquisition of other samples: Train400 images (never scored) with the same noise
-    files = sorted((data_root(a.data) / "train400").glob("*.png"))[:CALIBRATION_IMAGES]
-    if not files:
-        raise SystemExit(f"set12-pg calibrates its noise model on Train400: no train400/*.png in {data_root(a.data)}")
-    reference = np.stack([_read(f) for f in files])
+    reference = load_train400(data_root(a.data) / "train400", slice(CALIBRATION_IMAGES))
     calibration = _poisson_gaussian(reference, a.seed + 1)
-    what = f"calibration pairs of {len(files)} Train400 images (180x180, not scored) with the same noise"
+    what = f"calibration pairs of {len(reference)} Train400 images (180x180, not scored) with the same noise"
     return Dataset(name, f"{len(clean)} Set12 images (256x256) with {PG_TEXT}; PN2V noise model: GMM fitted to "
                    f"{what}; peak 255", noisy, clean, 255.0,
                    methods=("n2v", "n2v2", "pn2v", "pn2v-bootstrap", "n2n"), second=second,

@@ -171,14 +171,6 @@ def _one_seed(a, seed: int, clean, runs: list[str], variants: dict[str, dict], w
     return noisy_psnr
 
 
-def _spread(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.2f} ± {sd:.2f} [{min(values):.2f}, {max(values):.2f}]"
-
-
 def _report(a, clean, runs, variants, results, noisy_psnr, machine, probes, seconds) -> str:
     seeds = list(range(a.seed, a.seed + a.seeds))
     where = ("the first Set12 images (256x256; the 512x512 ones centre-cropped)" if a.images_from == "set12" else
@@ -195,11 +187,11 @@ def _report(a, clean, runs, variants, results, noisy_psnr, machine, probes, seco
              "", "PSNR (dB, peak 255): mean ± standard deviation over seeds [min, max]; the prior mean is the same "
              "model predicting its samples' plain mean:", "",
              "| model | PSNR | prior mean | per seed |", "| --- | --- | --- | --- |",
-             f"| noisy | {_spread(noisy_psnr)} | | {', '.join(f'{v:.2f}' for v in noisy_psnr)} |"]
+             f"| noisy | {common.spread_text(noisy_psnr)} | | {', '.join(f'{v:.2f}' for v in noisy_psnr)} |"]
     for name, per_seed in results.items():
         psnr = [p for p, _ in per_seed]
         prior = [q for _, q in per_seed if q is not None]
-        lines.append(f"| {name} | {_spread(psnr)} | {_spread(prior) if prior else ''} | "
+        lines.append(f"| {name} | {common.spread_text(psnr)} | {common.spread_text(prior) if prior else ''} | "
                      f"{', '.join(f'{v:.2f}' for v in psnr)} |")
     if len(variants) > 1:
         first = next(iter(variants))
@@ -210,7 +202,7 @@ def _report(a, clean, runs, variants, results, noisy_psnr, machine, probes, seco
                 other = results.get(f"{name} {label}")
                 if ref and other and len(ref) == len(other):
                     diffs = [o[0] - r[0] for o, r in zip(other, ref)]
-                    lines.append(f"- {name} {label} − {first}: {_spread(diffs)} dB")
+                    lines.append(f"- {name} {label} − {first}: {common.spread_text(diffs)} dB")
     return "\n".join(lines)
 
 

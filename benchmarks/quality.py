@@ -69,7 +69,15 @@ from bigdenoise.errors import BigDenoiseError
 from datasets import ALL_DATASETS, Dataset, haar_sigma, load_dataset, write_stack
 
 FIGURES = common.BENCH_DIR / "figures"
-BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", "careamics-n2v", "careamics-n2v-best", "careamics-n2v-ours")
+# CAREamics rows: (masking, weights). Its defaults mask 0.2 % of the pixels (its
+# ``masked_pixel_percentage`` is a percentage) from an 11x11 window; ours masks 64 per 64x64 patch
+# (1.5625 %) from a 5x5 window. "last": the weights when its time budget stops it; "best": its
+# checkpoint with the lowest validation loss (what our rows keep).
+CAREAMICS_ROWS = {"careamics-n2v": ("its", "last"), "careamics-n2v-best": ("its", "best"),
+                  "careamics-n2v-ours": ("ours", "last")}
+CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
+                     "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
+BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", *CAREAMICS_ROWS)
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
            "dbsn", "dbsn-posterior", "dbsn-mu", "cosdd", "cosdd-sampled")
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
@@ -77,7 +85,7 @@ VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": 
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
 ANY_DATA = ("dbsn", "cosdd")  # learn from the noisy volume alone: every data set allows them
 FILTERS = ("noisy", "gaussian", "median", "nlm")
-SEEDED_BASELINES = ("careamics-n2v", "careamics-n2v-best", "careamics-n2v-ours")  # these train: once per seed
+SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
 # --quick: what each data set runs (BM3D and CAREamics where the issues need them: they are slow on a CPU)
 QUICK_PLAN = {
@@ -202,15 +210,6 @@ def run_baseline(name: str, ds: Dataset, work: Path, a: argparse.Namespace) -> t
 
 
 CAREAMICS_TILE = (128, 128)
-# CAREamics rows: (masking, weights). Its defaults mask 0.2 % of the pixels (its
-# ``masked_pixel_percentage`` is a percentage) from an 11x11 window; ours masks 64 per 64x64 patch
-# (1.5625 %) from a 5x5 window. "last": the weights when its time budget stops it; "best": its
-# checkpoint with the lowest validation loss (what our rows keep).
-CAREAMICS_ROWS = {"careamics-n2v": ("its", "last"), "careamics-n2v-best": ("its", "best"),
-                  "careamics-n2v-ours": ("ours", "last")}
-CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
-                     "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
-assert set(CAREAMICS_ROWS) == set(SEEDED_BASELINES)
 _careamics_runs: dict[tuple[str, str], dict[str, tuple[np.ndarray, str]]] = {}  # (folder, masking) -> weights -> run
 
 
@@ -220,8 +219,9 @@ def run_careamics(name: str, ds: Dataset, work: Path, a: argparse.Namespace) -> 
     Its own U-Net at our shape (depth 2, 32 initial features, batch norm), its defaults otherwise
     (mean/std normalisation, flips and 90-degree rotations, Adam with ReduceLROnPlateau, validation
     on 8 held-out patches), masking and weights as ``CAREAMICS_ROWS[name]`` says; Lightning's
-    ``max_time`` stops it. Both weights of one training are predicted (tiled, ``CAREAMICS_TILE``
-    tiles, 48-pixel overlap) and kept, so the "best" row reuses the "last" row's training.
+    ``max_time`` stops it. The weights of every requested row with this masking are predicted
+    (tiled, ``CAREAMICS_TILE`` tiles, 48-pixel overlap) and kept, so the "best" row reuses the
+    "last" row's training.
     """
     masking, weights = CAREAMICS_ROWS[name]
     key = (str(work), masking)
@@ -235,7 +235,8 @@ def run_careamics(name: str, ds: Dataset, work: Path, a: argparse.Namespace) -> 
 
 def _train_careamics(ds: Dataset, folder: Path, masking: str,
                      a: argparse.Namespace) -> dict[str, tuple[np.ndarray, str]] | None:
-    """One CAREamics training; per weights ("last", "best") its output (N, H, W) and a note."""
+    """One CAREamics training; for each weights ("last", "best") that a requested row with this
+    masking uses, its output (N, H, W) and a note."""
     careamics = common.import_careamics()
     if careamics is None:
         return None
@@ -267,8 +268,11 @@ def _train_careamics(ds: Dataset, folder: Path, masking: str,
     best = engine.trainer.checkpoint_callback.best_model_path or str(last)
     mask = CAREAMICS_MASKING[masking]
     tile = tuple(min(t, s) for t, s in zip(CAREAMICS_TILE, ds.noisy.shape[1:]))
+    needed = {w for m, (k, w) in CAREAMICS_ROWS.items() if k == masking and m in a.methods}
     runs = {}
     for weights, checkpoint in (("last", last), ("best", best)):
+        if weights not in needed:
+            continue
         t0 = time.perf_counter()
         pred, _ = engine.predict(ds.noisy, tile_size=tile, tile_overlap=(48, 48), checkpoint=checkpoint)
         predict_s = time.perf_counter() - t0
@@ -477,17 +481,12 @@ def _cell(values: list[float], digits: int) -> str:
 def seed_spread(per_seed: list[list[float]]) -> tuple[float, float, float, float]:
     """Mean over seeds of each seed's mean over images, the standard deviation of those seed
     means (ddof 1; NaN for one seed), and their min and max."""
-    means = np.array([np.mean(v) for v in per_seed], dtype=np.float64)
-    std = float(np.std(means, ddof=1)) if len(means) > 1 else math.nan
-    return float(means.mean()), std, float(means.min()), float(means.max())
+    return common.spread([float(np.mean(v)) for v in per_seed])
 
 
 def _spread_cell(per_seed: list[list[float]], digits: int, sign: str = "") -> str:
     """``mean ± std [min, max]`` over seeds, or the single value of a deterministic row."""
-    mean, std, lo, hi = seed_spread(per_seed)
-    if math.isnan(std):
-        return f"{mean:{sign}.{digits}f}"
-    return f"{mean:{sign}.{digits}f} ± {std:.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+    return common.spread_text([float(np.mean(v)) for v in per_seed], digits, sign)
 
 
 def paired_diffs(run: dict, ref: dict) -> list[np.ndarray]:
