@@ -157,6 +157,21 @@ def test_the_method_reports_the_radius_of_the_path_it_predicts_with():
     assert method.factor(nets, method.options()) == nets["unet"].factor == 4
 
 
+def test_the_default_student_computes_the_same_function_in_training_and_at_prediction():
+    """The distilled U-Net has no batch norm by default: the function distillation fits in
+    training mode is the one prediction runs (with batch norm they were ten times apart)."""
+    config = make_config(method="dbsn", axes="YX")
+    assert config.net.batch_norm is False and config.net.features == 16
+    torch.manual_seed(0)
+    student = get_method("dbsn").build(config.net, 2, dbsn.DBSNOptions())["unet"]
+    x = torch.randn(4, 1, 32, 32) * 3 + 1
+    with torch.no_grad():
+        trained = student.train()(x)
+        predicted = student.eval()(x)
+    assert torch.equal(trained, predicted)
+    assert make_config(method="dbsn", axes="YX", net={"batch_norm": True}).net.batch_norm  # still settable
+
+
 def test_posterior_closed_form_and_limits():
     g = torch.Generator().manual_seed(0)
     y, mu = torch.randn(1000, generator=g, dtype=torch.float64), torch.randn(1000, generator=g, dtype=torch.float64)
