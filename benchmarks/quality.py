@@ -13,6 +13,8 @@ own noise estimate); BM3D (``bm3d`` package, when it imports); CAREamics N2V (th
 installed: its own U-Net at our shape, the same patch, batch and budget, its tiled prediction;
 ``careamics-n2v`` with its default masking and last weights, ``careamics-n2v-best`` with its
 best-validation checkpoint, ``careamics-n2v-ours`` with our masking, see ``CAREAMICS_ROWS``).
+``dbsn-clean``: D-BSN with ``--clean``, the clean half of CARE's training pairs (other fields of
+view) used unpaired, where the data have such pairs.
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -79,7 +81,7 @@ CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
                      "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", *CAREAMICS_ROWS)
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
-           "dbsn", "dbsn-posterior", "dbsn-mu", "cosdd", "cosdd-sampled")
+           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "cosdd", "cosdd-sampled")
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
 VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
@@ -344,6 +346,11 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
         note += ", K = 64"
     elif key == "care":
         note = ds.care_note
+    elif key == "dbsn-clean":
+        clean = unpaired_clean(ds)
+        kw.update(method="dbsn", clean=str(write_stack(folder / "unpaired-clean.zarr", clean)))
+        note = (f"--clean: the {len(clean)} clean images of CARE's training pairs (other fields of view), "
+                "unpaired: synthetic pairs with the learned noise level in distillation")
     elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note
@@ -367,8 +374,17 @@ def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Na
     return np.asarray(zarr.open_array(str(out), mode="r")[...], dtype=np.float32)
 
 
+def unpaired_clean(ds: Dataset) -> np.ndarray | None:
+    """Clean images of other fields of view for D-BSN's ``--clean`` (the clean half of CARE's
+    training pairs, used unpaired), or None where CARE's pairs come from the scored images."""
+    folds = [f for f in ds.care_folds if f.region is None]
+    return folds[0].clean if folds else None
+
+
 def learned_why_not(key: str, ds: Dataset) -> str | None:
     """Why the data of ``ds`` do not allow learned method ``key``, or None."""
+    if key == "dbsn-clean":
+        return None if unpaired_clean(ds) is not None else "no clean images of other fields of view"
     if VARIANTS.get(key, (key,))[0] in ANY_DATA:
         return None
     if key not in ds.methods:
@@ -506,7 +522,8 @@ NOT_PLANNED = "not in the quick plan"
 HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("careamics-n2v-best", "careamics-n2v"),
                 ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"), ("noise2stack-copy", "n2n"), ("n2n", "n2v"),
                 ("care", "n2v"), ("n2v2", "n2v"), ("struct-n2v", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"),
-                ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("cosdd", "n2v"),
+                ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("dbsn-clean", "dbsn"),
+                ("care", "dbsn"), ("cosdd", "n2v"),
                 ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
 
 

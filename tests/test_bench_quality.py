@@ -156,3 +156,21 @@ def test_struct_axis_follows_the_data_set(bench, monkeypatch, tmp_path):
     hagen = d.Dataset("hagen-mito", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0)
     kw, _ = q.method_config("struct-n2v", hagen, tmp_path / "noisy.zarr", tmp_path, a, set())
     assert kw["options"] == {"struct_axis": 1, "struct_span": 2}  # Hagen keeps today's setting
+
+
+def test_dbsn_clean_reads_clean_images_of_other_fields_of_view_only(bench, tmp_path):
+    """The dbsn-clean row trains D-BSN with --clean on CARE's clean training images when they
+    come from other fields of view (a fold without a region); cross-fitted folds do not qualify."""
+    d, q = bench.datasets, bench.quality
+    clean = np.arange(2 * 8 * 8, dtype=np.float32).reshape(2, 8, 8)
+    other = d.Dataset("w2s", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0,
+                      care_folds=[d.CareFold(clean + 1, clean)])
+    same = d.Dataset("fmd", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0,
+                     care_folds=[d.CareFold(clean + 1, clean, region=np.ones((8, 8), bool))])
+    assert q.learned_why_not("dbsn-clean", other) is None
+    assert "other fields of view" in q.learned_why_not("dbsn-clean", same)
+    a = argparse.Namespace(data=None, images=None, seed=0, quick=False, crop=None, methods=["dbsn-clean"])
+    kw, note = q.method_config("dbsn-clean", other, tmp_path / "noisy.zarr", tmp_path, a, set())
+    assert kw["method"] == "dbsn" and "2 clean images" in note
+    import zarr
+    assert np.array_equal(zarr.open_array(kw["clean"], mode="r")[...], clean)
