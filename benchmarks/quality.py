@@ -14,7 +14,7 @@ installed: its own U-Net at our shape, the same patch, batch and budget, its til
 ``careamics-n2v`` with its default masking and last weights, ``careamics-n2v-best`` with its
 best-validation checkpoint, ``careamics-n2v-ours`` with our masking, see ``CAREAMICS_ROWS``).
 ``dbsn-clean``: D-BSN with ``--clean``, the clean half of CARE's training pairs (other fields of
-view) used unpaired, where the data have such pairs.
+view, or Train400 for the BSD68/Set12 sets) used unpaired, where the data have such pairs.
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -349,7 +349,7 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
     elif key == "dbsn-clean":
         clean = unpaired_clean(ds)
         kw.update(method="dbsn", clean=str(write_stack(folder / "unpaired-clean.zarr", clean)))
-        note = (f"--clean: the {len(clean)} clean images of CARE's training pairs (other fields of view), "
+        note = (f"--clean: the {len(clean)} clean images of CARE's training pairs (not the scored images), "
                 "unpaired: synthetic pairs with the learned noise level in distillation")
     elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
@@ -375,8 +375,9 @@ def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Na
 
 
 def unpaired_clean(ds: Dataset) -> np.ndarray | None:
-    """Clean images of other fields of view for D-BSN's ``--clean`` (the clean half of CARE's
-    training pairs, used unpaired), or None where CARE's pairs come from the scored images."""
+    """Clean images other than the scored ones (other fields of view, or Train400) for D-BSN's
+    ``--clean``: the clean half of CARE's training pairs, used unpaired; None where CARE's pairs
+    come from the scored images themselves (cross-fitting)."""
     folds = [f for f in ds.care_folds if f.region is None]
     return folds[0].clean if folds else None
 
