@@ -12,7 +12,8 @@ client (the ``bigdenoise predict`` command) — is sampled every 0.2 s.
 Sizes are in GB of uint16 input. The Z extent grows with the size; Y and X stay 1024 x 1024.
 
 Long mode (issue 20, item 6: a worker's peak must plateau, not creep with the blocks it has
-processed): one volume of ``--blocks`` blocks (one 64x256x256 chunk each), predicted once per
+processed): one volume of ``--blocks`` blocks (one 64x256x256 chunk each; a few drawn slabs
+repeated along Z, which only makes it faster to write), predicted once per
 allocator policy of ``--policies`` (``bounded``: ``bigdenoise.memory.after_block``'s bounded
 heap, as shipped; ``off``: no trim, the heap only grows; ``always``: a trim after every block),
 the policies interleaved ``--repeats`` times on fresh workers. Each worker reports, after every
@@ -91,7 +92,7 @@ def run_size(work: Path, gbytes: float, workers: int, threads: int, tile: int) -
     src = work / f"in-{gbytes:g}GB.zarr"
     out = work / f"out-{gbytes:g}GB.zarr"
     t0 = time.perf_counter()
-    shape = write_lightsheet_volume(src, gbytes)
+    shape = write_lightsheet_volume(src, gbytes, distinct_slabs=LONG_DISTINCT_SLABS)
     print(f"wrote {src} {shape} uint16 in {time.perf_counter() - t0:.0f} s", flush=True)
     with dask_processes(workers, threads) as (address, monitors):
         result = common.run_command(predict_command(src, work, out, address, tile))
@@ -107,6 +108,9 @@ def run_size(work: Path, gbytes: float, workers: int, threads: int, tile: int) -
           f"{row['scheduler_mb']:.0f} MB, workers {', '.join(f'{w:.0f}' for w in row['worker_mb'])} MB", flush=True)
     return row
 
+
+LONG_DISTINCT_SLABS = 4
+"""The long mode's volume repeats this many drawn slabs along Z (its content does not matter there)."""
 
 LONG_MARKS = (16, 32, 64, 128, 256, 512, 1024, 2048)
 """Blocks done by one worker at which the long mode's table shows its peak."""
@@ -195,7 +199,7 @@ def main_long(a, work: Path) -> int:
     per_slab = (LIGHTSHEET_YX // LIGHTSHEET_CHUNKS[1]) * (LIGHTSHEET_YX // LIGHTSHEET_CHUNKS[2])
     gbytes = max(1, round(a.blocks / per_slab)) * math.prod(LIGHTSHEET_CHUNKS) * per_slab * 2 / 1e9
     t0 = time.perf_counter()
-    shape = write_lightsheet_volume(src, gbytes)
+    shape = write_lightsheet_volume(src, gbytes, distinct_slabs=LONG_DISTINCT_SLABS)
     print(f"wrote {src} {shape} uint16 in {time.perf_counter() - t0:.0f} s", flush=True)
     probes = [common.probe("before")]
     policies = a.policies.split(",")
@@ -214,7 +218,8 @@ def main_long(a, work: Path) -> int:
             "## Scale: a worker's memory over thousands of blocks (`benchmarks/scale.py --long`)", "",
             f"Run {common.now()}. " + common.format_machine(common.machine_info(), probes), "",
             f"Reproduce: `{common.this_command()}`", "",
-            f"{blocks} blocks (volume {shape}, uint16, chunks {LIGHTSHEET_CHUNKS}, one chunk per block) on a real "
+            f"{blocks} blocks (volume {shape}, uint16, chunks {LIGHTSHEET_CHUNKS}, one chunk per block; "
+            f"{LONG_DISTINCT_SLABS} drawn slabs repeated along Z) on a real "
             f"`dask scheduler` + {a.workers} `dask worker` process(es) ({a.threads} threads each, started with "
             "`runtime.ALLOCATOR_ENV`), untrained 3D U-Net depth 1 / "
             f"{a.features} features, tiles {a.tile}^3, `bigdenoise predict --cluster tcp://... --dtype input`. "
