@@ -6,7 +6,11 @@ that a forward pass reuses the pages of the one before instead of faulting them 
 alone, such a heap only grows: free holes left between live allocations by the blocks' arrays
 (two task threads allocate and free them interleaved) stay resident, and a worker's peak creeps
 up with the blocks it has processed. :func:`after_block` hands the free pages back when the
-worker's resident memory has grown past its first blocks', so the peak plateaus.
+worker's resident memory has grown past its first blocks' (after a trim, a worker of the
+long benchmark held about 550 MB where untrimmed ones held 830-930 MB). It does not lower the
+peak reached within a block: over 1,000 blocks per worker the peak still ended 1.10-1.20x its
+peak after 16 blocks, as without the trim (1.12-1.13x; benchmarks/RESULTS.md, section
+scale-long), and the trim cost no time.
 """
 
 from __future__ import annotations
