@@ -92,7 +92,7 @@ def run_size(work: Path, gbytes: float, workers: int, threads: int, tile: int) -
     src = work / f"in-{gbytes:g}GB.zarr"
     out = work / f"out-{gbytes:g}GB.zarr"
     t0 = time.perf_counter()
-    shape = write_lightsheet_volume(src, gbytes, distinct_slabs=LONG_DISTINCT_SLABS)
+    shape = write_lightsheet_volume(src, gbytes)
     print(f"wrote {src} {shape} uint16 in {time.perf_counter() - t0:.0f} s", flush=True)
     with dask_processes(workers, threads) as (address, monitors):
         result = common.run_command(predict_command(src, work, out, address, tile))
