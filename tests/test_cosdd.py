@@ -307,8 +307,8 @@ def test_sampled_halo_below_the_radius_is_not_exact(tmp_path, rough_cosdd, wide_
                      predict_whole(data, for_inference(model)))
 
 
-def test_kl_per_pixel_is_recorded_and_a_collapse_warned(monkeypatch):
-    options = cosdd.COSDDOptions(**SMALL)
+def test_kl_per_pixel_is_recorded_and_a_collapse_warned_once_past_the_warm_up(monkeypatch):
+    options = cosdd.COSDDOptions(**SMALL, kl_warmup=2)
     torch.manual_seed(0)
     nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
     for net in nets.values():
@@ -320,10 +320,42 @@ def test_kl_per_pixel_is_recorded_and_a_collapse_warned(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cosdd.vae_loss(nets, batch, options)  # a healthy KL: no warning
-    assert float(nets["encoder"].kl_per_pixel) == pytest.approx(float(kl), rel=1e-5)
-    monkeypatch.setattr(cosdd, "COLLAPSE_KL", float(kl) * 10)
-    with pytest.warns(UserWarning, match="collapsed"):
-        cosdd.vae_loss(nets, batch, options)
+        assert float(nets["encoder"].kl_per_pixel) == pytest.approx(float(kl), rel=1e-5)
+        monkeypatch.setattr(cosdd, "COLLAPSE_KL", float(kl) * 10)
+        cosdd.vae_loss(nets, batch, options)  # step 1 of a 2-step warm-up: the KL is small by design
+    with pytest.warns(UserWarning, match="collapsed") as caught:
+        for _ in range(3):
+            cosdd.vae_loss(nets, batch, options)
+    assert sum("collapsed" in str(w.message) for w in caught) == 1  # once, not at every step
+
+
+def test_the_kl_warms_up_over_training_steps_and_validation_weighs_it_fully():
+    """A training step's loss is NLL + w KL + signal-decoder MSE with w = (step + 1) / kl_warmup
+    up to 1, the step counted in the encoder's ``train_steps`` (saved with the weights);
+    evaluation gives the full ELBO and counts nothing."""
+    options = cosdd.COSDDOptions(**SMALL, kl_warmup=4)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    batch = _batch(options)
+    enc = nets["encoder"]
+    assert "train_steps" in enc.state_dict()
+    for net in nets.values():
+        net.train()
+    for step in range(6):
+        torch.manual_seed(step)
+        nll, kl, sd = cosdd.elbo_terms(nets, batch)
+        torch.manual_seed(step)
+        loss = cosdd.vae_loss(nets, batch, options)
+        assert float(loss) == pytest.approx(float(nll + min(1.0, (step + 1) / 4) * kl + sd), rel=1e-5), step
+        assert int(enc.train_steps) == step + 1
+    for net in nets.values():
+        net.eval()
+    torch.manual_seed(9)
+    nll, kl, sd = cosdd.elbo_terms(nets, batch)
+    torch.manual_seed(9)
+    assert float(cosdd.vae_loss(nets, batch, options)) == pytest.approx(float(nll + kl + sd), rel=1e-5)
+    assert int(enc.train_steps) == 6
+    assert cosdd.kl_weight(0, 0) == 1.0
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ sigmoid(b)``, ``(a, b)`` a 1x1 conv of ``h``.
 
 Sizes (paper, 2D): "large" 14 levels, s_code 128 (z 64), ~25 M parameters, 20 GB GPU;
 "small" 6 levels, s_code 64 (z 32); the authors' course 6 levels, s_code 32. The CPU default
-here is 3 levels, s_code 32. Inputs are padded at the far end to a multiple of
+here (methods/cosdd.py) is 3 levels, s_code 16. Inputs are padded at the far end to a multiple of
 ``2**levels`` and cropped back (never centred, so the down-sampling grid is anchored at 0).
 
 Signal decoder: ``layers`` conv 3 + ReLU of ``width`` channels, then a 1x1 conv to one channel
@@ -129,9 +129,10 @@ def _gaussian(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class LadderVAE(nn.Module):
     """Ladder VAE encoder: ``x`` (N, 1, *spatial) -> signal code (N, s_code, *spatial), KL.
 
-    Attributes: ``ndim, levels, s_code, z_channels, filters, factor`` (``2**levels``); buffer
+    Attributes: ``ndim, levels, s_code, z_channels, filters, factor`` (``2**levels``); buffers
     ``kl_per_pixel``: the KL per pixel of the last training batch (a posterior-collapse record
-    that travels in the package; -1 until a training step sets it).
+    that travels in the package; -1 until a training step sets it) and ``train_steps``: the
+    training steps taken (a KL warm-up's clock, kept in checkpoints so a resumed run goes on).
     """
 
     def __init__(self, ndim: int, *, levels: int = 3, s_code: int = 32, filters: int | None = None) -> None:
@@ -154,6 +155,7 @@ class LadderVAE(nn.Module):
         self.td = nn.ModuleList(GatedResBlock(ndim, f) for _ in range(levels))
         self.out = nn.Sequential(GatedResBlock(ndim, f), conv(f, s_code, 1))
         self.register_buffer("kl_per_pixel", torch.full((), -1.0))  # -1: not measured yet
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.int64))
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         sizes = tuple(x.shape[2:])
