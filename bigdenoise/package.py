@@ -162,7 +162,9 @@ def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, 
         "factor": int(method.factor(nets, options)),
         "channel_halo": int(method.channel_halo(options)),
         "normalization": stats.to_dict(),
-        "train_config": config.model_dump(mode="json"),
+        # every method option, defaults included: a later release that changes a default (the
+        # network sizes are options for some methods) still rebuilds the networks saved here
+        "train_config": {**config.model_dump(mode="json"), "options": options.model_dump(mode="json")},
         "info": info,
     }
     if output_stats is not None:
