@@ -40,11 +40,17 @@ def worker_rows(tmp_path, model_dir, blocks: int) -> list[tuple[int, float, floa
 
 
 @pytest.mark.slow
-def test_worker_peak_after_256_blocks_stays_within_15_percent_of_after_32(tmp_path, model_3d):
+def test_worker_memory_between_blocks_after_256_blocks_stays_within_15_percent_of_its_first_blocks(
+        tmp_path, model_3d):
+    """No per-block leak: the resident memory a worker comes back to between blocks (the least
+    after any of 32 blocks: the trim hands free pages back, live memory stays) is, over its
+    last 32 of 256 blocks, within 15 % of that over blocks 5-48. Not the peak (``VmHWM``): a
+    one-time allocation of about 84 MB inside torch or its libraries lands at a random block
+    (seen from the 2nd to the 247th, with one or two task threads), which made a peak bound flaky."""
     rows = worker_rows(tmp_path, model_3d[0], 256)
     assert len(rows) == 256
-    after_32, after_256 = rows[31][2], rows[255][2]
-    assert after_256 <= 1.15 * after_32, (after_32, after_256, rows[::32])
+    first, last = min(r[1] for r in rows[4:48]), min(r[1] for r in rows[224:])
+    assert last <= 1.15 * first, (first, last, rows[::32])
 
 
 # A process with the workers' allocator settings: four blocks set the baseline, then 200 MB
