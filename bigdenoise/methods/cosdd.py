@@ -18,8 +18,9 @@ Training, two stages through the shared loop:
    free bits), plus the signal decoder's MSE to the noisy patch on the *detached* signal code
    (paper Eq. 6; its gradient never reaches the encoder). The encoder's buffer ``kl_per_pixel``
    keeps the last training batch's KL per pixel (it travels in the package); a ``UserWarning``
-   is raised once when, past the warm-up, it falls below ``COLLAPSE_KL`` (posterior collapse: the latents carry nothing, the signal
-   decoder outputs the mean). The loop has no other channel for such reports.
+   is raised once when, past the warm-up, it falls below ``COLLAPSE_KL`` (posterior collapse:
+   the latents carry nothing, the signal decoder outputs the mean). The loop has no other
+   channel for such reports.
 2. ``distill`` (``distill_fraction``, cosine learning rate: on the stripes its validation loss
    ended 0.019 against 0.028 at a constant rate, and the VAE's ELBO ended worse under cosine,
    0.9996 against 0.9917; one seed each): MSE of the U-Net on the (not dequantised) patch against
@@ -71,8 +72,8 @@ hundred steps. Learning rate 2e-3 (the authors' Adamax rate, this method's defau
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
 s_code 16 makes twice the steps of 32 and denoised the stripes 0.6 dB better (one seed each,
-both with the warm-up). The paper: "large" 14
-levels, s_code 128; "small" 6 levels, s_code 64; both with RF 40 and 3-5 components, on a GPU.
+both with the warm-up). The paper: "large" 14 levels, s_code 128; "small" 6 levels, s_code 64;
+both with RF 40 and 3-5 components, on a GPU.
 """
 
 from __future__ import annotations
@@ -333,7 +334,8 @@ def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptio
 
 def stages(options: COSDDOptions) -> tuple[Stage, ...]:
     return (Stage("vae", ("encoder", "ar_decoder", "signal_decoder"), vae_loss, fraction=1.0 - options.distill_fraction),
-            Stage("distill", ("direct_denoiser",), distill_loss, fraction=options.distill_fraction, schedule="cosine"))
+            Stage("distill", ("direct_denoiser",), distill_loss, fraction=options.distill_fraction,
+                  schedule="cosine"))
 
 
 # ---------------------------------------------------------------------------------------------
