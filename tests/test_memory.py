@@ -1,6 +1,7 @@
 """A worker's memory over many blocks (issue 20, item 6): its live heap does not grow with the
-blocks it has processed, and the heap is trimmed when it grows past its first blocks'. Measured in the worker process of a real LocalCluster, started
-with the allocator settings bigdenoise gives its workers (``runtime.ALLOCATOR_ENV``)."""
+blocks it has processed, and the heap is trimmed when it grows past its first blocks'. Measured
+in the worker process of a real LocalCluster, started with the allocator settings bigdenoise
+gives its workers (``runtime.ALLOCATOR_ENV``)."""
 
 import json
 import os
