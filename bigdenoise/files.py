@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from ._version import __version__
 from .errors import BigDenoiseError, ModelError
@@ -32,16 +32,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Write ``tensors`` as safetensors to ``path``, atomically like :func:`atomic_write_bytes`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``tensors`` as safetensors to ``path``, atomically like :func:`atomic_write_bytes`.
+
+    The file is serialised in memory and written by :func:`atomic_write_bytes`, so a kill leaves
+    only our own ``.*.tmp`` names behind (some safetensors versions write through a temporary file
+    of their own, ``.tmpXXXXXX``, that a killed run would leave in a user's folder).
+    """
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
 
 
 def load_tensors(path: Path, what: str, error: type[BigDenoiseError] = ModelError) -> dict[str, torch.Tensor]:

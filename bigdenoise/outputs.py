@@ -63,10 +63,11 @@ MODEL = Kind("model package", ("config.json", "*.safetensors", "history.csv", "l
              (("checkpoint", ("state.json", "*.safetensors")),))
 NOISE_MODEL = Kind("noise model", ("noise_model.json", "noise_model.safetensors", "noise_model.png"))
 # bigdenoise-errors.log: where failed blocks' tracebacks went before bigdenoise.log held them;
-# .zgroup, .zattrs: an NGFF 0.4 image (Zarr v2)
-PREDICTION = Kind("prediction", ("zarr.json", ".zgroup", ".zattrs", "c", "[0-9]*", ".bigdenoise-done",
-                                 "bigdenoise.log", "bigdenoise-errors.log", "preview.png"))
-ZARR_COPY = Kind("Zarr copy", ("zarr.json", "c"))
+# .zgroup, .zattrs: an NGFF 0.4 image (Zarr v2); zarr.*.partial: Zarr's atomic write of zarr.json,
+# left by a kill
+PREDICTION = Kind("prediction", ("zarr.json", "zarr.*.partial", ".zgroup", ".zattrs", "c", "[0-9]*",
+                                 ".bigdenoise-done", "bigdenoise.log", "bigdenoise-errors.log", "preview.png"))
+ZARR_COPY = Kind("Zarr copy", ("zarr.json", "zarr.*.partial", "c"))
 DEMO = Kind("demo folder", ("bigdenoise-demo.json", "noisy.zarr", "clean.zarr", "denoised.zarr", "model",
                             "preview.png"))
 

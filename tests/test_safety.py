@@ -489,6 +489,42 @@ def test_killed_training_always_leaves_a_checkpoint_that_resumes(project):
     assert bd.load_model(out).info["steps"] == steps[-1] + 2
 
 
+def test_a_tensor_file_write_killed_midway_leaves_only_names_a_resume_accepts(tmp_path):
+    """SIGKILL while a checkpoint's tensors are being written: the temporary file left behind is one
+    of ours, so --resume goes on (safetensors' own writer leaves ``.tmpXXXXXX``, which it would
+    refuse as a file bigdenoise did not write)."""
+    from bigdenoise.outputs import MODEL, destination
+
+    model = destination(tmp_path / "m", MODEL).start()
+    (model / "checkpoint").mkdir()
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, torch\n"
+        "from bigdenoise.files import atomic_save_tensors\n"
+        "t = {'w': torch.ones(16, 1024, 1024)}\n"
+        "while True:\n"
+        "    atomic_save_tensors(t, sys.argv[1])\n"), str(model / "checkpoint" / "weights-1.safetensors")])
+    seen: set[str] = set()
+    start = time.monotonic()
+    while (time.monotonic() < start + 1.5 or len(seen) < 2) and time.monotonic() < start + 120 and writer.poll() is None:
+        seen.update(os.listdir(model / "checkpoint"))
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert len(seen) >= 2, "the writer never showed a temporary file"
+    for name in seen:  # a kill at another moment would have left this name
+        (model / "checkpoint" / name).touch()
+    assert destination(model, MODEL, resume=True).work == model
+
+
+def test_a_prediction_killed_while_zarr_wrote_its_metadata_resumes(tmp_path):
+    """Zarr writes zarr.json through ``zarr.<hex>.partial``; a kill can leave that name behind."""
+    from bigdenoise.outputs import PREDICTION, destination
+
+    out = destination(tmp_path / "out.zarr", PREDICTION).start()
+    zarr.create_array(str(out), shape=(4, 4), dtype="float32")
+    (out / "zarr.0123456789abcdef0123456789abcdef.partial").write_bytes(b"{")
+    assert destination(out, PREDICTION, resume=True).work == out
+
+
 def test_our_own_staging_siblings_are_not_foreign(tmp_path):
     """A demo folder holding a sub-output's killed replacement is still ours; a user's file is not."""
     from bigdenoise.errors import OutputError
