@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import common
+from bigdenoise.clusters import WORKER_CONFIG_ENV
 from bigdenoise.memory import TRIM_ENV, BlockMemoryLog, memory_rows
 from bigdenoise.runtime import ALLOCATOR_ENV
 from datasets import LIGHTSHEET_CHUNKS, LIGHTSHEET_YX, write_lightsheet_volume
@@ -54,7 +55,8 @@ def _free_port() -> int:
 @contextlib.contextmanager
 def dask_processes(workers: int, threads: int, env: dict | None = None):
     """A real ``dask scheduler`` and ``workers`` ``dask worker`` processes (no nanny) started with
-    ``runtime.ALLOCATOR_ENV`` (as the README says) and ``env``; yields the scheduler's address and
+    ``runtime.ALLOCATOR_ENV`` and ``clusters.WORKER_CONFIG_ENV`` (no statistical profiler), as the
+    README tells users to, and ``env``; yields the scheduler's address and
     one peak-RSS monitor per process (scheduler first). Killed on exit."""
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -64,7 +66,7 @@ def dask_processes(workers: int, threads: int, env: dict | None = None):
     worker_procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
                                       str(threads), "--no-nanny", "--no-dashboard", "--memory-limit", "0"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     env={**os.environ, **ALLOCATOR_ENV, **(env or {})})
+                                     env={**os.environ, **ALLOCATOR_ENV, **WORKER_CONFIG_ENV, **(env or {})})
                     for _ in range(workers)]
     monitors = [common.TreeRSS(p.pid) for p in [scheduler, *worker_procs]]
     for m in monitors:
@@ -221,7 +223,8 @@ def main_long(a, work: Path) -> int:
             f"{blocks} blocks (volume {shape}, uint16, chunks {LIGHTSHEET_CHUNKS}, one chunk per block; "
             f"{LONG_DISTINCT_SLABS} drawn slabs repeated along Z) on a real "
             f"`dask scheduler` + {a.workers} `dask worker` process(es) ({a.threads} threads each, started with "
-            "`runtime.ALLOCATOR_ENV`), untrained 3D U-Net depth 1 / "
+            "`runtime.ALLOCATOR_ENV` and without Dask's profiler, `clusters.WORKER_CONFIG_ENV`), "
+            "untrained 3D U-Net depth 1 / "
             f"{a.features} features, tiles {a.tile}^3, `bigdenoise predict --cluster tcp://... --dtype input`. "
             f"Policies (`{TRIM_ENV}`), interleaved {a.repeats}x on fresh workers: `bounded` = "
             "`memory.after_block` as shipped, `off` = no trim, `always` = `malloc_trim(0)` after every block. "
