@@ -6,11 +6,11 @@ that a forward pass reuses the pages of the one before instead of faulting them 
 alone, such a heap only grows: free holes left between live allocations by the blocks' arrays
 (two task threads allocate and free them interleaved) stay resident, and a worker's peak creeps
 up with the blocks it has processed. :func:`after_block` hands the free pages back when the
-worker's resident memory has grown past its first blocks' (after a trim, a worker of the
-long benchmark held about 550 MB where untrimmed ones held 830-930 MB). It does not lower the
-peak reached within a block: over 1,000 blocks per worker the peak still ended 1.10-1.20x its
-peak after 16 blocks, as without the trim (1.12-1.13x; benchmarks/RESULTS.md, section
-scale-long), and the trim cost no time.
+worker's resident memory has grown past its first blocks' (a worker of the long benchmark
+went back to about 500 MB after each trim, to the end). Over 1,000 blocks per worker its peak
+ended 1.08-1.09x its peak after 16 blocks (benchmarks/RESULTS.md, section scale-long). Workers
+must also run without Dask's statistical profiler (``clusters.WORKER_CONFIG_ENV``): its stack
+samples grow the live heap, and with it the peak, for the first 1000 s.
 """
 
 from __future__ import annotations
