@@ -229,6 +229,9 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
             raise ConfigError(f"cannot connect to the Dask scheduler at {cluster} ({exc})") from None
         with client:
             log.info("cluster %s; Dask dashboard: %s", cluster, client.dashboard_link)
+            warning = worker_settings_warning(cluster, client.run(worker_settings, on_error="ignore"))
+            if warning:
+                log.warning(warning)
             yield client, 0
         return
     if cluster in JOBQUEUE:
@@ -266,6 +269,32 @@ def _client(cluster: str, workers: int | None, threads_per_worker: int | None, d
                                          dashboard_address=":0", silence_logs=logging.CRITICAL) as lc, Client(lc) as client:
         _log_local(cluster, n_workers, threads, client)
         yield client, torch_threads_per_worker(cores, n_workers)
+
+
+def worker_settings() -> dict[str, bool]:
+    """In a worker process: whether Dask's statistical profiler runs (off with
+    :data:`WORKER_CONFIG`) and whether it started with the allocator settings ``runtime.ALLOCATOR_ENV``."""
+    return {"profiler": bool(dask.config.get("distributed.worker.profile.enabled")),
+            "allocator": all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items())}
+
+
+def worker_settings_warning(cluster: str, settings: dict[str, dict[str, bool]]) -> str | None:
+    """One line naming how many workers of the scheduler at ``cluster`` lack the settings of the
+    workers bigdenoise starts, and how to start them; None when none does. ``settings``:
+    :func:`worker_settings` per worker address (``client.run``)."""
+    profiled = sum(s["profiler"] for s in settings.values())
+    slow = sum(not s["allocator"] for s in settings.values())
+    found = []
+    if profiled:
+        found.append(f"{profiled} run Dask's statistical profiler (its stack samples grow a worker's memory "
+                     f"with every block for 1000 s)")
+    if slow:
+        found.append(f"{slow} lack the allocator settings (CPU passes up to 1.5x slower)")
+    if not found:
+        return None
+    environ = " ".join(f"{k}={v}" for k, v in {**ALLOCATOR_ENV, **WORKER_CONFIG_ENV}.items())
+    return (f"of the {len(settings)} workers of {cluster}, {' and '.join(found)}; start workers as "
+            f"`{environ} dask worker {cluster}`")
 
 
 def _log_local(cluster: str, n_workers: int, threads: int, client) -> None:

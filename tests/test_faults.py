@@ -1,5 +1,6 @@
 """Runs survive being killed: predict --resume, a lost worker, an external scheduler."""
 
+import logging
 import os
 import signal
 import socket
@@ -13,6 +14,8 @@ import pytest
 import zarr
 
 import bigdenoise as bd
+from bigdenoise.clusters import WORKER_CONFIG_ENV
+from bigdenoise.runtime import ALLOCATOR_ENV
 from bigdenoise.writer import DONE_DIR
 
 from conftest import smooth_volume, write_zarr
@@ -67,7 +70,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_external_scheduler_and_a_killed_worker(tmp_path, case):
+def test_external_scheduler_and_a_killed_worker(tmp_path, case, caplog):
+    """Two ``dask worker`` processes of a ``dask scheduler``, one started as the README says and
+    one without those settings, which the run names; then one is killed mid-run."""
     model_dir, src, ref = case
     port = _free_port()
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
@@ -76,14 +81,21 @@ def test_external_scheduler_and_a_killed_worker(tmp_path, case):
     address = f"tcp://127.0.0.1:{port}"
     worker_cmd = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1", "--no-nanny",
                   "--no-dashboard"]
-    workers = [subprocess.Popen(worker_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    readme = {**os.environ, **ALLOCATOR_ENV, **WORKER_CONFIG_ENV}
+    bare = {k: v for k, v in os.environ.items() if k not in {**ALLOCATOR_ENV, **WORKER_CONFIG_ENV}}
+    workers = [subprocess.Popen(worker_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environ)
+               for environ in (readme, bare)]
     try:
         from distributed import Client
 
         with Client(address, timeout="60s") as client:
             client.wait_for_workers(2, timeout=60)
         kw = dict(cluster=address, progress=False, batch_size=1, tile=(32, 32), block_voxels=1)
-        bd.predict(src, model_dir, tmp_path / "clean-run.zarr", **kw)
+        with caplog.at_level(logging.WARNING, logger="bigdenoise.clusters"):
+            bd.predict(src, model_dir, tmp_path / "clean-run.zarr", **kw)
+        warned = [r.getMessage() for r in caplog.records if r.name == "bigdenoise.clusters"]
+        assert len(warned) == 1 and "of the 2 workers" in warned[0], warned
+        assert "1 run Dask's statistical profiler" in warned[0] and "1 lack the allocator" in warned[0]
         uninterrupted = zarr.open_array(str(tmp_path / "clean-run.zarr"), mode="r")[...]
         # worker processes and the in-process threads run agree to float rounding
         assert np.abs(uninterrupted - ref).max() <= 1e-4
