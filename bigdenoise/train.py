@@ -369,12 +369,15 @@ def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dic
     return best
 
 
+OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
+
+
 def _optimizer(run: _Run, stage: Stage, stage_index: int, state: TrainState, saved: dict | None):
-    """Adam over the stage's networks and its LR schedule (cosine or on plateau), restored from the
-    checkpoint ``saved`` when the run resumes inside this stage."""
+    """The stage's optimiser (Adam or Adamax) over its networks and its LR schedule (cosine or on
+    plateau), restored from the checkpoint ``saved`` when the run resumes inside this stage."""
     config = run.config
     params = [p for name in stage.nets for p in run.nets[name].parameters()]
-    opt = torch.optim.Adam(params, lr=config.lr)
+    opt = OPTIMIZER_CLASSES[stage.optimizer](params, lr=config.lr)
     if (config.schedule or stage.schedule) == "cosine":
         sched = CosineLR(opt, config.lr)
     else:

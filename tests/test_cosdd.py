@@ -398,6 +398,23 @@ def test_the_methods_own_learning_rate_is_the_default_and_an_explicit_one_wins()
     assert make_config(method="n2v", axes="SYX").lr == 4e-4
 
 
+def test_the_vae_stage_steps_under_adamax_and_the_distillation_under_adam(tmp_path, monkeypatch):
+    """The authors train the VAE with Adamax (under Adam two of three Hagen seeds ended flat).
+    Each optimiser class is watched stepping: it must carry exactly its stage's parameters."""
+    stepped: dict[str, int] = {}
+    for cls in (torch.optim.Adam, torch.optim.Adamax):
+        def spy(self, *args, _step=cls.step, _name=cls.__name__, **kwargs):
+            stepped[_name] = sum(p.numel() for g in self.param_groups for p in g["params"])
+            return _step(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "step", spy)
+    data, _ = smooth_volume((2, 64, 64))
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 32, 32), "SYX")
+    nets = bd.train(src, tmp_path / "model", method="cosdd", progress=False, options=SMALL, **{**TINY, "steps": 4}).nets
+    size = {name: sum(p.numel() for p in net.parameters()) for name, net in nets.items()}
+    assert stepped == {"Adamax": size["encoder"] + size["ar_decoder"] + size["signal_decoder"],
+                       "Adam": size["direct_denoiser"]}
+
+
 def test_zyx_volumes_train_and_predict_2d_nets_plane_by_plane(tmp_path):
     """On ZYX (and TZYX) volumes the nets are 2D over YX, each Z plane one image: training reads
     single planes, prediction runs plane by plane, exactly when tiled (the sampled path keys its

@@ -30,6 +30,8 @@ class Stage:
     stacked along a new first axis) and returns a scalar loss tensor. ``schedule`` is the
     learning-rate schedule: ``"plateau"`` (halve the LR when validation stops improving) or
     ``"cosine"`` (anneal from the configured LR to zero over the stage's budget).
+    ``optimizer``: ``"adam"``, or ``"adamax"`` (Adam with an infinity norm: a gradient spike
+    barely moves the step, which keeps a VAE's ELBO stable at a high learning rate).
     ``unpaired``: the method's unpaired volumes (``Method.unpaired``) this stage's training
     batches read, when they were given (other stages do not read them; validation batches,
     shared by every stage, always do).
@@ -41,13 +43,17 @@ class Stage:
     fraction: float = 1.0
     schedule: str = "plateau"
     unpaired: tuple[str, ...] = ()
+    optimizer: str = "adam"
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Stage.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"Stage.optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
 
 SCHEDULES = ("plateau", "cosine")
+OPTIMIZERS = ("adam", "adamax")
 
 
 @dataclass(frozen=True)
