@@ -30,8 +30,8 @@ class Stage:
     stacked along a new first axis) and returns a scalar loss tensor. ``schedule`` is the
     learning-rate schedule: ``"plateau"`` (halve the LR when validation stops improving) or
     ``"cosine"`` (anneal from the configured LR to zero over the stage's budget).
-    ``optimizer``: ``"adam"``, or ``"adamax"`` (Adam with an infinity norm: a gradient spike
-    barely moves the step, which keeps a VAE's ELBO stable at a high learning rate).
+    ``optimizer``: ``"adam"``, or ``"adamax"`` (Adam with the infinity norm of past gradients in
+    place of their root mean square; COSDD's authors train its VAE with it).
     ``unpaired``: the method's unpaired volumes (``Method.unpaired``) this stage's training
     batches read, when they were given (other stages do not read them; validation batches,
     shared by every stage, always do).
