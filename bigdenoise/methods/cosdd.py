@@ -70,7 +70,9 @@ hundred steps. Optimisers: the VAE stage steps with Adamax (``Stage.optimizer``)
 distillation with Adam, both at 2e-3 (the authors' rate, this method's default through
 ``train_defaults``). Under Adam, on Hagen mito-confocal two of three seeds ended with a flat
 signal decoder (15.6 dB); under Adamax, whose step the infinity norm of past gradients bounds,
-the three seeds reached 20.2-20.4 dB (6 minutes on 2 cores; RESULTS quality-cosdd-hagen).
+the three seeds reached 20.2-20.4 dB (6 minutes on 2 cores; RESULTS quality-cosdd-hagen),
+but on the synthetic row stripes Adamax scores 23.44 dB against Adam's 23.97 (RESULTS
+quality-cosdd): which one the VAE should use is still open.
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
