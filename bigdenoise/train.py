@@ -373,13 +373,15 @@ OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}
 
 
 def _optimizer(run: _Run, stage: Stage, stage_index: int, state: TrainState, saved: dict | None):
-    """The stage's optimiser (Adam or Adamax) over its networks and its LR schedule (cosine or on
-    plateau), restored from the checkpoint ``saved`` when the run resumes inside this stage."""
+    """The stage's optimiser (Adam or Adamax, at ``lr`` times the stage's ``lr_scale``) over its
+    networks and its LR schedule (cosine or on plateau), restored from the checkpoint ``saved``
+    when the run resumes inside this stage."""
     config = run.config
     params = [p for name in stage.nets for p in run.nets[name].parameters()]
-    opt = OPTIMIZER_CLASSES[stage.optimizer](params, lr=config.lr)
+    lr = config.lr * stage.lr_scale
+    opt = OPTIMIZER_CLASSES[stage.optimizer](params, lr=lr)
     if (config.schedule or stage.schedule) == "cosine":
-        sched = CosineLR(opt, config.lr)
+        sched = CosineLR(opt, lr)
     else:
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=config.lr_patience)
     if saved is not None and stage_index == state.stage and "optimizer" in saved["tensors"]:

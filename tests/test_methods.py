@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bigdenoise.config import NetConfig
-from bigdenoise.methods import get_method, method_names
+from bigdenoise.methods import Stage, get_method, method_names
 
 
 @pytest.mark.parametrize("name", method_names())
@@ -91,3 +91,9 @@ def test_model_packages_load_without_unpickling(tmp_path, monkeypatch, name):
     np.testing.assert_array_equal(model.background, background)
     if "noise_model" in nets:
         assert model.nets["noise_model"].model.kind == "histogram"
+
+
+@pytest.mark.parametrize("field", [{"schedule": "linear"}, {"optimizer": "sgd"}, {"lr_scale": 0.0}])
+def test_a_stage_refuses_an_unknown_schedule_or_optimiser_and_a_rate_scale_not_positive(field):
+    with pytest.raises(ValueError, match=next(iter(field))):
+        Stage("s", ("net",), lambda nets, batch, options: None, **field)

@@ -31,7 +31,8 @@ class Stage:
     learning-rate schedule: ``"plateau"`` (halve the LR when validation stops improving) or
     ``"cosine"`` (anneal from the configured LR to zero over the stage's budget).
     ``optimizer``: ``"adam"``, or ``"adamax"`` (Adam with the infinity norm of past gradients in
-    place of their root mean square; COSDD's authors train its VAE with it).
+    place of their root mean square; COSDD's authors train its VAE with it). ``lr_scale``: the
+    stage's learning rate is the configured ``lr`` times this.
     ``unpaired``: the method's unpaired volumes (``Method.unpaired``) this stage's training
     batches read, when they were given (other stages do not read them; validation batches,
     shared by every stage, always do).
@@ -44,8 +45,11 @@ class Stage:
     schedule: str = "plateau"
     unpaired: tuple[str, ...] = ()
     optimizer: str = "adam"
+    lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if not self.lr_scale > 0:
+            raise ValueError(f"Stage.lr_scale must be positive, got {self.lr_scale!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Stage.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.optimizer not in OPTIMIZERS:

@@ -66,13 +66,15 @@ Training budget: with the KL's full weight from the first step, the latents stay
 hundreds of steps while the AR decoder learns alone (measured on the stripes, 2 cores: about
 250 steps at the sizes s_code 32, 750 at 16), and a short run can end there with a flat signal
 decoder; the warm-up (``kl_warmup``, 200 steps) lets them carry the signal from the first
-hundred steps. Optimisers: the VAE stage steps with Adamax (``Stage.optimizer``), the
-distillation with Adam, both at 2e-3 (the authors' rate, this method's default through
-``train_defaults``). Under Adam, on Hagen mito-confocal two of three seeds ended with a flat
-signal decoder (15.6 dB); under Adamax, whose step the infinity norm of past gradients bounds,
-the three seeds reached 20.2-20.4 dB (6 minutes on 2 cores; RESULTS quality-cosdd-hagen),
-but on the synthetic row stripes Adamax scores 23.44 dB against Adam's 23.97 (RESULTS
-quality-cosdd): which one the VAE should use is still open.
+hundred steps. Optimisers: the VAE stage steps with Adamax at twice the configured rate
+(``VAE_LR_SCALE``; Adamax bounds each step by the infinity norm of past gradients, so its steps
+are smaller than Adam's), the distillation with Adam at the configured rate, 2e-3 by default
+(the authors' rate, ``train_defaults``). Under Adam, on Hagen mito-confocal two of three seeds
+ended with a flat signal decoder (15.6 dB); under Adamax at 2e-3 none did (20.2-20.4 dB), but
+the synthetic row stripes lost 0.5 dB against Adam (RESULTS quality-cosdd-hagen and the
+archived quality-cosdd, Intel Xeon). On a 2-core machine six times slower at matmul (AMD EPYC,
+about 600 steps in 6 minutes), seed 0, stripes: Adamax at 2e-3 22.48 dB, Adam at 2e-3 22.85,
+Adamax at 4e-3 22.96, at 8e-3 21.37 (struct-N2V 23.24); Hagen, Adamax at 4e-3: 20.36 (struct-N2V 21.62).
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
@@ -98,12 +100,16 @@ from . import Method, Nets, Stage
 SAMPLE_SEED = 0
 """Seed of ``prediction=sampled``'s latent noise (keyed with the sample and the voxel coordinates)."""
 
+VAE_LR_SCALE = 2.0
+"""The VAE stage's learning rate over the configured one (Adamax's steps are smaller than Adam's)."""
+
 COLLAPSE_KL = 1e-3
+"""KL per pixel (nats) below which the latents are taken to have collapsed."""
+
 # The distillation targets' spread below this fraction of the input's: the signal decoder outputs a
 # nearly flat image. Measured: 6 min on one core (~250 VAE steps) left 2 of 3 seeds flat (13 dB,
 # below the noisy input) with a KL per pixel (0.008) that COLLAPSE_KL does not flag.
 FLAT_SIGNAL = 0.1
-"""KL per pixel (nats) below which the latents are taken to have collapsed."""
 
 
 class COSDDOptions(BaseModel):
@@ -339,7 +345,7 @@ def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptio
 
 def stages(options: COSDDOptions) -> tuple[Stage, ...]:
     return (Stage("vae", ("encoder", "ar_decoder", "signal_decoder"), vae_loss, fraction=1.0 - options.distill_fraction,
-                  optimizer="adamax"),
+                  optimizer="adamax", lr_scale=VAE_LR_SCALE),
             Stage("distill", ("direct_denoiser",), distill_loss, fraction=options.distill_fraction,
                   schedule="cosine"))
 
