@@ -81,9 +81,10 @@ Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilat
 s_code 16 makes twice the steps of 32 and denoised the stripes 0.6 dB better (one seed each,
 both with the warm-up). The paper: "large" 14 levels, s_code 128; "small" 6 levels, s_code 64;
 both with RF 40 and 3-5 components, on a GPU. The three VAE nets keep their weights channels
-last (``build``; the patches are laid out to match): their convolutions have few channels, and
-on 2 cores of an AMD EPYC a VAE step (batch 16 of 64x64) took 542 ms against 661 contiguous
-(the median of 8 interleaved rounds): 1.2 times the steps in the same time.
+last (``build``; a one-channel patch is already in that layout, and every later feature map
+follows the weights): their convolutions have few channels, and on 2 cores of an AMD EPYC a
+VAE step (batch 16 of 64x64) took 542 ms against 661 contiguous (the median of 8 interleaved
+rounds): 1.2 times the steps in the same time.
 """
 
 from __future__ import annotations
@@ -259,18 +260,13 @@ def batch_direction(nets: Nets, batch: dict[str, torch.Tensor], record: bool = F
     return chosen
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the layout of the VAE's weights (:func:`build`): channels last when 2D."""
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
-
-
 def elbo_terms(nets: Nets, batch: dict[str, torch.Tensor], record: bool = False
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(nll, kl, sd_mse)`` per pixel for a batch: the AR decoder's mean negative
     log-likelihood (along :func:`batch_direction`), the KL summed over latents / pixel count,
     the signal decoder's MSE on the detached signal code."""
     along_y = batch_direction(nets, batch, record) == "y"
-    x = _channels_last(batch["noisy"].float())
+    x = batch["noisy"].float()
     code, kl = nets["encoder"](x)
     code = code.float()
     nll = -nets["ar_decoder"].log_prob(x, code, along_y=along_y).mean()
@@ -321,7 +317,7 @@ def signal_samples(nets: Nets, x: torch.Tensor, n: int, generator: torch.Generat
     :func:`sampled_radius` give exactly the whole image's values.
     """
     enc, dec = nets["encoder"], nets["signal_decoder"]
-    xp, sizes = enc._pad(_channels_last(x))
+    xp, sizes = enc._pad(x)
     feats = enc.bottom_up(xp)
 
     def drawn(level, shape, like):
