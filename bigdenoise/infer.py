@@ -19,7 +19,7 @@ from .geometry import Box
 from .normalize import denormalize, normalize
 from .package import Model
 from .nets import UNet, fold_batch_norm, inference_copy
-from .runtime import free_device_memory, memory_format, to_device, to_fast_layout
+from .runtime import free_device_memory, memory_format, to_device, to_fast_layout, true_fp32
 from .tiling import TilePlan, Tile, axis_modes, blend_weights, gather, make_plan, reflect_indices, tiles_for
 
 
@@ -116,7 +116,8 @@ def run_model(model: Model, x: np.ndarray, precision: str = "fp32", origins: np.
     kwargs = {}
     if model.method.tile_origins:
         kwargs["origins"] = None if origins is None else torch.as_tensor(np.asarray(origins, np.int64))
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+    exact = true_fp32(device) if dtype is None else nullcontext()
+    with torch.inference_mode(), exact, torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         y = model.method.predict(model.nets, to_fast_layout(to_device(x, device)), model.options, **kwargs)
     return y.float().cpu().numpy()
 

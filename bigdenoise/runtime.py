@@ -6,6 +6,7 @@ NDHWC) than with PyTorch's default layout, and so is cuDNN with tensor cores.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import shutil
@@ -95,6 +96,27 @@ def tune_worker_allocator() -> None:
     if _full_settings or all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
         return
     _mallopt((M_MMAP_THRESHOLD, 32 * 2**20), (M_TRIM_THRESHOLD, 2**30))
+
+
+@contextlib.contextmanager
+def true_fp32(device: torch.device):
+    """Within the block, float32 convolutions and matrix products on a CUDA ``device`` round
+    nothing to TF32.
+
+    PyTorch lets cuDNN's convolutions take TF32 (a 10-bit mantissa) by default on Ampere and
+    later GPUs: about 1e-3 relative error, which breaks tiled == whole at 1e-4 because the two
+    run different shapes. The switches are process-wide, so callers that run forward passes in
+    several threads hold one lock around them (``infer.denoise_block``'s ``compute_lock``).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def release_memory() -> None:

@@ -1,5 +1,5 @@
-"""Forward-pass sizing (CPU and GPU), the inference copy of a model, host->device staging, the
-allocator settings."""
+"""Forward-pass sizing (CPU and GPU), the inference copy of a model, host->device staging, true
+fp32 on a GPU, the allocator settings."""
 
 import math
 import os
@@ -22,9 +22,9 @@ from bigdenoise.infer import (
     run_model,
     workspace_bytes_per_voxel,
 )
-from bigdenoise.runtime import free_device_memory, to_device
+from bigdenoise.runtime import free_device_memory, to_device, true_fp32
 
-from conftest import assert_exact
+from conftest import TINY, assert_exact, rough_copy, smooth_volume, write_zarr
 
 GiB = 2**30
 
@@ -121,6 +121,32 @@ def test_to_device_on_cuda_goes_through_a_reused_pinned_buffer():
         torch.cuda.synchronize()
         assert t.device.type == "cuda" and np.array_equal(t.cpu().numpy(), x)
     assert free_device_memory(device) > 0
+
+
+def test_true_fp32_turns_tf32_off_on_cuda_and_restores_the_switches():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with true_fp32(torch.device("cpu")):
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with true_fp32(torch.device("cuda")):
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_fp32_prediction_on_cuda_equals_the_whole_image_on_the_cpu(tmp_path):
+    """At fp32 a GPU's tiled prediction meets the exactness rule against the CPU's whole-image
+    pass: cuDNN's default TF32 convolutions (about 1e-3 relative) would not."""
+    data, _ = smooth_volume((2, 96, 96), seed=5)
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 48, 48), "SYX")
+    bd.train(src, tmp_path / "model", progress=False, patch=(32, 32), device="cuda",
+             **{**TINY, "net": {"depth": 2, "features": 32}})
+    rough = rough_copy(tmp_path / "model", tmp_path / "rough")
+    tiled = infer.predict_array(data, bd.load_model(rough, device="cuda"), tile=32)
+    assert_exact(tiled, predict_whole(data, bd.load_model(rough)), data)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings are Linux-only")
