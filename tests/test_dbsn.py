@@ -161,7 +161,7 @@ def test_the_default_student_computes_the_same_function_in_training_and_at_predi
     """The distilled U-Net has no batch norm by default: the function distillation fits in
     training mode is the one prediction runs (with batch norm they were ten times apart)."""
     config = make_config(method="dbsn", axes="YX")
-    assert config.net.batch_norm is False and config.net.features == 16
+    assert config.net.batch_norm is False and config.net.features == 8
     torch.manual_seed(0)
     student = get_method("dbsn").build(config.net, 2, dbsn.DBSNOptions())["unet"]
     x = torch.randn(4, 1, 32, 32) * 3 + 1

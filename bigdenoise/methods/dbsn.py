@@ -36,16 +36,16 @@ variance 0.1, joint 0.3, distill 0.2 (were 0.2, 0.1, 0.3, 0.4), a rate of 2e-3
 (``train_defaults``) and a student of 8 features (``unet`` above). Labs on that EPYC, 5 minutes,
 distilled PSNR (dB) for seeds 0, 1, 2:
 
-==========================================  ===================  =============
-setting                                     Set12 Poisson-Gauss  BSD68 sigma 25
-==========================================  ===================  =============
-old defaults (student U-Net 16 features)    23.99, 24.85, 24.68  25.94
-width 16 + shares, rate 1e-3                25.34, 25.53, 25.62  26.07
-width 16 + shares, rate 2e-3                26.07, 25.66         26.84
-the same, student 8 features (the defaults) 26.07
-width 24 + shares, rate 2e-3, student 8     25.48
-N2V (its defaults)                          25.50, -, 25.46      24.95
-==========================================  ===================  =============
+===========================================  ===================  ==============
+setting                                      Set12 Poisson-Gauss  BSD68 sigma 25
+===========================================  ===================  ==============
+old defaults (student U-Net 16 features)     23.99, 24.85, 24.68  25.94
+width 16 + shares, rate 1e-3                 25.34, 25.53, 25.62  26.07
+width 16 + shares, rate 2e-3                 26.07, 25.66         26.84
+the same, student 8 features (the defaults)  26.07
+width 24 + shares, rate 2e-3, student 8      25.48
+N2V (its defaults)                           25.50, -, 25.46      24.95
+===========================================  ===================  ==============
 
 (N2V's seed 1 ran beside another job and is left out.) RESULTS quality-dbsn-pg records three
 seeds of the new defaults on Set12. The new defaults were not measured on a fast machine, where

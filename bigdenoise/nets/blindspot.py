@@ -30,10 +30,10 @@ sum over a branch's convolutions of ``dilation * (kernel // 2)``, the largest ov
 (residual skips and 1x1 convs add nothing): ``r_b + blocks * d_b * (block_kernel // 2)``.
 
 **Sizes.** The method's default (``methods.dbsn.DBSNOptions``, CPU-sized): width 16, 2 blocks per
-branch, branches ``(3, 2)`` and ``(5, 3)``, block kernel 3: radius 8. The paper (``XHWXD/DBSN``): width 96, 8 blocks per branch,
-whose Inception blocks run parallel 5x5 and 3x3 dilated paths: radius 1 + 8*4 = 33 and
-2 + 8*6 = 50; ``width=96, blocks=8, block_kernel=5`` gives that receptive field (radius 50) with
-one 5x5 dilated path per block instead of the Inception block.
+branch, branches ``(3, 2)`` and ``(5, 3)``, block kernel 3: radius 8. The paper (``XHWXD/DBSN``):
+width 96, 8 blocks per branch, whose Inception blocks run parallel 5x5 and 3x3 dilated paths:
+radius 1 + 8*4 = 33 and 2 + 8*6 = 50; ``width=96, blocks=8, block_kernel=5`` gives that receptive
+field (radius 50) with one 5x5 dilated path per block instead of the Inception block.
 """
 
 from __future__ import annotations
