@@ -391,22 +391,24 @@ def test_clean_patches_are_read_at_their_own_boxes_with_the_inputs_statistics(tm
     assert [s.unpaired for s in get_method("dbsn").stages(data.options)] == [(), (), (), ("clean",)]
 
 
+AWGN_A, AWGN_B = 1.0, -1.0
+
+
 @pytest.mark.parametrize("noise", ["pg", "awgn"])
 def test_synthetic_pairs_have_the_noise_level_the_model_learned(tmp_path, noise):
     data, _, _, _ = _clean_batches(tmp_path, n=24)
     options = get_method("dbsn").options(noise=noise)
-    torch.manual_seed(0)
     nets = get_method("dbsn").build(NetConfig(depth=1, features=4), 2, options)
     noise_net = nets["noise"]
     with torch.no_grad():  # a "learned" level that varies: with the signal (pg) or with the image (awgn)
         if noise == "pg":
             noise_net.net.weight.fill_(0.15 / dbsn.NOISE_GAIN)
             noise_net.net.bias.fill_(0.3 / dbsn.NOISE_GAIN)
-        else:
-            for m in noise_net.net:
-                if isinstance(m, torch.nn.Conv2d):
-                    m.weight.normal_(0, 0.5)
-                    m.bias.normal_(0, 0.1)
+        else:  # v = softplus(A relu(y) + B), whatever the other nets drew: brighter images are noisier
+            first, second, last = (m for m in noise_net.net if isinstance(m, torch.nn.Conv2d))
+            first.weight.fill_(1.0), first.bias.zero_()
+            second.weight.fill_(1.0 / second.in_channels), second.bias.zero_()
+            last.weight.fill_(AWGN_A / dbsn.NOISE_GAIN / last.in_channels), last.bias.fill_(AWGN_B / dbsn.NOISE_GAIN)
     batch = data.batch(0)
     y, x = batch["input"], batch["clean"]
     with torch.no_grad():
