@@ -391,9 +391,6 @@ def test_clean_patches_are_read_at_their_own_boxes_with_the_inputs_statistics(tm
     assert [s.unpaired for s in get_method("dbsn").stages(data.options)] == [(), (), (), ("clean",)]
 
 
-AWGN_A, AWGN_B = 1.0, -1.0
-
-
 @pytest.mark.parametrize("noise", ["pg", "awgn"])
 def test_synthetic_pairs_have_the_noise_level_the_model_learned(tmp_path, noise):
     data, _, _, _ = _clean_batches(tmp_path, n=24)
@@ -404,11 +401,11 @@ def test_synthetic_pairs_have_the_noise_level_the_model_learned(tmp_path, noise)
         if noise == "pg":
             noise_net.net.weight.fill_(0.15 / dbsn.NOISE_GAIN)
             noise_net.net.bias.fill_(0.3 / dbsn.NOISE_GAIN)
-        else:  # v = softplus(A relu(y) + B), whatever the other nets drew: brighter images are noisier
+        else:  # v = softplus(relu(y) - 1), whatever the other nets drew: brighter images are noisier
             first, second, last = (m for m in noise_net.net if isinstance(m, torch.nn.Conv2d))
             first.weight.fill_(1.0), first.bias.zero_()
             second.weight.fill_(1.0 / second.in_channels), second.bias.zero_()
-            last.weight.fill_(AWGN_A / dbsn.NOISE_GAIN / last.in_channels), last.bias.fill_(AWGN_B / dbsn.NOISE_GAIN)
+            last.weight.fill_(1.0 / dbsn.NOISE_GAIN / last.in_channels), last.bias.fill_(-1.0 / dbsn.NOISE_GAIN)
     batch = data.batch(0)
     y, x = batch["input"], batch["clean"]
     with torch.no_grad():
