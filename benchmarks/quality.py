@@ -597,6 +597,21 @@ def residue_table(results: dict, rows: list[str]) -> list[str]:
             f"(`quality.stripe_residue`):", "", *metric_table(with_a, rows, "residue", 3, "+"), ""]
 
 
+def net_exceptions(rows: list[str]) -> str:
+    """The U-Net sizes that the methods behind ``rows`` set themselves (``net_defaults``), e.g.
+    ``"; dbsn: 8 features"``; empty when none does."""
+    from bigdenoise.methods import get_method, method_names
+
+    notes = []
+    for key in method_names():
+        if not any(r == key or r.startswith(key + "-") for r in rows):  # dbsn-posterior, dbsn-clean: dbsn
+            continue
+        sizes = {k: v for k, v in get_method(key).net_defaults.items() if k in ("depth", "features")}
+        if sizes:
+            notes.append(f"{key}: " + ", ".join(f"{v} {k}" if k == "features" else f"{k} {v}" for k, v in sizes.items()))
+    return "".join(f"; {n}" for n in notes)
+
+
 def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, machine, probes, seconds) -> str:
     names = list(results)
     rows = [m for m in methods if any(m in results[d]["runs"] for d in names)]
@@ -614,7 +629,8 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"training seed ({', '.join(map(str, a.seeds))}; CAREamics too, with seed + 1; the data keep seed "
            f"{a.seed}), "
            + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
-           "default U-Net (depth 2, 32 features), patch 64x64, batch 16, through `bigdenoise.train`; prediction "
+           f"default U-Net (depth 2, 32 features{net_exceptions(rows)}), patch 64x64, batch 16, through "
+           "`bigdenoise.train`; prediction "
            "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr; our rows keep the weights with the "
            "best validation loss. CAREamics N2V: its own U-Net at the same shape, patch, batch and budget (Lightning "
            "`max_time`), its tiled prediction; `careamics-n2v` with its defaults (0.2 % of the pixels masked from an "
