@@ -47,9 +47,10 @@ width 24 + shares, rate 2e-3, student 8      25.48
 N2V (its defaults)                           25.50, -, 25.46      24.95
 ===========================================  ===================  ==============
 
-(N2V's seed 1 ran beside another job and is left out.) RESULTS quality-dbsn-pg records three
-seeds of the new defaults on Set12. The new defaults were not measured on a fast machine, where
-the narrower net may cost some of its ceiling.
+(N2V's seed 1 ran beside another job and is left out.) RESULTS records three seeds of the new
+defaults on that EPYC: quality-dbsn-pg on Set12 (+0.34 dB over N2V), quality-dbsn on BSD68
+(+0.95). They were not measured on a fast machine, where the narrower net may cost some of its
+ceiling.
 
 Loss (slides S14, ``loss="constrained"``, the default) per voxel::
 
