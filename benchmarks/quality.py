@@ -15,6 +15,9 @@ installed: its own U-Net at our shape, the same patch, batch and budget, its til
 best-validation checkpoint, ``careamics-n2v-ours`` with our masking, see ``CAREAMICS_ROWS``).
 ``dbsn-clean``: D-BSN with ``--clean``, the clean half of CARE's training pairs (other fields of
 view, or Train400 for the BSD68/Set12 sets) used unpaired, where the data have such pairs.
+``dbsn-awgn``: D-BSN with ``--option noise=awgn`` (one noise level per image, the paper's mode
+for Gaussian noise); ``dbsn-awgn-posterior`` its posterior, each image's level from the
+whole-image pre-pass.
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -81,11 +84,12 @@ CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
                      "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", *CAREAMICS_ROWS)
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
-           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "cosdd", "cosdd-sampled")
+           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "cosdd", "cosdd-sampled")
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
 VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
+            "dbsn-awgn-posterior": ("dbsn-awgn", {"prediction": "posterior"}),
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
-ANY_DATA = ("dbsn", "cosdd")  # learn from the noisy volume alone: every data set allows them
+ANY_DATA = ("dbsn", "dbsn-awgn", "cosdd")  # learn from the noisy volume alone: every data set allows them
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
@@ -351,7 +355,10 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
         kw.update(method="dbsn", clean=str(write_stack(folder / "unpaired-clean.zarr", clean)))
         note = (f"--clean: the {len(clean)} clean images of CARE's training pairs (not the scored images), "
                 "unpaired: synthetic pairs with the learned noise level in distillation")
-    elif key not in ("n2v", *ANY_DATA):
+    elif key == "dbsn-awgn":
+        kw.update(method="dbsn", options={"noise": "awgn"})
+        note = "--option noise=awgn: one learned noise level per image (the paper's AWGN mode)"
+    elif key not in ("n2v", "dbsn", "cosdd"):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note
 
@@ -524,7 +531,7 @@ HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("carea
                 ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"), ("noise2stack-copy", "n2n"), ("n2n", "n2v"),
                 ("care", "n2v"), ("n2v2", "n2v"), ("struct-n2v", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"),
                 ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("dbsn-clean", "dbsn"),
-                ("care", "dbsn"), ("cosdd", "n2v"),
+                ("dbsn-awgn", "dbsn"), ("care", "dbsn"), ("cosdd", "n2v"),
                 ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
 
 

@@ -1,6 +1,7 @@
-"""Helpers of the speed benchmarks (``throughput.py``, ``vs_careamics.py``, ``scale.py``): an
-untrained model package, timing the bare forward pass, forgetting a worker's cached model,
-counting the multiply-accumulates a network executes, and the machine's compute peak.
+"""Helpers of the speed benchmarks (``throughput.py``, ``fast_path.py``, ``vs_careamics.py``,
+``scale.py``): an untrained model package, timing the bare forward pass, forgetting a worker's
+cached model, counting the multiply-accumulates a network executes, and the machine's compute
+peak.
 
 Imported by the scripts in this folder as ``import speed``; it imports no script.
 """
@@ -20,12 +21,15 @@ def parse_shape(text: str) -> tuple[int, ...]:
     return parse(text)
 
 
-def untrained_model(path: Path, axes: str, depth: int, features: int, stats, note: str = "untrained") -> None:
-    """An untrained N2V model package with the default U-Net of the given depth and features."""
+def untrained_model(path: Path, axes: str, depth: int | None, features: int | None, stats, note: str = "untrained",
+                    method: str = "n2v") -> None:
+    """An untrained model package of ``method`` (default N2V) whose U-Net has the given depth and
+    features (None: the method's default)."""
     from bigdenoise.config import make_config
     from bigdenoise.package import build_nets, save_model
 
-    cfg = make_config(method="n2v", axes=axes, net={"depth": depth, "features": features})
+    net = {k: v for k, v in (("depth", depth), ("features", features)) if v is not None}
+    cfg = make_config(method=method, axes=axes, net=net)
     nets = build_nets(cfg)
     for net in nets.values():
         net.eval()

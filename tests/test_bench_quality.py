@@ -180,3 +180,16 @@ def test_dbsn_clean_reads_clean_images_of_other_fields_of_view_only(bench, tmp_p
     assert kw["method"] == "dbsn" and "2 clean images" in note
     import zarr
     assert np.array_equal(zarr.open_array(kw["clean"], mode="r")[...], clean)
+
+
+def test_dbsn_awgn_rows_train_and_predict_the_awgn_mode_on_any_data(bench, tmp_path):
+    """The dbsn-awgn row trains D-BSN with noise=awgn on every data set; dbsn-awgn-posterior
+    predicts with that row's model (the whole-image pre-pass of the posterior path)."""
+    d, q = bench.datasets, bench.quality
+    ds = d.Dataset("fmd", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0)
+    assert q.learned_why_not("dbsn-awgn", ds) is None and q.learned_why_not("dbsn-awgn-posterior", ds) is None
+    a = argparse.Namespace(data=None, images=None, seed=0, quick=False, crop=None, methods=["dbsn-awgn"])
+    kw, note = q.method_config("dbsn-awgn", ds, tmp_path / "noisy.zarr", tmp_path, a, set())
+    assert kw["method"] == "dbsn" and kw["options"] == {"noise": "awgn"} and "awgn" in note
+    assert q.VARIANTS["dbsn-awgn-posterior"] == ("dbsn-awgn", {"prediction": "posterior"})
+    assert q.net_exceptions(["dbsn-awgn"]) == "; dbsn: 8 features"
