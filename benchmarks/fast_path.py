@@ -11,7 +11,7 @@ reported. The volume is large enough that a call's start-up is a small part of i
 Speed does not depend on the weights: the package is untrained, with the method's default
 networks, unless ``--model`` names a trained one.
 
-Usage: python benchmarks/fast_path.py [--method dbsn|cosdd] [--shape 16,512,512] [--samples 100]
+Usage: python benchmarks/fast_path.py [--method dbsn|cosdd] [--shape 64,512,512] [--samples 100]
                                       [--model M] [--repeats 3] [--record]
 """
 
@@ -32,7 +32,7 @@ from speed import fresh_worker_state, parse_shape, untrained_model
 
 # method: (fast path's options, reference path's options (None: --samples), default volume SYX, goal)
 PATHS = {
-    "dbsn": ({"prediction": "distilled"}, {"prediction": "posterior"}, (16, 512, 512), 3.0),
+    "dbsn": ({"prediction": "distilled"}, {"prediction": "posterior"}, (64, 512, 512), 3.0),
     "cosdd": ({"prediction": "direct"}, None, (4, 256, 256), 20.0),
 }
 
@@ -41,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--method", default="dbsn", choices=tuple(PATHS), help="method (default dbsn)")
     p.add_argument("--shape", type=parse_shape,
-                   help="SYX volume shape (default 16,512,512 for dbsn, 4,256,256 for cosdd)")
+                   help="SYX volume shape (default 64,512,512 for dbsn, 4,256,256 for cosdd)")
     p.add_argument("--samples", type=int, default=100, help="cosdd: latent samples of the reference path (default 100)")
     p.add_argument("--model", help="a trained package of --method (default: an untrained one, its default networks)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3); medians are reported")

@@ -28,5 +28,5 @@ def test_both_paths_predict_the_volume_with_their_own_networks(fast_path, tmp_pa
     assert a.paths["reference"]["prediction"] == reference
     seconds, plans = fast_path.run_paths(a, tmp_path)
     assert {k: len(v) for k, v in seconds.items()} == {"fast": 1, "reference": 1}
-    # the reference networks (D-BSN, the VAE) reach farther than the distilled U-Net: their own halo
+    # each path plans the halo of its own networks (D-BSN or the VAE against the distilled U-Net)
     assert plans["fast"] != plans["reference"], plans
