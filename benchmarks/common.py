@@ -8,15 +8,18 @@ Imported by the scripts in this folder as ``import common`` (run them as
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import os
 import platform
 import re
 import resource
+import shutil
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -369,3 +372,19 @@ def replace_section(path: str | os.PathLike, name: str, text: str, topic: str | 
     tmp.write_text(document)
     os.replace(tmp, path)
     print(f"recorded section {name!r} in {path}")
+
+
+@contextlib.contextmanager
+def work_folder(work: str | None, prefix: str):
+    """The folder ``work`` (``--work``, created and kept), or a temporary folder named ``prefix...``
+    removed on exit."""
+    if work:
+        path = Path(work)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield Path(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

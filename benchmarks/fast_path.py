@@ -22,7 +22,6 @@ import math
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -63,13 +62,7 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     machine = common.machine_info()
     probes = [common.probe("before")]
-    tmp = None
-    if a.work:
-        work = Path(a.work)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        work = Path(tmp := tempfile.mkdtemp(prefix="bigdenoise-fast-path-"))
-    try:
+    with common.work_folder(a.work, "bigdenoise-fast-path-") as work:
         seconds, plans = run_paths(a, work)
         probes.append(common.probe("after"))
         voxels = math.prod(a.shape)
@@ -80,9 +73,6 @@ def main(argv=None) -> int:
               f"{med['fast']:.2f} s, reference {med['reference']:.2f} s: {ratio:.2f}x (goal >= {a.goal:g}x: {verdict})")
         if a.record:
             _record(a, machine, probes, voxels, seconds, med, plans, ratio, verdict)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -24,9 +24,7 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -93,13 +91,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    tmp = None
-    if a.work:
-        work = Path(a.work)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        work = Path(tmp := tempfile.mkdtemp(prefix="bigdenoise-throughput-"))
-    try:
+    with common.work_folder(a.work, "bigdenoise-throughput-") as work:
         shape, axes = tuple(a.shape), a.axes
         chunks = tuple(min(c, n) for c, n in zip(a.chunks, shape)) if a.chunks else default_chunks(shape, axes)
         vol_path, model_path, out_path = work / "volume.zarr", work / "model", work / "out.zarr"
@@ -201,9 +193,6 @@ def main(argv=None) -> int:
 - Peak RSS: {rss_text}.
 """
             common.replace_section(common.RESULTS, "throughput", text, common.TOPIC_THROUGHPUT)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
