@@ -5,8 +5,10 @@ of ``--samples`` latent samples (``prediction=sampled``).
 Both paths predict the same volume from the same model package through ``bigdenoise.predict``,
 Zarr to Zarr, everything included (cluster, model load, reads, tiling, writes), each with the
 halo its own networks need; rounds are interleaved (fast, reference, fast, ...) and medians
-reported. The volume is large enough that a call's start-up is a small part of its time
-(``quality.py`` times a whole call on a few Mvox, which understates the ratio).
+reported. D-BSN's default volume is large enough that a call's start-up is a small part of its
+time (``quality.py`` times whole calls on a few Mvox, which understates the ratio); COSDD's is
+small because its sampled path is slow, so the start-up weighs on the direct path and the ratio
+is a lower bound.
 
 Speed does not depend on the weights: the package is untrained, with the method's default
 networks, unless ``--model`` names a trained one.
