@@ -15,8 +15,8 @@ import os
 import platform
 import re
 import resource
-import shutil
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile

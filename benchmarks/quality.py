@@ -358,7 +358,7 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
     elif key == "dbsn-awgn":
         kw.update(method="dbsn", options={"noise": "awgn"})
         note = "--option noise=awgn: one learned noise level per image (the paper's AWGN mode)"
-    elif key not in ("n2v", "dbsn", "cosdd"):
+    elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note
 

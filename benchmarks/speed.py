@@ -28,8 +28,8 @@ def untrained_model(path: Path, axes: str, depth: int | None, features: int | No
     from bigdenoise.config import make_config
     from bigdenoise.package import build_nets, save_model
 
-    net = {k: v for k, v in (("depth", depth), ("features", features)) if v is not None}
-    cfg = make_config(method=method, axes=axes, net=net)
+    sizes = {k: v for k, v in (("depth", depth), ("features", features)) if v is not None}
+    cfg = make_config(method=method, axes=axes, net=sizes)
     nets = build_nets(cfg)
     for net in nets.values():
         net.eval()

@@ -39,7 +39,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -438,10 +437,7 @@ def main(argv=None) -> int:
     probes = [common.probe("before")]
     plain = {"2D": plain_macs_per_voxel(build_unet(2, 1, 1).eval(), 2),
              "3D": plain_macs_per_voxel(build_unet(3, 1, 1).eval(), 3)}
-    tmp = None
-    work = Path(a.work) if a.work else Path(tmp := tempfile.mkdtemp(prefix="bigdenoise-vs-careamics-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with common.work_folder(a.work, "bigdenoise-vs-careamics-") as work:
         plain["CAREamics 2D"] = plain_macs_per_voxel(careamics_net(work / "count"), 2)
         print("plain U-Net MACs per voxel: " + ", ".join(f"{k} {v:,.0f}" for k, v in plain.items()), flush=True)
         results = []
@@ -463,9 +459,6 @@ def main(argv=None) -> int:
             section, title = ("vs_careamics_compiled", " (torch.compile)") if a.compiled else ("vs_careamics", "")
             common.replace_section(common.RESULTS, section, f"## CPU speed against CAREamics 0.3.5{title}\n\n" + text,
                                    common.TOPIC_SPEED)
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
