@@ -1,6 +1,6 @@
 """Measuring and recording helpers shared by the benchmark scripts: PSNR, a matmul probe,
-memory, machine description, the command line as a user retypes it, the CAREamics import and
-the marked sections of ``benchmarks/RESULTS.md``. The data sets live in ``datasets.py``.
+memory, machine description, the command line as a user retypes it, the CAREamics import, work
+folders and the marked sections of ``benchmarks/RESULTS.md``. The data sets live in ``datasets.py``.
 
 Imported by the scripts in this folder as ``import common`` (run them as
 ``python benchmarks/<script>.py``, which puts this folder on ``sys.path``); it imports no script.
