@@ -76,9 +76,8 @@ def main(argv=None) -> int:
         budget_s = parse_duration(a.max_time)
     except argparse.ArgumentTypeError as exc:
         raise SystemExit(f"--max-time: {exc}") from None
+    work = common.claim_work(a.work or Path(tempfile.gettempdir()) / "bigdenoise-bench" / "bsd68_n2v")
     folder = datasets.dataset_dir("bsd68_even", a.data, "test*.png")
-    work = Path(a.work) if a.work else Path(tempfile.gettempdir()) / "bigdenoise-bench" / "bsd68_n2v"
-    work.mkdir(parents=True, exist_ok=True)
 
     machine = common.machine_info()
     probes = [common.probe("before")]

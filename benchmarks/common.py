@@ -374,14 +374,30 @@ def replace_section(path: str | os.PathLike, name: str, text: str, topic: str | 
     print(f"recorded section {name!r} in {path}")
 
 
+WORK_MARK = ".bigdenoise-bench"  # in every work folder a benchmark claimed: its files are ours to replace
+
+
+def claim_work(work: str | Path) -> Path:
+    """The work folder ``work``, created, or reused when a benchmark claimed it before.
+
+    The scripts replace stacks, models and outputs inside it, so a folder that already holds
+    anything without :data:`WORK_MARK` belongs to someone else: it is refused with one line
+    (``SystemExit``) and left untouched."""
+    path = Path(work)
+    if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / WORK_MARK).exists())):
+        raise SystemExit(f"error: the work folder {path} holds files a benchmark did not write; "
+                         "give --work a new or empty folder")
+    path.mkdir(parents=True, exist_ok=True)
+    (path / WORK_MARK).touch()
+    return path
+
+
 @contextlib.contextmanager
 def work_folder(work: str | None, prefix: str):
-    """The folder ``work`` (``--work``, created and kept), or a temporary folder named ``prefix...``
-    removed on exit."""
+    """The folder ``work`` (``--work``, claimed with :func:`claim_work` and kept), or a temporary
+    folder named ``prefix...`` removed on exit."""
     if work:
-        path = Path(work)
-        path.mkdir(parents=True, exist_ok=True)
-        yield path
+        yield claim_work(work)
         return
     tmp = tempfile.mkdtemp(prefix=prefix)
     try:

@@ -104,7 +104,7 @@ def run_paths(a: argparse.Namespace, work: Path) -> tuple[dict[str, list[float]]
             s = time.perf_counter() - t0
             seconds[name].append(s)
             plans[name] = f"tile {tuple(summary['tile'])}, halo {tuple(summary['halo'])}"
-            print(f"round {r + 1}: {name} ({_options(options)}) {s:.2f} s = {voxels / s / 1e6:.3f} Mvox/s; "
+            print(f"round {r + 1}: {name} ({_options(options)}) {s:.2f} s = {voxels / s / 1e6:.3g} Mvox/s; "
                   f"{plans[name]}", flush=True)
     return seconds, plans
 
@@ -115,7 +115,7 @@ def _options(options: dict) -> str:
 
 def _record(a, machine, probes, voxels, seconds, med, plans, ratio, verdict) -> None:
     rows = "\n".join(
-        f"| {name} (`{_options(a.paths[name])}`) | {plans[name]} | {voxels / med[name] / 1e6:.3f} | {med[name]:.2f} | "
+        f"| {name} (`{_options(a.paths[name])}`) | {plans[name]} | {voxels / med[name] / 1e6:.3g} | {med[name]:.2f} | "
         f"{', '.join(f'{s:.2f}' for s in seconds[name])} |" for name in a.paths)
     weights = ("the trained package given (`--model`)" if a.model
                else "an untrained package with the method's default networks (speed does not depend on the weights)")

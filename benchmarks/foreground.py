@@ -206,9 +206,8 @@ def main(argv=None) -> int:
     import zarr
 
     t_start = time.perf_counter()
+    work = common.claim_work(a.work or tempfile.mkdtemp(prefix="bigdenoise-foreground-"))
     machine, probes = common.machine_info(), [common.probe("before")]
-    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="bigdenoise-foreground-"))
-    work.mkdir(parents=True, exist_ok=True)
     noisy, clean, mask = light_sheet_volume(cells=a.cells, seed=a.data_seed)
     print(f"volume {SHAPE}, foreground {mask.mean():.1%} of the voxels; work folder {work}", flush=True)
     if mask.mean() > 0.1:

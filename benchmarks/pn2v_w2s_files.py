@@ -200,6 +200,7 @@ def main(argv=None) -> int:
     from bigdenoise import metrics
 
     a = parse_args(argv)
+    work = common.claim_work(a.work)
     machine, probes = common.machine_info(), [common.probe("before")]
     t_start = time.perf_counter()
 
@@ -216,7 +217,7 @@ def main(argv=None) -> int:
         (noisy,), (clean,) = w2s_pairs(a, [fov], [c])
         mapped = metrics.apply_affine_fit(clean, noisy).astype(np.float32)
         print(f"file FOV {fov:03d} channel {c}:", flush=True)
-        rows.append({"channel": c, "fov": fov, **matched_run(noisy, clean, mapped, a.work / f"c{c}-{fov:03d}", a)})
+        rows.append({"channel": c, "fov": fov, **matched_run(noisy, clean, mapped, work / f"c{c}-{fov:03d}", a)})
     probes.append(common.probe("after"))
 
     diffs = np.array([np.mean(r["pn2v"]) - np.mean(r["n2v"]) for r in rows])

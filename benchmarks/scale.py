@@ -253,8 +253,7 @@ def main(argv=None) -> int:
     p.add_argument("--record", action="store_true")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop our dask processes
-    work = Path(a.work or tempfile.mkdtemp(prefix="bigdenoise-scale-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = common.claim_work(a.work or tempfile.mkdtemp(prefix="bigdenoise-scale-"))
     from bigdenoise.normalize import Stats
 
     # a tiny untrained 3D N2V package (depth 1): the engine is under test, not the U-Net
