@@ -20,7 +20,6 @@ import argparse
 import json
 import shlex
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +75,7 @@ def main(argv=None) -> int:
         budget_s = parse_duration(a.max_time)
     except argparse.ArgumentTypeError as exc:
         raise SystemExit(f"--max-time: {exc}") from None
-    work = common.claim_work(a.work or Path(tempfile.gettempdir()) / "bigdenoise-bench" / "bsd68_n2v")
+    work = common.claim_work(a.work, "bsd68_n2v")
     folder = datasets.dataset_dir("bsd68_even", a.data, "test*.png")
 
     machine = common.machine_info()

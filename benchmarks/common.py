@@ -377,13 +377,14 @@ def replace_section(path: str | os.PathLike, name: str, text: str, topic: str | 
 WORK_MARK = ".bigdenoise-bench"  # in every work folder a benchmark claimed: its files are ours to replace
 
 
-def claim_work(work: str | Path) -> Path:
-    """The work folder ``work``, created, or reused when a benchmark claimed it before.
+def claim_work(work: str | Path | None, name: str | None = None) -> Path:
+    """The work folder ``work`` (None: the script's fixed folder ``<tmp>/bigdenoise-bench/<name>``),
+    created, or reused when a benchmark claimed it before.
 
     The scripts replace stacks, models and outputs inside it, so a folder that already holds
     anything without :data:`WORK_MARK` belongs to someone else: it is refused with one line
     (``SystemExit``) and left untouched."""
-    path = Path(work)
+    path = Path(work) if work else Path(tempfile.gettempdir()) / "bigdenoise-bench" / name
     if path.exists() and (not path.is_dir() or (any(path.iterdir()) and not (path / WORK_MARK).exists())):
         raise SystemExit(f"error: the work folder {path} holds files a benchmark did not write; "
                          "give --work a new or empty folder")

@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown runs {unknown}; choose from {RUNS}")
     if "pn2v-bootstrap" in runs and "n2v" not in runs:
         runs.insert(0, "n2v")  # the bootstrap needs the N2V model
-    work = common.claim_work(a.work or Path(tempfile.gettempdir()) / "bigdenoise-bench" / "pn2v_vs_n2v")
+    work = common.claim_work(a.work, "pn2v_vs_n2v")
     base = _options(a.option)
     variants = {v.strip(): {**base, **({} if v.strip() == "default" else _options(v.split(",")))}
                 for v in a.variants.split(";") if v.strip()}

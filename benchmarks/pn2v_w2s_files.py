@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -52,8 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--files", default="0:9,1:9,2:9", help="channel:FOV of each file trained on (default 0:9,1:9,2:9)")
     p.add_argument("--budget", type=float, default=90.0, help="seconds of training per model (default 90)")
     p.add_argument("--data", help="shared data folder (default $BIGDENOISE_DATA or ../shared/data)")
-    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "bigdenoise-bench" / "pn2v-w2s-files",
-                   help="working folder (default: <tmp>/bigdenoise-bench/pn2v-w2s-files)")
+    p.add_argument("--work", help="working folder (default: <tmp>/bigdenoise-bench/pn2v-w2s-files)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per model (default 1)")
     p.add_argument("--schedule", choices=("plateau", "cosine"), help="LR schedule (default: the methods' own)")
@@ -200,7 +198,7 @@ def main(argv=None) -> int:
     from bigdenoise import metrics
 
     a = parse_args(argv)
-    work = common.claim_work(a.work)
+    work = common.claim_work(a.work, "pn2v-w2s-files")
     machine, probes = common.machine_info(), [common.probe("before")]
     t_start = time.perf_counter()
 

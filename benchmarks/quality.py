@@ -61,7 +61,6 @@ import io
 import math
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -840,7 +839,7 @@ def run_over_seeds(m: str, ds: Dataset, noisy_path: Path, folder: Path, a: argpa
 def main(argv=None) -> int:
     a = parse_args(argv)
     t_start = time.perf_counter()
-    work = common.claim_work(a.work or Path(tempfile.gettempdir()) / "bigdenoise-bench" / "quality")
+    work = common.claim_work(a.work, "quality")
     machine = common.machine_info()
     probes = [common.probe("before")]
     print(f"datasets: {', '.join(a.datasets)}; methods: {', '.join(a.methods)}; budget {a.budget:g} s per model; "

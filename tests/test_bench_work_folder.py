@@ -4,6 +4,7 @@ holding files they did not write is refused with one line and left untouched."""
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,13 @@ def test_a_new_or_empty_folder_is_claimed_and_reused(common, tmp_path):
         (folder / "out.zarr").mkdir()  # what a benchmark writes there
         assert common.claim_work(str(folder)) == folder  # a second run may replace it
         assert (folder / common.WORK_MARK).exists()
+
+
+def test_without_work_a_script_claims_its_fixed_folder(common, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    fixed = tmp_path / "bigdenoise-bench" / "quality"
+    assert common.claim_work(None, "quality") == fixed
+    assert (fixed / common.WORK_MARK).exists()
 
 
 def test_a_file_is_not_a_work_folder(common, tmp_path):
