@@ -50,9 +50,11 @@ N2V (its defaults)                           25.50, -, 25.46      24.95
 (N2V's seed 1 ran beside another job and is left out.) RESULTS records three seeds of the new
 defaults on that EPYC: quality-dbsn-pg on Set12 (+0.34 dB over N2V), quality-dbsn on BSD68 at
 sigma 25 (+0.95), quality-dbsn-sigma at sigma 15 and 50 (+0.67, +0.15), quality-dbsn-set12-sigma
-(Set12 at sigma 15, 25 and 50: +1.01, +0.75, +0.54), quality-dbsn-w2s (+1.13)
-and quality-dbsn-hagen (row-correlated noise: level with N2V, under struct-N2V). They were not
-measured on a fast machine, where the narrower net may cost some of its ceiling.
+(Set12 at sigma 15, 25 and 50: +1.01, +0.75, +0.54), quality-dbsn-w2s (+1.13), quality-dbsn-fmd
+(FMD confocal: +0.27, level with CARE), quality-dbsn-awgn (BSD68 sigma 25 again: +0.68;
+``noise=awgn`` +0.75, level with pg; CARE 1.29 dB above) and quality-dbsn-hagen (row-correlated
+noise: level with N2V, under struct-N2V). They were not measured on a fast machine, where the
+narrower net may cost some of its ceiling.
 
 Loss (slides S14, ``loss="constrained"``, the default) per voxel::
 
