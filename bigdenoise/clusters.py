@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -190,6 +191,27 @@ class AllocatorSettings(WorkerPlugin):
         tune_worker_allocator()
 
 
+def register_allocator_plugin(client: Client, attempts: int = 3) -> None:
+    """Register ``AllocatorSettings`` on every worker of ``client``'s cluster, now and as they join.
+
+    A worker that leaves during the broadcast (its lifetime ends, an adaptive cluster scales down, a
+    job is killed) makes distributed close this client's connection with ``CommClosedError``. The
+    scheduler keeps the plugin for the workers that join later before it broadcasts, so the
+    broadcast is repeated for the workers still running; after ``attempts`` tries the run goes on
+    with a warning (the plugin only tunes the allocator).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            client.register_plugin(AllocatorSettings(), name="bigdenoise-allocator")
+            return
+        except OSError as exc:  # distributed's CommClosedError is one
+            if attempt == attempts:
+                log.warning("workers left while the allocator settings were sent (%s); those running now "
+                            "keep their default allocator", exc)
+                return
+            time.sleep(0.5 * attempt)  # lets the scheduler remove the worker that left
+
+
 @contextmanager
 def dask_client(cluster: str, workers: int | None = None, threads_per_worker: int | None = None,
                 device: str = "cpu", jobs: JobOptions | None = None) -> Iterator[tuple[object, int]]:
@@ -208,7 +230,7 @@ def dask_client(cluster: str, workers: int | None = None, threads_per_worker: in
     tune_allocator()
     try:
         with _client(cluster, workers, threads_per_worker, device, jobs) as (client, torch_threads):
-            client.register_plugin(AllocatorSettings(), name="bigdenoise-allocator")
+            register_allocator_plugin(client)
             yield client, torch_threads
     finally:
         release_memory()  # what the in-process worker's forward passes kept in this heap

@@ -120,3 +120,33 @@ def test_workers_that_retire_by_lifetime_mid_run_leave_identical_bytes(tmp_path,
     assert removed, "the retiring worker should have retired during the run"
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...],
                                   zarr.open_array(str(tmp_path / "ref.zarr"), mode="r")[...])
+
+
+def _leave_when_the_allocator_plugin_arrives(dask_worker) -> None:
+    """Make this worker process exit on receiving bigdenoise's allocator plugin, as a worker at the end
+    of its lifetime or scaled down by an adaptive cluster leaves in the middle of a broadcast."""
+    add = dask_worker.handlers["plugin-add"]
+
+    def plugin_add(**msg):
+        if msg.get("name") == "bigdenoise-allocator":
+            os._exit(1)
+        return add(**msg)
+
+    dask_worker.handlers["plugin-add"] = plugin_add
+
+
+def test_a_worker_leaving_while_the_plugin_is_registered_does_not_end_the_run():
+    """distributed answers a broadcast that meets a closed worker by closing the caller's connection:
+    without a retry, every run on a cluster whose workers come and go could fail at its start (seen in
+    CI with a worker retiring by lifetime)."""
+    from distributed import Client, Nanny, Scheduler, SpecCluster
+
+    spec = {name: {"cls": Nanny, "options": {"nthreads": 1}} for name in ("steady", "leaving")}
+    with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}}) as cluster:
+        with Client(cluster.scheduler_address) as setup:
+            setup.wait_for_workers(2)
+            leaving = next(a for a, w in setup.scheduler_info()["workers"].items() if w["name"] == "leaving")
+            setup.run(_leave_when_the_allocator_plugin_arrives, workers=[leaving])
+        with dask_client(cluster.scheduler_address) as (client, _):
+            assert client.submit(sum, [1, 2]).result() == 3
+        assert "bigdenoise-allocator" in cluster.scheduler.worker_plugins
