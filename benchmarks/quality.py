@@ -17,7 +17,8 @@ best-validation checkpoint, ``careamics-n2v-ours`` with our masking, see ``CAREA
 view, or Train400 for the BSD68/Set12 sets) used unpaired, where the data have such pairs.
 ``dbsn-awgn``: D-BSN with ``--option noise=awgn`` (one noise level per image, the paper's mode
 for Gaussian noise); ``dbsn-awgn-posterior`` its posterior, each image's level from the
-whole-image pre-pass.
+whole-image pre-pass. ``dbsn-cosine``: D-BSN with ``--schedule cosine`` (every stage's rate
+annealed to zero over its budget instead of halved on a validation plateau).
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -83,12 +84,13 @@ CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
                      "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", *CAREAMICS_ROWS)
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
-           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "cosdd", "cosdd-sampled")
+           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "dbsn-cosine", "cosdd",
+           "cosdd-sampled")
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
 VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
             "dbsn-awgn-posterior": ("dbsn-awgn", {"prediction": "posterior"}),
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
-ANY_DATA = ("dbsn", "dbsn-awgn", "cosdd")  # learn from the noisy volume alone: every data set allows them
+ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "cosdd")  # learn from the noisy volume alone: every data set allows them
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
@@ -357,6 +359,9 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
     elif key == "dbsn-awgn":
         kw.update(method="dbsn", options={"noise": "awgn"})
         note = "--option noise=awgn: one learned noise level per image (the paper's AWGN mode)"
+    elif key == "dbsn-cosine":
+        kw.update(method="dbsn", schedule="cosine")
+        note = "--schedule cosine: every stage's rate annealed to zero over its budget"
     elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note
@@ -365,8 +370,9 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
 def _train(out: Path, source: str, target: str | None, axes: str, kw: dict, a: argparse.Namespace):
     import bigdenoise as bd
 
+    kw = {"schedule": a.schedule, **kw}  # a row's own schedule (dbsn-cosine) wins over --schedule
     return bd.train(source, out, axes=axes, target=target, max_time=a.budget, seed=a.seed, device=a.device,
-                    schedule=a.schedule, overwrite=True, progress=False, **kw)
+                    overwrite=True, progress=False, **kw)
 
 
 def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Namespace,
@@ -530,7 +536,8 @@ HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("carea
                 ("noise2stack", "n2v"), ("noise2stack-copy", "n2v"), ("noise2stack-copy", "n2n"), ("n2n", "n2v"),
                 ("care", "n2v"), ("n2v2", "n2v"), ("struct-n2v", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"),
                 ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("dbsn-clean", "dbsn"),
-                ("dbsn-awgn", "dbsn"), ("care", "dbsn"), ("cosdd", "n2v"),
+                ("dbsn-awgn", "dbsn"), ("dbsn-awgn", "n2v"), ("dbsn-cosine", "n2v"), ("dbsn-cosine", "dbsn"),
+                ("care", "dbsn"), ("cosdd", "n2v"),
                 ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
 
 
