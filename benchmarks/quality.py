@@ -18,8 +18,7 @@ view, or Train400 for the BSD68/Set12 sets) used unpaired, where the data have s
 ``dbsn-awgn``: D-BSN with ``--option noise=awgn`` (one noise level per image, the paper's mode
 for Gaussian noise); ``dbsn-awgn-posterior`` its posterior, each image's level from the
 whole-image pre-pass. ``dbsn-cosine``: D-BSN with ``--schedule cosine`` (every stage's rate
-annealed to zero over its budget instead of halved on a validation plateau); ``dbsn-ema``: D-BSN
-with ``--option ema=0.99`` (each stage validates, keeps and hands on a moving average of its weights).
+annealed to zero over its budget instead of halved on a validation plateau).
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -85,13 +84,13 @@ CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
                      "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", *CAREAMICS_ROWS)
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
-           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "dbsn-cosine",
-           "dbsn-ema", "cosdd", "cosdd-sampled")
+           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "dbsn-cosine", "cosdd",
+           "cosdd-sampled")
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
 VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
             "dbsn-awgn-posterior": ("dbsn-awgn", {"prediction": "posterior"}),
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
-ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "dbsn-ema", "cosdd")  # learn from the noisy volume alone: every data set allows them
+ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "cosdd")  # learn from the noisy volume alone: every data set allows them
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
@@ -363,9 +362,6 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
     elif key == "dbsn-cosine":
         kw.update(method="dbsn", schedule="cosine")
         note = "--schedule cosine: every stage's rate annealed to zero over its budget"
-    elif key == "dbsn-ema":
-        kw.update(method="dbsn", options={"ema": 0.99})
-        note = "--option ema=0.99: each stage validates, keeps and hands on a moving average of its weights"
     elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note
@@ -541,7 +537,6 @@ HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("carea
                 ("care", "n2v"), ("n2v2", "n2v"), ("struct-n2v", "n2v"), ("pn2v", "n2v"), ("pn2v-bootstrap", "n2v"),
                 ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("dbsn-clean", "dbsn"),
                 ("dbsn-awgn", "dbsn"), ("dbsn-awgn", "n2v"), ("dbsn-cosine", "n2v"), ("dbsn-cosine", "dbsn"),
-                ("dbsn-ema", "n2v"), ("dbsn-ema", "dbsn"),
                 ("care", "dbsn"), ("cosdd", "n2v"),
                 ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
 

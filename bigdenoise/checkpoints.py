@@ -63,10 +63,8 @@ def load_nets(nets: Nets, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(ckpt_dir: Path, config: TrainConfig, nets: Nets, stats: dict[str, Stats], state: TrainState,
-                    opt: torch.optim.Optimizer, sched, best: dict | None, prints: dict,
-                    average: Nets | None = None) -> None:
-    """Write the loop's state so that a kill at any moment leaves the previous checkpoint or this one
-    (``average``: the stage's weight average, ``Stage.ema``).
+                    opt: torch.optim.Optimizer, sched, best: dict | None, prints: dict) -> None:
+    """Write the loop's state so that a kill at any moment leaves the previous checkpoint or this one.
 
     The tensor files are named by step and written first; ``state.json``, replaced atomically
     last, names them; then the files no state names any more are removed.
@@ -75,9 +73,6 @@ def save_checkpoint(ckpt_dir: Path, config: TrainConfig, nets: Nets, stats: dict
     atomic_save_tensors(net_tensors(nets), ckpt_dir / files["weights"])
     tensors, meta = optimizer_tensors(opt)
     atomic_save_tensors(tensors, ckpt_dir / files["optimizer"])
-    if average is not None:
-        files["average"] = f"average-{state.step}.safetensors"
-        atomic_save_tensors(net_tensors(average), ckpt_dir / files["average"])
     if best is not None:
         files["best"] = f"best-{state.stage}-{state.best_step}.safetensors"
         if not (ckpt_dir / files["best"]).is_file():

@@ -18,7 +18,6 @@ import psutil
 import torch
 from tqdm.auto import tqdm
 
-from .averaging import average_copies, take_average, update_average
 from .checkpoints import CHECKPOINT_DIR, TrainState, load_checkpoint, load_nets, load_optimizer, save_checkpoint
 from .config import TrainConfig
 from .errors import ConfigError, InputError
@@ -189,7 +188,7 @@ def fit(
              volumes.items()), dest.path, "resuming" if saved else "replacing" if dest.replacing else "new",
              run.device, json.dumps(config.model_dump(mode="json"), default=str))
     (work / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    state, history, best, average = TrainState(), [], None, None
+    state, history, best = TrainState(), [], None
     if saved is not None:
         state = TrainState(**saved["state"])
         log.info("resuming at step %d (stage %d)", state.step, state.stage)
@@ -198,8 +197,7 @@ def fit(
         best = saved["tensors"].get("best")
     run_start = time.monotonic() - state.elapsed
     for stage_index in range(state.stage, len(run.method.stages(run.options))):
-        best, average = _run_stage(run, stage_index, state, history, best, average, saved, run_start, progress,
-                                   prints)
+        best = _run_stage(run, stage_index, state, history, best, saved, run_start, progress, prints)
     if best is not None:
         load_nets(run.nets, best)
     info = {
@@ -290,18 +288,12 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
 
 
 def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dict], best: dict | None,
-               handed: Nets | None, saved: dict | None, run_start: float, progress: bool,
-               prints: dict) -> tuple[dict | None, Nets | None]:
+               saved: dict | None, run_start: float, progress: bool, prints: dict) -> dict | None:
     """Train one stage to its budget, validating and checkpointing every ``val_every`` steps and
-    after its last step; returns the best weights so far (a later stage starts its own best) and
-    the stage's weight average (``Stage.ema``; None without), which the next stage starts from as
-    this one started from ``handed``."""
+    after its last step; returns the best weights so far (a later stage starts its own best)."""
     config, nets, options = run.config, run.nets, run.options
     stage = run.method.stages(options)[stage_index]
-    if stage_index != state.stage and handed is not None:
-        take_average(nets, handed)
     opt, sched = _optimizer(run, stage, stage_index, state, saved)
-    average = _average(run, stage, stage_index, state, saved)
     if stage_index != state.stage:
         state.stage, state.stage_step, state.stage_elapsed = stage_index, 0, 0.0
         state.best_val, best = math.inf, None  # stages' losses differ: keep the last stage's best
@@ -339,8 +331,6 @@ def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dic
             sched.set_progress(max(0.0 if max_steps is None else state.stage_step / max_steps,
                                    0.0 if max_secs is None else stage_secs / max_secs))
         window_losses.append(_step(run, stage, opt, batch, state))
-        if average is not None:
-            update_average(average, nets, stage.ema, state.stage_step - 1)
         window_patches += config.batch_size
         bar.update(1 if by_steps else max(0, min(int(stage_secs), bar.total) - bar.n))
         last = spent()
@@ -348,8 +338,7 @@ def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dic
             # patches/s of the training steps (reading and masking included), without the
             # validation and checkpoint writes that follow
             rate = window_patches / max(time.monotonic() - window_t0, 1e-9)
-            validated = {**nets, **(average or {})}
-            val = _validate(validated, stage, options, run.val_batches, run.device, run.amp)
+            val = _validate(nets, stage, options, run.val_batches, run.device, run.amp)
             for net in nets.values():
                 net.train()
             sched.step(val)
@@ -367,29 +356,17 @@ def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dic
                      stage.name, history[-1]["train_loss"], val, history[-1]["lr"], rate)
             if val < state.best_val:
                 state.best_val, state.best_step = val, state.step
-                best = {k: v.detach().cpu().clone() for k, v in net_tensors(validated).items()}
-            save_checkpoint(run.work / CHECKPOINT_DIR, config, nets, run.stats, state, opt, sched, best, prints,
-                            average)
+                best = {k: v.detach().cpu().clone() for k, v in net_tensors(nets).items()}
+            save_checkpoint(run.work / CHECKPOINT_DIR, config, nets, run.stats, state, opt, sched, best, prints)
             write_history(run.work / HISTORY_FILE, history)
             window_losses, window_t0, window_patches = [], time.monotonic(), 0
         if last:
             break
     bar.close()
-    save_checkpoint(run.work / CHECKPOINT_DIR, config, nets, run.stats, state, opt, sched, best, prints, average)
+    save_checkpoint(run.work / CHECKPOINT_DIR, config, nets, run.stats, state, opt, sched, best, prints)
     log.info("stage %s ends at step %d after %.1f s; best validation loss %.6g at step %d", stage.name, state.step,
              state.stage_elapsed, state.best_val, state.best_step)
-    return best, average
-
-
-def _average(run: _Run, stage: Stage, stage_index: int, state: TrainState, saved: dict | None) -> Nets | None:
-    """The stage's weight average (``Stage.ema``), restored from the checkpoint ``saved`` when the
-    run resumes inside this stage; None when the stage keeps none."""
-    if not stage.ema:
-        return None
-    average = average_copies(run.nets, stage.nets)
-    if saved is not None and stage_index == state.stage and "average" in saved["tensors"]:
-        load_nets(average, saved["tensors"]["average"])
-    return average
+    return best
 
 
 OPTIMIZER_CLASSES = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}

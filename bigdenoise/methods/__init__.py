@@ -32,9 +32,7 @@ class Stage:
     ``"cosine"`` (anneal from the configured LR to zero over the stage's budget).
     ``optimizer``: ``"adam"``, or ``"adamax"`` (Adam with the infinity norm of past gradients in
     place of their root mean square; COSDD's authors train its VAE with it). ``lr_scale``: the
-    stage's learning rate is the configured ``lr`` times this. ``ema``: the decay of an exponential
-    moving average of the stage's networks, which the stage validates, keeps as its best and hands
-    to the next stage (``averaging.py``); 0: none.
+    stage's learning rate is the configured ``lr`` times this.
     ``unpaired``: the method's unpaired volumes (``Method.unpaired``) this stage's training
     batches read, when they were given (other stages do not read them; validation batches,
     shared by every stage, always do).
@@ -48,11 +46,8 @@ class Stage:
     unpaired: tuple[str, ...] = ()
     optimizer: str = "adam"
     lr_scale: float = 1.0
-    ema: float = 0.0
 
     def __post_init__(self) -> None:
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"Stage.ema must be in [0, 1), got {self.ema!r}")
         if not self.lr_scale > 0:
             raise ValueError(f"Stage.lr_scale must be positive, got {self.lr_scale!r}")
         if self.schedule not in SCHEDULES:

@@ -177,9 +177,6 @@ class DBSNOptions(BaseModel):
     co_distill: bool = Field(
         True, description="the U-Net also learns y -> posterior during stage joint, from the D-BSN's forward pass "
         "that stage computes anyway (detached); stage distill then refines it on the final posterior")
-    ema: float = Field(
-        0.0, ge=0, lt=1, description="decay of a moving average of each stage's weights, which the stage validates, "
-        "keeps and hands on (0: the last weights; e.g. 0.99)")
     prediction: Literal["distilled", "posterior", "mu"] = Field(
         "distilled", description="distilled: the U-Net; posterior: Bayes posterior mean of the D-BSN; mu: its prior mean")
 
@@ -375,12 +372,11 @@ def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: DBSNOption
 
 def stages(options: DBSNOptions) -> tuple[Stage, ...]:
     every = (
-        Stage("mu", ("bsn",), mu_loss, fraction=options.mu_fraction, ema=options.ema),
-        Stage("variance", ("bsn", "noise"), variance_loss, fraction=options.variance_fraction, ema=options.ema),
+        Stage("mu", ("bsn",), mu_loss, fraction=options.mu_fraction),
+        Stage("variance", ("bsn", "noise"), variance_loss, fraction=options.variance_fraction),
         Stage("joint", ("bsn", "noise", "unet") if options.co_distill else ("bsn", "noise"), joint_loss,
-              fraction=options.joint_fraction, ema=options.ema),
-        Stage("distill", ("unet",), distill_loss, fraction=options.distill_fraction, unpaired=("clean",),
-              ema=options.ema),
+              fraction=options.joint_fraction),
+        Stage("distill", ("unet",), distill_loss, fraction=options.distill_fraction, unpaired=("clean",)),
     )
     return tuple(s for s in every if s.fraction > 0)
 
