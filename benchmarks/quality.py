@@ -90,7 +90,7 @@ LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care",
 VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
             "dbsn-awgn-posterior": ("dbsn-awgn", {"prediction": "posterior"}),
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
-ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "cosdd")  # learn from the noisy volume alone: every data set allows them
+ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "cosdd")  # learn from the noisy volume alone: any data set
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3

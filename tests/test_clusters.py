@@ -135,6 +135,7 @@ def _leave_when_the_allocator_plugin_arrives(dask_worker) -> None:
     dask_worker.handlers["plugin-add"] = plugin_add
 
 
+@pytest.mark.slow
 def test_a_worker_leaving_while_the_plugin_is_registered_does_not_end_the_run():
     """distributed answers a broadcast that meets a closed worker by closing the caller's connection:
     without a retry, every run on a cluster whose workers come and go could fail at its start (seen in

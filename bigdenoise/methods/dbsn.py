@@ -29,9 +29,9 @@ benchmarks/RESULTS.md's section quality-dbsn also scores): batch 16 (8 was worse
 a constant learning rate per stage (cosine annealing per stage cost 0.6 dB; with the defaults
 below, on the EPYC, 0.36 dB on Poisson-Gaussian Set12, and a moving average of the weights 0.19 dB:
 RESULTS quality-dbsn-averaging), the pseudo-pair loss over the whole patch (leaving out the band
-where the teacher saw zero padding did not help), and
-a rate of 1e-3 then (4e-4 gave a posterior 0.3-0.8 dB lower). On 2 cores of an AMD EPYC nine
-times slower at matmul (about 500 steps at width 32) the blind-spot net was under-trained and the
+where the teacher saw zero padding did not help), and a rate of 1e-3 then (4e-4 gave a posterior
+0.3-0.8 dB lower). On 2 cores of an AMD EPYC nine times slower at matmul (about 500 steps at
+width 32) the blind-spot net was under-trained and the
 distilled net fell 1.5 dB under N2V on Poisson-Gaussian Set12, so the defaults now buy steps and
 train the blind mean longer: ``width`` 16 (was 32: twice the steps), stage shares mu 0.4,
 variance 0.1, joint 0.3, distill 0.2 (were 0.2, 0.1, 0.3, 0.4), a rate of 2e-3
