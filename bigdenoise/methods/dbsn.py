@@ -31,12 +31,11 @@ below, on the EPYC, 0.36 dB on Poisson-Gaussian Set12, and a moving average of t
 RESULTS quality-dbsn-averaging), the pseudo-pair loss over the whole patch (leaving out the band
 where the teacher saw zero padding did not help), and a rate of 1e-3 then (4e-4 gave a posterior
 0.3-0.8 dB lower). On 2 cores of an AMD EPYC nine times slower at matmul (about 500 steps at
-width 32) the blind-spot net was under-trained and the
-distilled net fell 1.5 dB under N2V on Poisson-Gaussian Set12, so the defaults now buy steps and
-train the blind mean longer: ``width`` 16 (was 32: twice the steps), stage shares mu 0.4,
-variance 0.1, joint 0.3, distill 0.2 (were 0.2, 0.1, 0.3, 0.4), a rate of 2e-3
-(``train_defaults``) and a student of 8 features (``unet`` above). Labs on that EPYC, 5 minutes,
-distilled PSNR (dB) for seeds 0, 1, 2:
+width 32) the blind-spot net was under-trained and the distilled net fell 1.5 dB under N2V on
+Poisson-Gaussian Set12, so the defaults now buy steps and train the blind mean longer: ``width``
+16 (was 32: twice the steps), stage shares mu 0.4, variance 0.1, joint 0.3, distill 0.2 (were
+0.2, 0.1, 0.3, 0.4), a rate of 2e-3 (``train_defaults``) and a student of 8 features (``unet``
+above). Labs on that EPYC, 5 minutes, distilled PSNR (dB) for seeds 0, 1, 2:
 
 ===========================================  ===================  ==============
 setting                                      Set12 Poisson-Gauss  BSD68 sigma 25
@@ -50,13 +49,13 @@ N2V (its defaults)                           25.50, -, 25.46      24.95
 ===========================================  ===================  ==============
 
 (N2V's seed 1 ran beside another job and is left out.) RESULTS records three seeds of the new
-defaults on that EPYC: quality-dbsn-pg on Set12 (+0.34 dB over N2V), quality-dbsn on BSD68 at
-sigma 25 (+0.95), quality-dbsn-sigma at sigma 15 and 50 (+0.67, +0.15), quality-dbsn-set12-sigma
-(Set12 at sigma 15, 25 and 50: +1.01, +0.75, +0.54), quality-dbsn-w2s (+1.13), quality-dbsn-fmd
-(FMD confocal: +0.27, level with CARE), quality-dbsn-awgn (BSD68 sigma 25 again: +0.68;
-``noise=awgn`` +0.75, level with pg; CARE 1.29 dB above) and quality-dbsn-hagen (row-correlated
-noise: level with N2V, under struct-N2V). They were not measured on a fast machine, where the
-narrower net may cost some of its ceiling.
+defaults on that EPYC: quality-dbsn-pg on Set12 (+0.34 dB over N2V; a second run,
+quality-dbsn-averaging, +0.71), quality-dbsn on BSD68 at sigma 25 (+0.95), quality-dbsn-sigma at
+sigma 15 and 50 (+0.67, +0.15), quality-dbsn-set12-sigma (Set12 at sigma 15, 25 and 50: +1.01,
++0.75, +0.54), quality-dbsn-w2s (+1.13), quality-dbsn-fmd (FMD confocal: +0.27, level with CARE),
+quality-dbsn-awgn (BSD68 sigma 25 again: +0.68; ``noise=awgn`` +0.75, level with pg; CARE 1.29 dB
+above) and quality-dbsn-hagen (row-correlated noise: level with N2V, under struct-N2V). They were
+not measured on a fast machine, where the narrower net may cost some of its ceiling.
 
 Loss (slides S14, ``loss="constrained"``, the default) per voxel::
 
