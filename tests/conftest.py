@@ -4,9 +4,10 @@ at the data's scale (for exactness tests), the exactness rule, and access to the
 import os
 from pathlib import Path
 
-# Under pytest-xdist (.ci/run: two test processes on two cores) each process, and every process it
-# starts (CLI runs, Dask workers), computes on one thread: two processes of two threads each on two
-# cores spin against each other (OpenMP waits busily), which made a CLI test 6x slower than alone.
+# Under pytest-xdist (.ci/run: two test processes on two cores) each process computes on one thread,
+# and so does every process it starts unless bigdenoise sets that process's threads itself (the
+# workers of a local cluster): two processes of two threads each on two cores spin against each
+# other (OpenMP waits busily), which made a CLI test 6x slower than alone.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
 
