@@ -76,7 +76,8 @@ archived quality-cosdd, Intel Xeon). On a 2-core machine six times slower at mat
 about 600 steps in 6 minutes), seed 0, stripes: Adamax at 2e-3 22.48 dB, Adam at 2e-3 22.85,
 Adamax at 4e-3 22.96, at 8e-3 21.37 (struct-N2V 23.24); Hagen, Adamax at 4e-3: 20.36 (struct-N2V 21.62).
 These defaults on the Xeon, 3 seeds (about 1,850 steps): 23.71 dB against struct-N2V's 23.61
-(RESULTS quality-cosdd-xeon).
+(RESULTS quality-cosdd-xeon). Open: on that Xeon, Hagen seed 0 at 4e-3 ended with a flat signal
+decoder (17.1 dB, the FLAT_SIGNAL warning) where 2e-3 scored 20.3 (labs, one seed each).
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
