@@ -4,20 +4,18 @@ at the data's scale (for exactness tests), the exactness rule, and access to the
 import os
 from pathlib import Path
 
-# Under pytest-xdist (.ci/run: two test processes on two cores) each process computes on one thread,
-# and so does every process it starts unless bigdenoise sets that process's threads itself (the
-# workers of a local cluster): two processes of two threads each on two cores spin against each
-# other (OpenMP waits busily), which made a CLI test 6x slower than alone.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ["OMP_NUM_THREADS"] = "1"
-
 import numpy as np
 import pytest
 import torch
 import zarr
 
+# Under pytest-xdist (.ci/run: two test processes on two cores) each process computes on one thread,
+# and so does every process it starts unless bigdenoise sets that process's threads itself (the
+# workers of a local cluster): two processes of two threads each on two cores spin against each
+# other (OpenMP waits busily), which made a CLI test 6x slower than alone.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the processes it starts
 
 import bigdenoise as bd
 from bigdenoise.package import save_model
