@@ -290,7 +290,8 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
 def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dict], best: dict | None,
                saved: dict | None, run_start: float, progress: bool, prints: dict) -> dict | None:
     """Train one stage to its budget, validating and checkpointing every ``val_every`` steps and
-    after its last step; returns the best weights so far (a later stage starts its own best)."""
+    after its last step; returns the best weights so far (a later stage starts its own best).
+    A ``keep_best`` stage leaves ``run.nets`` at its best weights for the next stage."""
     config, nets, options = run.config, run.nets, run.options
     stage = run.method.stages(options)[stage_index]
     opt, sched = _optimizer(run, stage, stage_index, state, saved)
@@ -366,6 +367,8 @@ def _run_stage(run: _Run, stage_index: int, state: TrainState, history: list[dic
     save_checkpoint(run.work / CHECKPOINT_DIR, config, nets, run.stats, state, opt, sched, best, prints)
     log.info("stage %s ends at step %d after %.1f s; best validation loss %.6g at step %d", stage.name, state.step,
              state.stage_elapsed, state.best_val, state.best_step)
+    if stage.keep_best and best is not None:
+        load_nets(nets, best)  # after the checkpoint: a resumed run reaches this line again
     return best
 
 

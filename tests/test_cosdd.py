@@ -420,6 +420,24 @@ def test_the_vae_stage_steps_under_adamax_and_the_distillation_under_adam(tmp_pa
     assert rates == pytest.approx({"Adamax": 2 * 2e-3, "Adam": 2e-3})
 
 
+def test_the_distillation_starts_from_the_vae_stages_best_weights(tmp_path):
+    """The VAE stage hands the distillation its weights with the best validation loss, not its
+    last ones (a late bad step could leave a flat signal decoder to distil). The encoder counts
+    its training steps in a buffer saved with the weights, so the package's count is the step of
+    the weights it kept: the VAE stage's best validation step, here earlier than its last step
+    (a rate far too high makes the validation loss bounce)."""
+    from bigdenoise.history import HISTORY_FILE, read_history
+
+    data, _ = smooth_volume((2, 64, 64))
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 32, 32), "SYX")
+    model = bd.train(src, tmp_path / "model", method="cosdd", progress=False, options=SMALL, lr=0.05,
+                     **{**TINY, "steps": 16, "val_every": 1})
+    vae = [row for row in read_history(tmp_path / "model" / HISTORY_FILE) if row["stage"] == "vae"]
+    best = min(vae, key=lambda row: row["val_loss"])["step"]
+    assert best < vae[-1]["step"], "the setting must make the last VAE step not the best"
+    assert int(model.nets["encoder"].train_steps) == best
+
+
 def test_zyx_volumes_train_and_predict_2d_nets_plane_by_plane(tmp_path):
     """On ZYX (and TZYX) volumes the nets are 2D over YX, each Z plane one image: training reads
     single planes, prediction runs plane by plane, exactly when tiled (the sampled path keys its

@@ -32,7 +32,8 @@ class Stage:
     ``"cosine"`` (anneal from the configured LR to zero over the stage's budget).
     ``optimizer``: ``"adam"``, or ``"adamax"`` (Adam with the infinity norm of past gradients in
     place of their root mean square; COSDD's authors train its VAE with it). ``lr_scale``: the
-    stage's learning rate is the configured ``lr`` times this.
+    stage's learning rate is the configured ``lr`` times this. ``keep_best``: the next stage
+    starts from this stage's weights with the best validation loss, not from its last ones.
     ``unpaired``: the method's unpaired volumes (``Method.unpaired``) this stage's training
     batches read, when they were given (other stages do not read them; validation batches,
     shared by every stage, always do).
@@ -46,6 +47,7 @@ class Stage:
     unpaired: tuple[str, ...] = ()
     optimizer: str = "adam"
     lr_scale: float = 1.0
+    keep_best: bool = False
 
     def __post_init__(self) -> None:
         if not self.lr_scale > 0:

@@ -21,11 +21,12 @@ Training, two stages through the shared loop:
    is raised once when, past the warm-up, it falls below ``COLLAPSE_KL`` (posterior collapse:
    the latents carry nothing, the signal decoder outputs the mean). The loop has no other
    channel for such reports.
-2. ``distill`` (``distill_fraction``, cosine learning rate: on the stripes its validation loss
-   ended 0.019 against 0.028 at a constant rate, and the VAE's ELBO ended worse under cosine,
-   0.9996 against 0.9917; one seed each): MSE of the U-Net on the (not dequantised) patch against
-   the mean of ``distill_samples`` signal-decoder outputs of latent samples, computed without
-   gradients (nothing flows into the VAE or the signal decoder).
+2. ``distill`` (``distill_fraction``, from the VAE stage's best-validation weights; cosine
+   learning rate: on the stripes its validation loss ended 0.019 against 0.028 at a constant
+   rate, and the VAE's ELBO ended worse under cosine, 0.9996 against 0.9917; one seed each):
+   MSE of the U-Net on the (not dequantised) patch against the mean of ``distill_samples``
+   signal-decoder outputs of latent samples, computed without gradients (nothing flows into the
+   VAE or the signal decoder).
 
 Data: integer data is dequantised (``dequantize``): a patch whose values lie on a lattice (the
 normalised grey levels) gets uniform noise of one grey level, centred, before the ELBO, so a
@@ -76,8 +77,12 @@ archived quality-cosdd, Intel Xeon). On a 2-core machine six times slower at mat
 about 600 steps in 6 minutes), seed 0, stripes: Adamax at 2e-3 22.48 dB, Adam at 2e-3 22.85,
 Adamax at 4e-3 22.96, at 8e-3 21.37 (struct-N2V 23.24); Hagen, Adamax at 4e-3: 20.36 (struct-N2V 21.62).
 These defaults on the Xeon, 3 seeds (about 1,850 steps): 23.71 dB against struct-N2V's 23.61
-(RESULTS quality-cosdd-xeon). Open: on that Xeon, Hagen seed 0 at 4e-3 ended with a flat signal
-decoder (17.1 dB, the FLAT_SIGNAL warning) where 2e-3 scored 20.3 (labs, one seed each).
+(RESULTS quality-cosdd-xeon). On that Xeon, Hagen at 4e-3 can degrade late in the VAE stage:
+seed 0 once ended with a flat signal decoder (17.1 dB, the FLAT_SIGNAL warning), and seed 3's
+validation ELBO rose from -0.32 at step 600 to 2.03 at its last step (1,309), its signal
+decoder's spread on the validation patches falling from 0.50 of the input's to 0.20 (labs).
+So the distillation starts from the VAE stage's weights with the best validation loss, not its
+last ones (``Stage.keep_best``; the best ELBO is the criterion the loop already uses).
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
@@ -357,7 +362,7 @@ def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptio
 
 def stages(options: COSDDOptions) -> tuple[Stage, ...]:
     return (Stage("vae", ("encoder", "ar_decoder", "signal_decoder"), vae_loss, fraction=1.0 - options.distill_fraction,
-                  optimizer="adamax", lr_scale=VAE_LR_SCALE),
+                  optimizer="adamax", lr_scale=VAE_LR_SCALE, keep_best=True),
             Stage("distill", ("direct_denoiser",), distill_loss, fraction=options.distill_fraction,
                   schedule="cosine"))
 
