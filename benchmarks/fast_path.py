@@ -62,9 +62,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    machine = common.machine_info()
-    probes = [common.probe("before")]
-    with common.work_folder(a.work, "bigdenoise-fast-path-") as work:
+    with common.work_folder(a.work, "bigdenoise-fast-path-") as work:  # a refused folder: before any probe
+        machine = common.machine_info()
+        probes = [common.probe("before")]
         seconds, plans = run_paths(a, work)
         probes.append(common.probe("after"))
         voxels = math.prod(a.shape)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -191,7 +190,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--features", type=int, default=16)
     p.add_argument("--val-every", type=int, default=None, help="steps between validations (default --steps: "
                    "the final weights are scored, no best-checkpoint selection)")
-    p.add_argument("--work", help="folder for the volume, models and outputs (default: a temporary folder)")
+    p.add_argument("--work", help="folder for the volume, models and outputs (default: a temporary folder, removed at the end)")
     p.add_argument("--reuse", action="store_true", help="reuse a model of --work trained for --steps steps "
                    "(the same data and settings are assumed: continue an interrupted run)")
     p.add_argument("--record", action="store_true", help="write the section into benchmarks/RESULTS.md")
@@ -203,10 +202,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     a = parse_args(argv)
+    with common.work_folder(a.work, "bigdenoise-foreground-") as work:
+        return run(a, work)
+
+
+def run(a: argparse.Namespace, work: Path) -> int:
+    """Both samplers on the synthetic volume written into ``work``, seed by seed."""
     import zarr
 
     t_start = time.perf_counter()
-    work = common.claim_work(a.work or tempfile.mkdtemp(prefix="bigdenoise-foreground-"))
     machine, probes = common.machine_info(), [common.probe("before")]
     noisy, clean, mask = light_sheet_volume(cells=a.cells, seed=a.data_seed)
     print(f"volume {SHAPE}, foreground {mask.mean():.1%} of the voxels; work folder {work}", flush=True)

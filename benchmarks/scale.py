@@ -34,7 +34,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -244,7 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads per worker")
     p.add_argument("--features", type=int, default=4, help="U-Net features (depth 1)")
     p.add_argument("--tile", type=int, default=128, help="tile core size per axis")
-    p.add_argument("--work", help="scratch folder (default: a temporary one)")
+    p.add_argument("--work", help="scratch folder (default: a temporary one, removed at the end)")
     p.add_argument("--long", action="store_true", help="long mode: worker RSS against blocks done (docstring)")
     p.add_argument("--blocks", type=int, default=2000, help="long mode: blocks (rounded to whole 64-plane slabs of 16)")
     p.add_argument("--policies", default="bounded,off", help="long mode: allocator policies, comma-separated "
@@ -253,7 +252,12 @@ def main(argv=None) -> int:
     p.add_argument("--record", action="store_true")
     a = p.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop our dask processes
-    work = common.claim_work(a.work or tempfile.mkdtemp(prefix="bigdenoise-scale-"))
+    with common.work_folder(a.work, "bigdenoise-scale-") as work:
+        return run(a, work)
+
+
+def run(a: argparse.Namespace, work: Path) -> int:
+    """The untrained model and the volumes in ``work``; the short mode or, with ``--long``, the long one."""
     from bigdenoise.normalize import Stats
 
     # a tiny untrained 3D N2V package (depth 1): the engine is under test, not the U-Net

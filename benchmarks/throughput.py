@@ -83,15 +83,15 @@ def main(argv=None) -> int:
 
     # As predict does in its process and in every worker; first, before any thread allocates.
     tune_allocator()
-    machine = common.machine_info()
-    probes = [common.probe("before")]
     device = str(pick_device(a.device))
     # predict's in-process ("threads") worker sets torch to os.cpu_count() threads (execute.dask_client);
     # use the same for the forward path so both run with the same thread count.
     torch.set_num_threads(os.cpu_count() or 1)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
-    with common.work_folder(a.work, "bigdenoise-throughput-") as work:
+    with common.work_folder(a.work, "bigdenoise-throughput-") as work:  # a refused folder: before any probe
+        machine = common.machine_info()
+        probes = [common.probe("before")]
         shape, axes = tuple(a.shape), a.axes
         chunks = tuple(min(c, n) for c, n in zip(a.chunks, shape)) if a.chunks else default_chunks(shape, axes)
         vol_path, model_path, out_path = work / "volume.zarr", work / "model", work / "out.zarr"
