@@ -83,7 +83,8 @@ validation ELBO rose from -0.32 at step 600 to 2.03 at its last step (1,309), it
 decoder's spread on the validation patches falling from 0.50 of the input's to 0.20 (labs).
 So the distillation starts from the VAE stage's weights with the best validation loss, not its
 last ones (``Stage.keep_best``; the best ELBO is the criterion the loop already uses): Hagen,
-3 seeds, none flat, 20.47 dB against struct-N2V's 21.90 (RESULTS quality-cosdd-hagen-best).
+3 seeds, none flat, 20.47 dB against struct-N2V's 21.90 (RESULTS quality-cosdd-hagen-best). On
+the stripes the VAE's best step was its last in 3 of 3 seeds (labs, 23.47-24.05 dB): no change.
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
