@@ -78,9 +78,10 @@ about 600 steps in 6 minutes), seed 0, stripes: Adamax at 2e-3 22.48 dB, Adam at
 Adamax at 4e-3 22.96, at 8e-3 21.37 (struct-N2V 23.24); Hagen, Adamax at 4e-3: 20.36 (struct-N2V 21.62).
 These defaults on the Xeon, 3 seeds (about 1,850 steps): 23.71 dB against struct-N2V's 23.61
 (RESULTS quality-cosdd-xeon). On that Xeon, Hagen at 4e-3 can degrade late in the VAE stage:
-seed 0 once ended with a flat signal decoder (17.1 dB, the FLAT_SIGNAL warning), and seed 3's
-validation ELBO rose from -0.32 at step 600 to 2.03 at its last step (1,309), its signal
-decoder's spread on the validation patches falling from 0.50 of the input's to 0.20 (labs).
+seeds 0 and 4 ended with a flat signal decoder (17.1 and 15.5 dB, the FLAT_SIGNAL warning;
+seed 4's spread on the validation patches was 0.67 of the input's at its best validation step,
+700, and 0.01 at its last, 1,418), and seed 3's validation ELBO rose from -0.32 at step 600 to
+2.03 at its last step (1,309), its spread falling from 0.50 to 0.20 (labs, 6 runs).
 So the distillation starts from the VAE stage's weights with the best validation loss, not its
 last ones (``Stage.keep_best``; the best ELBO is the criterion the loop already uses): Hagen,
 3 seeds, none flat, 20.47 dB against struct-N2V's 21.90 (RESULTS quality-cosdd-hagen-best). On
