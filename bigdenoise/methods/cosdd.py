@@ -93,7 +93,12 @@ s_code 16 makes twice the steps of 32 and denoised the stripes 0.6 dB better (on
 both with the warm-up). The paper: "large" 14 levels, s_code 128; "small" 6 levels, s_code 64;
 both with RF 40 and 3-5 components, on a GPU; the authors' large setting keeps its first latent
 level at full resolution, which here (the first level unstrided, a lab) cost 0.6 times the steps
-and scored 22.05 dB against 22.76 (stripes, seed 0, 6 minutes on the slow EPYC). The three VAE
+and scored 22.05 dB against 22.76 (stripes, seed 0, 6 minutes on the slow EPYC). On the Xeon (6
+minutes, about 1,180 steps against 1,790) it denoised Hagen a little better, 20.66 / 20.59 / 20.86
+dB for seeds 0-2 against the record's 20.46 / 20.14 / 20.82, but kept the stripes: 20.06 dB with a
+residue A of +0.36 on the row stripes (seed 0; 23.89 and -0.04 at the defaults), the full-resolution
+latents encoding the row noise that the AR decoder should explain (labs). Twice the budget at
+the defaults (12 minutes, 3,730 steps) lifted Hagen seed 0 only from 20.46 to 20.74 dB. The three VAE
 nets keep their weights channels last (``build``; a one-channel patch is already in that layout,
 and every later feature map follows the weights): their convolutions have few channels, and on
 2 cores of an AMD EPYC a VAE step (batch 16 of 64x64) took 542 ms against 661 contiguous (the
