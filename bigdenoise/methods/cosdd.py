@@ -98,7 +98,8 @@ minutes, about 1,180 steps against 1,790) it denoised Hagen a little better, 20.
 dB for seeds 0-2 against the record's 20.46 / 20.14 / 20.82, but kept the stripes: 20.06 dB with a
 residue A of +0.36 on the row stripes (seed 0; 23.89 and -0.04 at the defaults), the full-resolution
 latents encoding the row noise that the AR decoder should explain (labs). Twice the budget at
-the defaults (12 minutes, 3,730 steps) lifted Hagen seed 0 only from 20.46 to 20.74 dB. The three VAE
+the defaults (12 minutes, 3,730 steps) lifted Hagen seed 0 only from 20.46 to 20.74 dB, while
+struct-N2V stayed level (21.85 at 12 minutes, 21.89 at 6): the gap shrank from 1.43 to 1.11 dB. The three VAE
 nets keep their weights channels last (``build``; a one-channel patch is already in that layout,
 and every later feature map follows the weights): their convolutions have few channels, and on
 2 cores of an AMD EPYC a VAE step (batch 16 of 64x64) took 542 ms against 661 contiguous (the
