@@ -86,6 +86,8 @@ So the distillation starts from the VAE stage's weights with the best validation
 last ones (``Stage.keep_best``; the best ELBO is the criterion the loop already uses): Hagen,
 3 seeds, none flat, 20.47 dB against struct-N2V's 21.90 (RESULTS quality-cosdd-hagen-best). On
 the stripes the VAE's best step was its last in 3 of 3 seeds (labs, 23.47-24.05 dB): no change.
+Twice the budget (12 minutes, 3,730 steps) lifted Hagen seed 0 only from 20.46 to 20.74 dB, while
+struct-N2V stayed level (21.85 at 12 minutes, 21.89 at 6): the gap shrank from 1.43 to 1.11 dB.
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
@@ -97,12 +99,10 @@ and scored 22.05 dB against 22.76 (stripes, seed 0, 6 minutes on the slow EPYC).
 minutes, about 1,180 steps against 1,790) it denoised Hagen a little better, 20.66 / 20.59 / 20.86
 dB for seeds 0-2 against the record's 20.46 / 20.14 / 20.82, but kept the stripes: 20.06 dB with a
 residue A of +0.36 on the row stripes (seed 0; 23.89 and -0.04 at the defaults), the full-resolution
-latents encoding the row noise that the AR decoder should explain (labs). Twice the budget at
-the defaults (12 minutes, 3,730 steps) lifted Hagen seed 0 only from 20.46 to 20.74 dB, while
-struct-N2V stayed level (21.85 at 12 minutes, 21.89 at 6): the gap shrank from 1.43 to 1.11 dB. The three VAE
-nets keep their weights channels last (``build``; a one-channel patch is already in that layout,
-and every later feature map follows the weights): their convolutions have few channels, and on
-2 cores of an AMD EPYC a VAE step (batch 16 of 64x64) took 542 ms against 661 contiguous (the
+latents encoding the row noise that the AR decoder should explain (labs). The three VAE nets
+keep their weights channels last (``build``; a one-channel patch is already in that layout, and
+every later feature map follows the weights): their convolutions have few channels, and on 2
+cores of an AMD EPYC a VAE step (batch 16 of 64x64) took 542 ms against 661 contiguous (the
 median of 8 interleaved rounds): 1.2 times the steps in the same time.
 """
 
