@@ -14,7 +14,7 @@ Speed does not depend on the weights: the package is untrained, with the method'
 networks, unless ``--model`` names a trained one.
 
 Usage: python benchmarks/fast_path.py [--method dbsn|cosdd] [--shape 64,512,512] [--samples 100]
-                                      [--model M] [--repeats 3] [--record]
+                                      [--model M] [--repeats 3] [--record [--section NAME]]
 """
 
 from __future__ import annotations
@@ -49,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--work", help="folder for the volume, model and outputs (default: a temporary folder, removed)")
     p.add_argument("--record", action="store_true", help="write the result into benchmarks/RESULTS.md")
+    p.add_argument("--section", help="RESULTS.md section to write (default fast-path-METHOD)")
     a = p.parse_args(argv)
+    a.section = a.section or f"fast-path-{a.method}"
     fast, reference, shape, a.goal = PATHS[a.method]
     a.shape = tuple(a.shape or shape)
     if len(a.shape) != 3:
@@ -132,7 +134,7 @@ def _record(a, machine, probes, voxels, seconds, med, plans, ratio, verdict) -> 
 
 - Fast path **{ratio:.2f}x** faster than the reference (goal >= {a.goal:g}x: {verdict}).
 """
-    common.replace_section(common.RESULTS, f"fast-path-{a.method}", text, common.TOPIC_THROUGHPUT)
+    common.replace_section(common.RESULTS, a.section, text, common.TOPIC_THROUGHPUT)
 
 
 if __name__ == "__main__":

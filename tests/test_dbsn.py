@@ -286,6 +286,19 @@ def test_tiled_equals_whole_and_a_short_halo_differs(tmp_path, tmp_path_factory,
     assert_not_exact(zarr.open_array(str(tmp_path / "short.zarr"), mode="r")[...], ref)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("noise, prediction", [("awgn", "posterior"), ("pg", "distilled")])
+def test_gpu_tiles_equal_the_cpu_whole_image(tmp_path, tmp_path_factory, noise, prediction):
+    """On a GPU the posterior (with awgn's whole-image pre-pass) and the distilled net tile
+    exactly against the CPU's whole-image pass."""
+    model_dir, data = _rough_dbsn(tmp_path_factory, noise)
+    src = write_zarr(tmp_path / "in.zarr", data, (1, 13, 17), "SYX")
+    bd.predict(src, model_dir, tmp_path / "out.zarr", cluster="threads", progress=False, tile=16, block_voxels=2000,
+               options={"prediction": prediction}, device="cuda")
+    cpu = with_options(bd.load_model(model_dir, device="cpu"), {"prediction": prediction})
+    assert_exact(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...], predict_whole(data, cpu), data)
+
+
 @pytest.mark.parametrize("noise", ["pg", "awgn"])
 def test_3d_posterior_tiled_equals_whole_and_a_short_halo_differs(tmp_path, noise):
     """ZYX: no sample axis, so awgn's pre-pass gives the whole volume one level."""
