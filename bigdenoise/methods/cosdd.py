@@ -88,6 +88,9 @@ last ones (``Stage.keep_best``; the best ELBO is the criterion the loop already 
 the stripes the VAE's best step was its last in 3 of 3 seeds (labs, 23.47-24.05 dB): no change.
 Twice the budget (12 minutes, 3,730 steps) lifted Hagen seed 0 only from 20.46 to 20.74 dB, while
 struct-N2V stayed level (21.85 at 12 minutes, 21.89 at 6): the gap shrank from 1.43 to 1.11 dB.
+On one H100 (one seed each, RESULTS-archive): 7,990 steps on Hagen scored 20.71 dB against
+struct-N2V's 21.63, so COSDD levels off near 20.7 there from about 3,700 steps; 4,116 steps on the
+row stripes scored 24.36 against 23.85 with a residue A of -0.035 (inside the issue's 0.05).
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
