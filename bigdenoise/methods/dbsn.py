@@ -58,7 +58,8 @@ above) and quality-dbsn-hagen (row-correlated noise: level with N2V, under struc
 Intel Xeon six times faster (about 5,000 steps in 5 minutes) the same defaults are +1.12 dB over
 N2V on BSD68 at sigma 25 (quality-dbsn-bsd68-xeon) and +0.76 on Set12 (quality-dbsn-xeon); there
 CARE trained on Train400 pairs stays above the distilled net on Set12 by 1.70, 1.17 and 0.72 dB
-at sigma 15, 25 and 50 (quality-dbsn-set12-care).
+at sigma 15, 25 and 50 (quality-dbsn-set12-care), on BSD68 by 1.95 and 0.91 dB at sigma 15 and
+50 (quality-dbsn-bsd68-care).
 
 Loss (slides S14, ``loss="constrained"``, the default) per voxel::
 
