@@ -65,6 +65,32 @@ def test_mixture_integrates_to_one():
         assert abs(float(total) - 1) < 1e-4, float(total)
 
 
+def test_binned_mixture_sums_to_one_over_the_grey_levels_with_the_clip_level_censored():
+    """Integer data: each pixel's mass over its grey level's bin, everything below the clip level
+    in that level; summed over the levels that follow it, 1. Far-out pixels keep finite
+    log-probabilities and gradients."""
+    torch.manual_seed(0)
+    m = 3
+    logits, loc = torch.randn(1, m, 1, dtype=torch.float64), torch.randn(1, m, 1, dtype=torch.float64)
+    scale = torch.tensor([0.01, 0.3, 2.0], dtype=torch.float64).reshape(1, m, 1)
+    step, clip = 0.25, -1.5
+    x = (clip + step * torch.arange(400, dtype=torch.float64)).reshape(1, 1, -1)  # to 98: past every component
+    half = torch.full((1, 1, 1), step / 2, dtype=torch.float64)
+    params = (logits.expand(1, m, 400), loc.expand(1, m, 400), scale.expand(1, m, 400))
+    censored = x <= clip
+    p = mixture_log_prob(x, *params, half=half, censored=censored).exp()
+    assert abs(float(p.sum()) - 1) < 1e-9 and float(p.max()) <= 1
+    uncensored = mixture_log_prob(x, *params, half=half).exp()
+    assert float(uncensored.sum()) < 0.99  # the mass under the clip level's bin is what censoring adds
+    far = torch.tensor([[[-60.0, 0.0, 60.0]]], requires_grad=True)
+    loc_far = torch.zeros(1, m, 3, requires_grad=True)
+    scale_far = torch.full((1, m, 3), 0.01, requires_grad=True)
+    lp = mixture_log_prob(far, torch.zeros(1, m, 3), loc_far, scale_far, half=torch.full((1, 1, 1), 0.1))
+    lp.sum().backward()
+    assert torch.isfinite(lp).all() and float(lp[0, 0, 1]) == pytest.approx(0, abs=1e-6)
+    assert torch.isfinite(loc_far.grad).all() and torch.isfinite(scale_far.grad).all()
+
+
 def test_analytic_kl_matches_monte_carlo():
     g = torch.Generator().manual_seed(0)
     mq, mp = torch.randn(5, generator=g), torch.randn(5, generator=g)
@@ -172,7 +198,7 @@ def test_auto_direction_is_chosen_once_per_volume_and_travels_in_the_package(tmp
 def test_integer_patches_are_dequantised_by_one_grey_level():
     rng = np.random.default_rng(0)
     x = ((rng.integers(0, 40, (1, 32, 32)) - 20.0) / 7.5).astype(np.float32)  # normalised grey levels
-    ex = cosdd.prepare({"input": x}, rng, cosdd.COSDDOptions())
+    ex = cosdd.prepare({"input": x}, rng, cosdd.COSDDOptions(likelihood="dequantized"))
     assert cosdd.grey_step(x) == pytest.approx(1 / 7.5, rel=1e-4)
     d = ex["noisy"] - x
     assert np.abs(d).max() <= 0.5 / 7.5 + 1e-6 and d.std() > 0.1 / 7.5
@@ -180,6 +206,29 @@ def test_integer_patches_are_dequantised_by_one_grey_level():
     smooth = rng.normal(size=(1, 32, 32)).astype(np.float32)
     assert cosdd.grey_step(smooth) == 0
     np.testing.assert_array_equal(cosdd.prepare({"input": smooth}, rng, cosdd.COSDDOptions())["noisy"], smooth)
+
+
+def test_binned_patches_carry_their_grey_level_and_a_clip_level_only_where_pixels_pile_up():
+    rng = np.random.default_rng(0)
+    raw = np.maximum(rng.integers(-30, 40, (1, 32, 32)), 0)  # 8-bit-like: about 43% clipped to 0
+    x = ((raw - 12.0) / 7.5).astype(np.float32)
+    ex = cosdd.prepare({"input": x}, rng, cosdd.COSDDOptions())
+    np.testing.assert_array_equal(ex["noisy"], x)  # not dequantised
+    assert ex["half"].shape == (1, 1, 1) and float(ex["half"].item()) == pytest.approx(0.5 / 7.5, rel=1e-4)
+    np.testing.assert_array_equal(ex["censored"], raw == 0)
+    spread = ((rng.integers(0, 4000, (1, 32, 32)) - 12.0) / 7.5).astype(np.float32)  # its minimum is rare
+    assert not cosdd.prepare({"input": spread}, rng, cosdd.COSDDOptions())["censored"].any()
+    smooth = rng.normal(size=(1, 32, 32)).astype(np.float32)
+    ex = cosdd.prepare({"input": smooth}, rng, cosdd.COSDDOptions())
+    assert float(ex["half"].item()) == 0 and not ex["censored"].any()  # not integers: the density
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, cosdd.COSDDOptions(**SMALL))
+    example = cosdd.prepare({"input": x}, rng, cosdd.COSDDOptions())
+    batch = {k: torch.from_numpy(np.stack([v])) for k, v in example.items()}
+    nll, _, _ = cosdd.elbo_terms(nets, batch, record=True)
+    assert float(nll) >= 0  # a probability per pixel, not a density
+    # packages written before `likelihood` load with what they trained with
+    assert cosdd.COSDDOptions(dequantize=True).likelihood == "dequantized"
+    assert cosdd.COSDDOptions.model_validate({"dequantize": False}).likelihood == "continuous"
 
 
 def test_sampled_radius_is_the_encoder_and_signal_decoders_reach():

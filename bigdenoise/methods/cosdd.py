@@ -28,10 +28,16 @@ Training, two stages through the shared loop:
    signal-decoder outputs of latent samples, computed without gradients (nothing flows into the
    VAE or the signal decoder).
 
-Data: integer data is dequantised (``dequantize``): a patch whose values lie on a lattice (the
-normalised grey levels) gets uniform noise of one grey level, centred, before the ELBO, so a
-clipped 8-bit background cannot shrink a mixture component onto a spike (the scale floor
-``min_scale`` is the second guard).
+Data (``likelihood``): on a patch whose values lie on a lattice (the normalised grey levels of
+integer data) the AR decoder scores each pixel by its mixture's mass over the pixel's grey-level
+bin (``binned``, the default), and where a patch piles up on its minimum (``CLIP_SPIKE`` of its
+pixels) by the mass below that level's bin: the clip level stands for every value under it. A
+bin's mass is at most 1, so a clipped 8-bit background cannot shrink a mixture component onto a
+spike (the scale floor ``min_scale`` is the second guard). On Hagen mito-confocal (8-bit, 78%
+of the low-SNR frame at 0) this lifted COSDD from 20.46 to 21.84 dB (seed 0, 6 minutes on the
+Xeon), level with struct-N2V's 21.89; ``dequantized`` (the earlier default: uniform noise of one
+grey level added, then the density) left the clip level's spike for the mixture to fit and the
+latents to explain. Float data always get the density.
 
 Direction (``direction``): the axis along which the noise is correlated, **one per volume**,
 kept in the AR decoder's buffer ``direction`` (0 x, 1 y; in checkpoints and the package,
@@ -116,7 +122,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..nets.ar_decoder import ARDecoder
 from ..nets.lvae import LadderVAE, SignalDecoder, coordinate_noise
@@ -131,6 +137,10 @@ VAE_LR_SCALE = 2.0
 
 COLLAPSE_KL = 1e-3
 """KL per pixel (nats) below which the latents are taken to have collapsed."""
+
+CLIP_SPIKE = 0.05
+"""Fraction of an integer patch on its minimum from which ``likelihood=binned`` takes that
+minimum for a clip level (8-bit Hagen mito-confocal: 78% of the low-SNR frame is 0)."""
 
 # The distillation targets' spread below this fraction of the input's: the signal decoder outputs a
 # nearly flat image. Measured: 6 min on one core (~250 VAE steps) left 2 of 3 seeds flat (13 dB,
@@ -156,7 +166,11 @@ class COSDDOptions(BaseModel):
     components: int = Field(3, ge=1, le=16, description="Gaussians of the noise mixture (paper: 3-5)")
     min_scale: float = Field(1e-3, gt=0, description="floor of the mixture's scales (normalised units)")
     decoder_layers: int = Field(3, ge=1, le=16, description="signal decoder conv layers (paper: 4)")
-    dequantize: bool = Field(True, description="add uniform noise of one grey level to integer-valued patches")
+    likelihood: Literal["binned", "dequantized", "continuous"] = Field(
+        "binned", description="the noise model's score of integer-valued patches: binned (each component's mass "
+        "over the grey level's bin; a patch's minimum shared by CLIP_SPIKE of its pixels is a clip level, censored), "
+        "dequantized (uniform noise of one grey level added, then the density) or continuous (the density at the "
+        "values as they are); other data always get the density")
     kl_warmup: int = Field(
         200, ge=0, description="VAE training steps over which the KL's weight rises linearly from 0 to 1 (the "
         "ladder VAE's warm-up; 0: weight 1 from the start, as the COSDD authors)")
@@ -166,6 +180,16 @@ class COSDDOptions(BaseModel):
         "direct", description="direct: the distilled U-Net (one pass); sampled: mean of `samples` signal-decoder "
         "outputs, latent noise keyed by voxel coordinates (both tile exactly)")
     samples: int = Field(100, ge=1, le=100000, description="latent samples averaged by prediction=sampled (paper: 100)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dequantize(cls, data):
+        """Packages written before ``likelihood`` say ``dequantize`` (true: dequantized)."""
+        if isinstance(data, dict) and "dequantize" in data:
+            data = dict(data)
+            old = data.pop("dequantize")
+            data.setdefault("likelihood", "dequantized" if old else "continuous")
+        return data
 
     @field_validator("ar_dilations", mode="before")
     @classmethod
@@ -255,14 +279,20 @@ def noise_axis(x: np.ndarray) -> Literal["x", "y"]:
 
 
 def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: COSDDOptions) -> dict[str, np.ndarray]:
-    """``input``: the patch; ``noisy``: the patch dequantised (ELBO)."""
+    """``input``: the patch; ``noisy``: what the ELBO scores (the patch, dequantised with
+    ``likelihood=dequantized``). With ``binned``: ``half``, half the patch's grey level (0 when
+    its values are not integers: then the density), and ``censored``, its pixels on a clip level
+    (the patch's minimum when at least ``CLIP_SPIKE`` of them sit there)."""
     x = sample["input"].astype(np.float32)
-    noisy = x
-    if options.dequantize:
-        step = grey_step(x)
-        if step > 0:
-            noisy = (x + rng.uniform(-step / 2, step / 2, x.shape)).astype(np.float32)
-    return {"input": x, "noisy": noisy}
+    step = grey_step(x) if options.likelihood != "continuous" else 0.0
+    if options.likelihood == "dequantized":
+        noisy = (x + rng.uniform(-step / 2, step / 2, x.shape)).astype(np.float32) if step > 0 else x
+        return {"input": x, "noisy": noisy}
+    if options.likelihood == "continuous":
+        return {"input": x, "noisy": x}
+    floor = x <= x.min() + step / 4
+    censored = floor if step > 0 and floor.mean() >= CLIP_SPIKE else np.zeros(x.shape, bool)
+    return {"input": x, "noisy": x, "half": np.full((1,) * x.ndim, step / 2, np.float32), "censored": censored}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +321,8 @@ def elbo_terms(nets: Nets, batch: dict[str, torch.Tensor], record: bool = False
     x = batch["noisy"].float()
     code, kl = nets["encoder"](x)
     code = code.float()
-    nll = -nets["ar_decoder"].log_prob(x, code, along_y=along_y).mean()
+    nll = -nets["ar_decoder"].log_prob(x, code, along_y=along_y, half=batch.get("half"),
+                                       censored=batch.get("censored")).mean()
     kl = kl.float().sum() / x.numel()
     sd = ((nets["signal_decoder"](code.detach()).float() - x) ** 2).mean()
     return nll, kl, sd

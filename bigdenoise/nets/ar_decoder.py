@@ -16,10 +16,11 @@ gives 40, the authors' value (their 8 blocks, ``4 * (1+1+2+1+2+1+1+1)``; §5.4: 
 Output: a Gaussian mixture per pixel, ``components`` (weight logits, means, scales); the
 log-weights are ``log_softmax``-normalised (the authors' code missed this from d858c76 to
 c0b49ac) and the scales are ``softplus(raw) + min_scale`` (normalised units), so a component
-cannot collapse onto a spike of clipped, quantised data. The axis is chosen per call
-(``along_y`` transposes the last two axes in and out); the buffer ``direction`` is where a
-method records the one axis it decodes along (-1: not chosen yet, 0: x, 1: y), so the choice
-travels with the weights.
+cannot collapse onto a spike of clipped, quantised data. Integer data can be scored by each
+component's mass over the pixel's grey-level bin, a clip level censored (``half``,
+``censored``). The axis is chosen per call (``along_y`` transposes the last two axes in and
+out); the buffer ``direction`` is where a method records the one axis it decodes along (-1: not
+chosen yet, 0: x, 1: y), so the choice travels with the weights.
 """
 
 from __future__ import annotations
@@ -33,11 +34,31 @@ from torch import nn
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 
 
-def mixture_log_prob(x: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``log sum_m softmax(logits)_m N(x; loc_m, scale_m^2)``: ``x`` (N, 1, ...), the others (N, M, ...) -> (N, 1, ...)."""
+def mixture_log_prob(x: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor,
+                     half: torch.Tensor | None = None, censored: torch.Tensor | None = None) -> torch.Tensor:
+    """``log sum_m softmax(logits)_m p_m(x)``: ``x`` (N, 1, ...), the mixture's (N, M, ...) -> (N, 1, ...).
+
+    ``p_m`` is the density ``N(x; loc_m, scale_m^2)``, or, where ``half`` (broadcastable to ``x``:
+    half a grey level of integer data) is positive, the component's mass over the grey level's
+    bin ``[x - half, x + half]``; where ``censored`` (bool, like ``x``), its mass below
+    ``x + half`` (a clip level stands for every value under it). A bin's mass is at most 1, so
+    no component can gain by shrinking onto a spike of clipped, quantised data.
+    """
     log_w = F.log_softmax(logits, dim=1)
-    log_n = -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
-    return torch.logsumexp(log_w + log_n, dim=1, keepdim=True)
+    log_p = -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
+    if half is not None and bool((half > 0).any()):  # float data: the density, at no extra cost
+        a, b = (x - half - loc) / scale, (x + half - loc) / scale
+        log_bin = _log_sub_exp(torch.special.log_ndtr(a), torch.special.log_ndtr(b))
+        if censored is not None:
+            log_bin = torch.where(censored, torch.special.log_ndtr(b), log_bin)
+        log_p = torch.where(half > 0, log_bin, log_p)
+    return torch.logsumexp(log_w + log_p, dim=1, keepdim=True)
+
+
+def _log_sub_exp(small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
+    """``log(exp(large) - exp(small))`` for ``small < large``; equal ends (an empty bin, or one
+    rounded away) give about ``large - 28`` instead of -inf, so no gradient is NaN."""
+    return large + torch.log(-torch.expm1(torch.clamp(small - large, max=-1e-12)))
 
 
 class ARDecoder(nn.Module):
@@ -85,6 +106,8 @@ class ARDecoder(nn.Module):
             logits, loc, scale = (t.transpose(-1, -2) for t in (logits, loc, scale))
         return logits, loc, scale
 
-    def log_prob(self, x: torch.Tensor, code: torch.Tensor, along_y: bool = False) -> torch.Tensor:
-        """Per-pixel log-likelihood ``log p(x_ij | x_i,<j, code)`` (N, 1, *spatial) (``along_y``: ``x_<i,j``)."""
-        return mixture_log_prob(x, *self.params(x, code, along_y))
+    def log_prob(self, x: torch.Tensor, code: torch.Tensor, along_y: bool = False,
+                 half: torch.Tensor | None = None, censored: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-pixel log-likelihood ``log p(x_ij | x_i,<j, code)`` (N, 1, *spatial) (``along_y``:
+        ``x_<i,j``); ``half``, ``censored``: binned integer data (:func:`mixture_log_prob`)."""
+        return mixture_log_prob(x, *self.params(x, code, along_y), half=half, censored=censored)
