@@ -91,6 +91,18 @@ def test_binned_mixture_sums_to_one_over_the_grey_levels_with_the_clip_level_cen
     assert torch.isfinite(loc_far.grad).all() and torch.isfinite(scale_far.grad).all()
 
 
+def test_binned_scores_of_bf16_parameters_are_computed_in_float32():
+    """Under bf16 autocast (a GPU's default) the AR decoder's outputs are bf16; the mixture's
+    weights and bins are still computed in float32."""
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(2, 3, 16, generator=g).bfloat16() for _ in range(3)]
+    params[2] = params[2].abs() + 0.5
+    x, half = torch.randn(2, 1, 16, generator=g), torch.full((1, 1, 1), 0.01)
+    low = mixture_log_prob(x, *params, half=half)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, mixture_log_prob(x, *(t.float() for t in params), half=half))
+
+
 def test_analytic_kl_matches_monte_carlo():
     g = torch.Generator().manual_seed(0)
     mq, mp = torch.randn(5, generator=g), torch.randn(5, generator=g)

@@ -40,17 +40,20 @@ def mixture_log_prob(x: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, s
 
     ``p_m`` is the density ``N(x; loc_m, scale_m^2)``, or, where ``half`` (broadcastable to ``x``:
     half a grey level of integer data) is positive, the component's mass over the grey level's
-    bin ``[x - half, x + half]``; where ``censored`` (bool, like ``x``), its mass below
+    bin ``[x - half, x + half]``; where ``censored`` (like ``x``) is nonzero, its mass below
     ``x + half`` (a clip level stands for every value under it). A bin's mass is at most 1, so
-    no component can gain by shrinking onto a spike of clipped, quantised data.
+    no component can gain by shrinking onto a spike of clipped, quantised data. Computed in at
+    least float32, whatever the decoder's outputs are (bf16 under a GPU's autocast).
     """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, logits, loc, scale = (t.to(dtype) for t in (x, logits, loc, scale))
     log_w = F.log_softmax(logits, dim=1)
     log_p = -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
     if half is not None and bool((half > 0).any()):  # float data: the density, at no extra cost
         a, b = (x - half - loc) / scale, (x + half - loc) / scale
         log_bin = _log_sub_exp(torch.special.log_ndtr(a), torch.special.log_ndtr(b))
         if censored is not None:
-            log_bin = torch.where(censored, torch.special.log_ndtr(b), log_bin)
+            log_bin = torch.where(censored > 0, torch.special.log_ndtr(b), log_bin)
         log_p = torch.where(half > 0, log_bin, log_p)
     return torch.logsumexp(log_w + log_p, dim=1, keepdim=True)
 
