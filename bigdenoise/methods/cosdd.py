@@ -286,12 +286,12 @@ def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: CO
     its values are not integers: then the density), and ``censored``, 1 on its pixels on a clip
     level (the patch's minimum when at least ``CLIP_SPIKE`` of them sit there), else 0."""
     x = sample["input"].astype(np.float32)
-    step = grey_step(x) if options.likelihood != "continuous" else 0.0
+    if options.likelihood == "continuous":
+        return {"input": x, "noisy": x}
+    step = grey_step(x)
     if options.likelihood == "dequantized":
         noisy = (x + rng.uniform(-step / 2, step / 2, x.shape)).astype(np.float32) if step > 0 else x
         return {"input": x, "noisy": noisy}
-    if options.likelihood == "continuous":
-        return {"input": x, "noisy": x}
     floor = x <= x.min() + step / 4
     censored = floor if step > 0 and floor.mean() >= CLIP_SPIKE else np.zeros(x.shape, bool)
     return {"input": x, "noisy": x, "half": np.full((1,) * x.ndim, step / 2, np.float32),

@@ -50,10 +50,10 @@ def mixture_log_prob(x: torch.Tensor, logits: torch.Tensor, loc: torch.Tensor, s
     log_w = F.log_softmax(logits, dim=1)
     log_p = -0.5 * ((x - loc) / scale) ** 2 - torch.log(scale) - 0.5 * math.log(2 * math.pi)
     if half is not None and bool((half > 0).any()):  # float data: the density, at no extra cost
-        a, b = (x - half - loc) / scale, (x + half - loc) / scale
-        log_bin = _log_sub_exp(torch.special.log_ndtr(a), torch.special.log_ndtr(b))
+        below_top = torch.special.log_ndtr((x + half - loc) / scale)
+        log_bin = _log_sub_exp(torch.special.log_ndtr((x - half - loc) / scale), below_top)
         if censored is not None:
-            log_bin = torch.where(censored > 0, torch.special.log_ndtr(b), log_bin)
+            log_bin = torch.where(censored > 0, below_top, log_bin)
         log_p = torch.where(half > 0, log_bin, log_p)
     return torch.logsumexp(log_w + log_p, dim=1, keepdim=True)
 
