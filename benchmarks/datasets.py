@@ -450,15 +450,21 @@ def _stripes(name: str, a: argparse.Namespace) -> Dataset:
     noisy = stripe_noise(clean, -1 if rows else -2, a.seed)
     along = "rows (X)" if rows else "columns (Y)"
     span = int(round(2 * STRIPE_BLUR))
+    train400 = data_root(a.data) / "train400"
+    folds, care_note = [], "no train400 folder"
+    if "care" in a.methods and train400.is_dir() and any(train400.glob("*.png")):
+        t_clean = (load_train400(train400) / 255.0).astype(np.float32)
+        folds = [CareFold(stripe_noise(t_clean, -1 if rows else -2, a.seed + 2000), t_clean)]
+        care_note = (f"CARE trained on the {len(t_clean)} Train400 images (180x180, on 0..1) with the same noise "
+                     f"(seed {a.seed + 2000}): the supervised reference")
     return Dataset(name, f"{len(clean)} Set12 images (256x256) scaled to s = clean/255 in [0, 1]; noisy x = "
                    f"Poisson({STRIPE_PEAK:g} s)/{STRIPE_PEAK:g} + {STRIPE_WHITE:g} e1 + {STRIPE_SIGMA:g} (g * e2), e1, "
                    f"e2 standard normal, g a unit-energy Gaussian of sigma {STRIPE_BLUR:g} px convolved along the "
                    f"{along} (datasets.stripe_noise, numpy default_rng({a.seed})), float32, not clipped; PSNR/SSIM "
                    f"peak 1 against s, no fit; struct-N2V masks +-{span} px along the {along}", noisy, clean, 1.0,
-                   methods=("n2v", "n2v2", "struct-n2v"), struct_axis=1 if rows else 0, struct_span=span,
-                   residue=True,
+                   methods=("n2v", "n2v2", "struct-n2v", "care"), struct_axis=1 if rows else 0, struct_span=span,
+                   residue=True, care_folds=folds, care_note=care_note,
                    why_not={"n2n": "one noisy draw per image (the issue's rows are N2V, struct-N2V and COSDD)",
-                            "care": "no separate clean training images for this noise",
                             "pn2v": "row-correlated noise: a pixel-wise noise model does not describe it",
                             "pn2v-bootstrap": "row-correlated noise: a pixel-wise noise model does not describe it",
                             "noise2stack": "independent images, no stack",
@@ -590,10 +596,12 @@ def _hagen(name: str, a: argparse.Namespace) -> Dataset:
         care_note = (f"CARE trained on the {len(t_noisy)} tiles of {TILE}x{TILE} outside the scored crop (the same "
                      f"acquisition), targets mapped a*high+b onto each low-SNR tile")
     scored = f"central {crop}x{crop}" if box[0].stop - box[0].start < low.shape[0] else "whole image"
+    noise = ("the low-SNR noise shows no anisotropy (COSDD's negative control)" if kind == "nucleus"
+             else "the low-SNR noise is row-correlated")
     return Dataset(name, f"Hagen et al. {stem} low vs high SNR ({scored} cut into {len(noisy)} tiles of {TILE}x{TILE}, "
                    f"the images of the statistics); each tile's output fitted a*x+b to the high-SNR tile before "
                    f"PSNR/SSIM, peak 255; the high-SNR reference is not noise-free (its noise counts against sharp "
-                   f"outputs) and the low-SNR noise is row-correlated", noisy, clean, 255.0,
+                   f"outputs) and {noise}", noisy, clean, 255.0,
                    fit=True, methods=("n2v", "n2v2", "struct-n2v", "care"), care_folds=folds, care_note=care_note,
                    residue=True,
                    paper=PAPERS["hagen"] if kind == "mito" else "",

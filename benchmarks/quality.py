@@ -538,7 +538,7 @@ HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("carea
                 ("dbsn", "n2v"), ("dbsn-posterior", "n2v"), ("dbsn", "dbsn-posterior"), ("dbsn-clean", "dbsn"),
                 ("dbsn-awgn", "dbsn"), ("dbsn-awgn", "n2v"), ("dbsn-cosine", "n2v"), ("dbsn-cosine", "dbsn"),
                 ("care", "dbsn"), ("cosdd", "n2v"),
-                ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"))
+                ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"), ("care", "cosdd"))
 
 
 def head_to_head(results: dict) -> list[str]:

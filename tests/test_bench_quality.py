@@ -164,6 +164,27 @@ def test_struct_axis_follows_the_data_set(bench, monkeypatch, tmp_path):
     assert kw["options"] == {"struct_axis": 1, "struct_span": 2}  # Hagen keeps today's setting
 
 
+def test_stripes_care_trains_on_train400_with_the_same_stripes(bench, monkeypatch, tmp_path):
+    """The supervised reference of the stripes: Train400 on 0..1 with stripe noise along the
+    data set's own axis, and no CARE fold without a train400 folder."""
+    d, q = bench.datasets, bench.quality
+    monkeypatch.setattr(d, "load_set12", lambda folder, count=12: np.full((2, 32, 32), 128.0, np.float32))
+    monkeypatch.setattr(d, "load_train400", lambda folder: np.full((4, 96, 96), 127.5, np.float32))
+    monkeypatch.setattr(d, "dataset_dir", lambda *args, **kw: tmp_path)
+    a = argparse.Namespace(data=str(tmp_path), images=None, seed=0, quick=False, crop=None, methods=["care"])
+    assert not d.load_dataset("stripes-rows", a).care_folds  # no train400 folder yet
+    (tmp_path / "train400").mkdir()
+    (tmp_path / "train400" / "a.png").touch()
+    for name in ("stripes-rows", "stripes-cols"):
+        ds = d.load_dataset(name, a)
+        (fold,) = ds.care_folds
+        assert q.learned_why_not("care", ds) is None and fold.region is None
+        np.testing.assert_allclose(fold.clean, 0.5)
+        rows, cols = _lag1(fold.noisy - fold.clean)
+        along, across = (rows, cols) if name == "stripes-rows" else (cols, rows)
+        assert along > 0.3 and abs(across) < 0.05
+
+
 def test_dbsn_clean_reads_clean_images_of_other_fields_of_view_only(bench, tmp_path):
     """The dbsn-clean row trains D-BSN with --clean on CARE's clean training images when they
     come from other fields of view (a fold without a region); cross-fitted folds do not qualify."""
