@@ -50,7 +50,8 @@ run, decodes along the recorded axis. The shared loop's dihedral augmentation wo
 half of the square patches (rotations by 90 degrees), putting the stripes across the decoder's
 axis, so this method trains with ``augment=False`` by default (``train_defaults``); a
 configuration that sets ``augment=True`` explicitly gets transposed patches decoded along the
-wrong axis. Prediction does not need the direction.
+wrong axis. Prediction does not need the direction. On the synthetic column stripes ``auto``
+chose y in 3 of 3 seeds: 23.42 dB against struct-N2V's 23.14 (RESULTS quality-cosdd-stripes-cols).
 
 Prediction (``prediction``, settable at prediction time):
 
