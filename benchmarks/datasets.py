@@ -400,12 +400,7 @@ def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
         paper = PAPERS["set12"]
     noisy = _gaussian_noise(clean, sigma, a.seed)
     second = _gaussian_noise(clean, sigma, a.seed + 1000)
-    train400 = data_root(a.data) / "train400"
-    folds, care_note = [], "no train400 folder"
-    if "care" in a.methods and train400.is_dir() and any(train400.glob("*.png")):
-        t_clean = load_train400(train400)
-        folds = [CareFold(_gaussian_noise(t_clean, sigma, a.seed + 2000), t_clean)]
-        care_note = f"CARE trained on the {len(t_clean)} Train400 images (180x180) with the same noise"
+    folds, care_note = _train400_care(a, lambda c, seed: _gaussian_noise(c, sigma, seed))
     return Dataset(name, f"{what}; Gaussian noise sigma {sigma:g} on 0..255, float32, not clipped, not "
                    f"quantised (numpy default_rng({a.seed})); N2N target: a second draw (seed {a.seed + 1000}); "
                    f"PSNR/SSIM peak 255 against the clean images", noisy, clean, 255.0,
@@ -439,6 +434,19 @@ def _set12_pg(name: str, a: argparse.Namespace) -> Dataset:
                             "struct-n2v": "noise is pixel-independent"})
 
 
+def _train400_care(a: argparse.Namespace, noise, scale: float = 1.0) -> tuple[list[CareFold], str]:
+    """CARE's training pairs from other images: the Train400 images (on 0..255 times ``scale``)
+    and ``noise(clean, seed)`` of them (seed ``a.seed + 2000``), as one fold with its note; no
+    fold when CARE is not asked for or there is no train400 folder."""
+    folder = data_root(a.data) / "train400"
+    if "care" not in a.methods or not folder.is_dir() or not any(folder.glob("*.png")):
+        return [], "no train400 folder"
+    clean = (load_train400(folder) * scale).astype(np.float32)
+    on = "" if scale == 1 else f", on 0..{255 * scale:g}"
+    return ([CareFold(noise(clean, a.seed + 2000), clean)],
+            f"CARE trained on the {len(clean)} Train400 images (180x180{on}) with the same noise")
+
+
 def _stripes(name: str, a: argparse.Namespace) -> Dataset:
     """Set12 (256x256) on 0..1 with :func:`stripe_noise` along the rows (``stripes-rows``) or
     the columns (``stripes-cols``): the synthetic stripes of issue 16, exact ground truth."""
@@ -447,16 +455,11 @@ def _stripes(name: str, a: argparse.Namespace) -> Dataset:
     if a.images:
         clean = clean[:a.images]
     clean = (clean / 255.0).astype(np.float32)
-    noisy = stripe_noise(clean, -1 if rows else -2, a.seed)
+    axis = -1 if rows else -2
+    noisy = stripe_noise(clean, axis, a.seed)
     along = "rows (X)" if rows else "columns (Y)"
     span = int(round(2 * STRIPE_BLUR))
-    train400 = data_root(a.data) / "train400"
-    folds, care_note = [], "no train400 folder"
-    if "care" in a.methods and train400.is_dir() and any(train400.glob("*.png")):
-        t_clean = (load_train400(train400) / 255.0).astype(np.float32)
-        folds = [CareFold(stripe_noise(t_clean, -1 if rows else -2, a.seed + 2000), t_clean)]
-        care_note = (f"CARE trained on the {len(t_clean)} Train400 images (180x180, on 0..1) with the same noise "
-                     f"(seed {a.seed + 2000}): the supervised reference")
+    folds, care_note = _train400_care(a, lambda c, seed: stripe_noise(c, axis, seed), scale=1 / 255.0)
     return Dataset(name, f"{len(clean)} Set12 images (256x256) scaled to s = clean/255 in [0, 1]; noisy x = "
                    f"Poisson({STRIPE_PEAK:g} s)/{STRIPE_PEAK:g} + {STRIPE_WHITE:g} e1 + {STRIPE_SIGMA:g} (g * e2), e1, "
                    f"e2 standard normal, g a unit-energy Gaussian of sigma {STRIPE_BLUR:g} px convolved along the "
