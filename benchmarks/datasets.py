@@ -29,13 +29,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 ALL_DATASETS = ("bsd68-s15", "bsd68-s25", "bsd68-s50", "set12-s15", "set12-s25", "set12-s50", "set12-pg", "w2s",
                 "w2s-c0", "w2s-c1", "w2s-c2", "fmd", "fmd-fish", "hagen-mito", "hagen-nucleus", "hagen-membrane", "tirf",
-                "timelapse", "phantom3d", "stripes-rows", "stripes-cols")
+                "timelapse", "phantom3d", "stripes-rows", "stripes-cols", "bsd68-stripes-rows", "bsd68-stripes-cols")
 TILE = 256
 PG_PEAK, PG_READ = 30.0, 10.0  # simulated Poisson-Gaussian noise: photons at 255, read-noise sigma (0..255 scale)
 BSD68_SHAPE, BSD68_IMAGES = (321, 481), 34  # the even half of BSD68; portrait images are transposed
 SET12_SIZE = 256  # Set12's 512x512 images are centre-cropped to this
-# stripes-rows|cols (issue 16), on s in [0, 1]: photons at s = 1, white sigma, stripe sigma, stripe kernel sigma (px)
+# stripes-rows|cols (issue 16), on s in [0, 1]: photons at s = 1, white sigma, stripe sigma, stripe kernel sigma (px);
+# --stripe-noise picks others within the issue's ranges
 STRIPE_PEAK, STRIPE_WHITE, STRIPE_SIGMA, STRIPE_BLUR = 50.0, 0.02, 0.10, 3.0
+STRIPE_NOISE = (STRIPE_PEAK, STRIPE_WHITE, STRIPE_SIGMA, STRIPE_BLUR)
 PAPERS = {
     "bsd68": "BSD68 (all 68 images) at sigma 25, Noise2Void paper (Krull et al. 2019): N2V 27.71 dB, BM3D 28.59, "
              "supervised (Train400) 29.06; DnCNN 29.23 (Zhang et al. 2017)",
@@ -367,9 +369,11 @@ def phantom3d(shape: tuple[int, int, int] = (32, 256, 256), seed: int = 0) -> np
 
 def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
     """Data set ``name`` with the options of ``a`` (data, quick, crop, images, seed, methods)."""
+    if name.startswith(("stripes-", "bsd68-stripes-")):
+        return _stripes(name, a)
     if name.startswith(("bsd68-s", "set12-s")):
         return _synthetic_gaussian(name, a)
-    loader = {"set12-pg": _set12_pg, "stripes-rows": _stripes, "stripes-cols": _stripes, "w2s": _w2s, "fmd": _fmd,
+    loader = {"set12-pg": _set12_pg, "w2s": _w2s, "fmd": _fmd,
               "fmd-fish": _fmd_fish, "tirf": _tirf, "timelapse": _timelapse, "phantom3d": _phantom3d}.get(name)
     if loader is None and name.startswith("hagen-"):
         loader = _hagen
@@ -380,24 +384,32 @@ def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
     return loader(name, a)
 
 
+def _bsd68_clean(a: argparse.Namespace) -> tuple[np.ndarray, str]:
+    """The even half of BSD68 on 0..255 (N, 321, 481), cut to ``--images`` and ``--crop`` (8 images
+    of 256x256 in quick mode), and the words that say so."""
+    clean, _, transposed = load_bsd68(dataset_dir("bsd68_even", a.data, "test*.png"))
+    crop = a.crop or (256 if a.quick else None)
+    n = a.images or (8 if a.quick else len(clean))
+    clean = clean[:n]
+    if crop:
+        clean = np.ascontiguousarray(_centre(clean, (min(crop, clean.shape[1]), min(crop, clean.shape[2]))))
+    return clean, (f"{n} even-numbered BSD68 images ({len(transposed)} portrait images of the 34 transposed)"
+                   + (f", centre {clean.shape[1]}x{clean.shape[2]} crops" if crop
+                      else f", {clean.shape[1]}x{clean.shape[2]}"))
+
+
+def _set12_clean(a: argparse.Namespace) -> tuple[np.ndarray, str]:
+    """Set12 on 0..255 (N, 256, 256), cut to ``--images``, and the words that say so."""
+    clean = load_set12(dataset_dir("set12", a.data, "*.png"))
+    if a.images:
+        clean = clean[:a.images]
+    return clean, f"{len(clean)} Set12 images (512x512 ones centre-cropped to 256x256)"
+
+
 def _synthetic_gaussian(name: str, a: argparse.Namespace) -> Dataset:
     sigma = float(name.split("-s")[1])
-    if name.startswith("bsd68"):
-        clean, _, transposed = load_bsd68(dataset_dir("bsd68_even", a.data, "test*.png"))
-        crop = a.crop or (256 if a.quick else None)
-        n = a.images or (8 if a.quick else len(clean))
-        clean = clean[:n]
-        if crop:
-            clean = np.ascontiguousarray(_centre(clean, (min(crop, clean.shape[1]), min(crop, clean.shape[2]))))
-        what = (f"{n} even-numbered BSD68 images ({len(transposed)} portrait images of the 34 transposed)"
-                + (f", centre {clean.shape[1]}x{clean.shape[2]} crops" if crop else f", {clean.shape[1]}x{clean.shape[2]}"))
-        paper = PAPERS["bsd68"]
-    else:
-        clean = load_set12(dataset_dir("set12", a.data, "*.png"))
-        if a.images:
-            clean = clean[:a.images]
-        what = f"{len(clean)} Set12 images (512x512 ones centre-cropped to 256x256)"
-        paper = PAPERS["set12"]
+    clean, what = _bsd68_clean(a) if name.startswith("bsd68") else _set12_clean(a)
+    paper = PAPERS["bsd68" if name.startswith("bsd68") else "set12"]
     noisy = _gaussian_noise(clean, sigma, a.seed)
     second = _gaussian_noise(clean, sigma, a.seed + 1000)
     folds, care_note = _train400_care(a, lambda c, seed: _gaussian_noise(c, sigma, seed))
@@ -448,23 +460,24 @@ def _train400_care(a: argparse.Namespace, noise, scale: float = 1.0) -> tuple[li
 
 
 def _stripes(name: str, a: argparse.Namespace) -> Dataset:
-    """Set12 (256x256) on 0..1 with :func:`stripe_noise` along the rows (``stripes-rows``) or
-    the columns (``stripes-cols``): the synthetic stripes of issue 16, exact ground truth."""
-    rows = name == "stripes-rows"
-    clean = load_set12(dataset_dir("set12", a.data, "*.png"))
-    if a.images:
-        clean = clean[:a.images]
+    """Set12 (``stripes-*``) or BSD68's even half (``bsd68-stripes-*``) on 0..1 with
+    :func:`stripe_noise` along the rows (``*-rows``) or the columns (``*-cols``), at the noise of
+    ``--stripe-noise`` (the defaults ``STRIPE_*``): the synthetic stripes of issue 16, exact ground truth."""
+    rows = name.endswith("-rows")
+    clean, what = _bsd68_clean(a) if name.startswith("bsd68") else _set12_clean(a)
     clean = (clean / 255.0).astype(np.float32)
+    peak, white, stripe, blur = getattr(a, "stripe_noise", None) or STRIPE_NOISE
     axis = -1 if rows else -2
-    noisy = stripe_noise(clean, axis, a.seed)
+    noise = lambda c, seed: stripe_noise(c, axis, seed, peak, white, stripe, blur)  # noqa: E731
+    noisy = noise(clean, a.seed)
     along = "rows (X)" if rows else "columns (Y)"
-    span = int(round(2 * STRIPE_BLUR))
-    folds, care_note = _train400_care(a, lambda c, seed: stripe_noise(c, axis, seed), scale=1 / 255.0)
-    return Dataset(name, f"{len(clean)} Set12 images (256x256) scaled to s = clean/255 in [0, 1]; noisy x = "
-                   f"Poisson({STRIPE_PEAK:g} s)/{STRIPE_PEAK:g} + {STRIPE_WHITE:g} e1 + {STRIPE_SIGMA:g} (g * e2), e1, "
-                   f"e2 standard normal, g a unit-energy Gaussian of sigma {STRIPE_BLUR:g} px convolved along the "
-                   f"{along} (datasets.stripe_noise, numpy default_rng({a.seed})), float32, not clipped; PSNR/SSIM "
-                   f"peak 1 against s, no fit; struct-N2V masks +-{span} px along the {along}", noisy, clean, 1.0,
+    span = int(round(2 * blur))
+    folds, care_note = _train400_care(a, noise, scale=1 / 255.0)
+    return Dataset(name, f"{what}, scaled to s = clean/255 in [0, 1]; noisy x = Poisson({peak:g} s)/{peak:g} + "
+                   f"{white:g} e1 + {stripe:g} (g * e2), e1, e2 standard normal, g a unit-energy Gaussian of sigma "
+                   f"{blur:g} px convolved along the {along} (datasets.stripe_noise, numpy default_rng({a.seed})), "
+                   f"float32, not clipped; PSNR/SSIM peak 1 against s, no fit; struct-N2V masks +-{span} px along the "
+                   f"{along}", noisy, clean, 1.0,
                    methods=("n2v", "n2v2", "struct-n2v", "care"), struct_axis=1 if rows else 0, struct_span=span,
                    residue=True, care_folds=folds, care_note=care_note,
                    why_not={"n2n": "one noisy draw per image (the issue's rows are N2V, struct-N2V and COSDD)",

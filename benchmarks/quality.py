@@ -31,7 +31,8 @@ membrane`` (256x256 tiles; CARE on the tiles outside the scored crop), ``tirf`` 
 sCMOS frames; each against the mean of the frames outside its input window), ``timelapse``
 (nuclei time-lapse as reference + simulated Poisson–Gaussian noise), ``phantom3d`` (a
 generated 3D phantom + Poisson–Gaussian noise) and ``stripes-rows|cols`` (Set12 on 0..1 with
-Poisson, white and row- or column-correlated Gaussian noise; struct-N2V masks along the stripes).
+Poisson, white and row- or column-correlated Gaussian noise, at ``--stripe-noise``; struct-N2V masks
+along the stripes; ``bsd68-stripes-rows|cols`` the same on BSD68's even half).
 On the stripes and Hagen sets a further table gives the stripe residue A (:func:`stripe_residue`).
 Outputs on W2S and Hagen are fitted ``a * x + b`` to the reference before scoring (their 8-bit
 files were contrast-stretched independently).
@@ -71,7 +72,7 @@ import common
 
 from bigdenoise import metrics
 from bigdenoise.errors import BigDenoiseError
-from datasets import ALL_DATASETS, Dataset, haar_sigma, load_dataset, write_stack
+from datasets import ALL_DATASETS, STRIPE_NOISE, Dataset, haar_sigma, load_dataset, write_stack
 
 FIGURES = common.BENCH_DIR / "figures"
 # CAREamics rows: (masking, weights). Its defaults mask 0.2 % of the pixels (its
@@ -719,6 +720,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="PN2V's noise model (default gmm; the PN2V paper's is the histogram)")
     p.add_argument("--schedule", choices=("plateau", "cosine"),
                    help="LR schedule of our models (default: each method's own; CAREamics keeps its own)")
+    p.add_argument("--stripe-noise", metavar="PEAK,WHITE,STRIPE,BLUR",
+                   help="the stripes data sets' noise: photons at s = 1, white sigma, stripe sigma (s in [0, 1]) "
+                        "and the stripe kernel's sigma in px (default %s)" % ",".join(f"{v:g}" for v in STRIPE_NOISE))
     p.add_argument("--images", type=int, help="score at most this many images per data set")
     p.add_argument("--crop", type=int, help="centre crop size for BSD68, W2S and the Hagen images")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -739,6 +743,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.seeds = parse_seeds(a.seeds, a.seed)
     except ValueError as exc:
         p.error(f"--seeds: {exc}")
+    if a.stripe_noise:
+        try:
+            a.stripe_noise = tuple(float(v) for v in a.stripe_noise.split(","))
+        except ValueError:
+            a.stripe_noise = ()
+        if len(a.stripe_noise) != 4 or min(a.stripe_noise) <= 0:
+            p.error("--stripe-noise: four positive numbers PEAK,WHITE,STRIPE,BLUR, e.g. 30,0.03,0.15,5")
     if a.section and not all(c.isalnum() or c == "-" for c in a.section):
         p.error("--section: letters, digits and - only")
     a.plan = QUICK_PLAN if a.quick and not a.methods else None

@@ -164,6 +164,31 @@ def test_struct_axis_follows_the_data_set(bench, monkeypatch, tmp_path):
     assert kw["options"] == {"struct_axis": 1, "struct_span": 2}  # Hagen keeps today's setting
 
 
+
+def test_stripe_noise_option_sets_the_noise_and_bsd68_stripes_read_bsd68(bench, monkeypatch, tmp_path):
+    """``--stripe-noise PEAK,WHITE,STRIPE,BLUR`` reaches the noise, the description and
+    struct-N2V's span; ``bsd68-stripes-*`` read BSD68's images, not Set12's."""
+    d, q = bench.datasets, bench.quality
+    monkeypatch.setattr(d, "load_set12", lambda folder, count=12: np.full((2, 64, 64), 255.0, np.float32))
+    monkeypatch.setattr(d, "load_bsd68", lambda folder: (np.full((3, 64, 96), 127.5, np.float32), [], []))
+    monkeypatch.setattr(d, "dataset_dir", lambda *args, **kw: tmp_path)
+    a = q.parse_args(["--datasets", "stripes-cols,bsd68-stripes-rows", "--stripe-noise", "1e6,0.01,0.15,5"])
+    assert a.stripe_noise == (1e6, 0.01, 0.15, 5.0)
+    set12, bsd68 = (d.load_dataset(name, a) for name in a.datasets)
+    assert set12.clean.shape == (2, 64, 64) and bsd68.clean.shape == (3, 64, 96)
+    np.testing.assert_allclose(bsd68.clean, 0.5)
+    expected = 0.15 ** 2 + 0.01 ** 2  # no shot noise to speak of at 1e6 photons
+    for ds in (set12, bsd68):
+        assert abs((ds.noisy - ds.clean).var() / expected - 1) < 0.15
+        assert ds.struct_span == 10 and "sigma 5 px" in ds.description and "0.15 (g * e2)" in ds.description
+    assert bsd68.struct_axis == 1 and _lag1(bsd68.noisy - bsd68.clean)[0] > 0.5
+    assert set12.struct_axis == 0 and _lag1(set12.noisy - set12.clean)[1] > 0.5
+    default = d.load_dataset("stripes-rows", q.parse_args(["--datasets", "stripes-rows"]))
+    assert default.struct_span == 6 and f"{d.STRIPE_SIGMA:g} (g * e2)" in default.description
+    for bad in ("30,0.03,0.15", "30,0.03,x,5", "30,0,0.15,5"):
+        with pytest.raises(SystemExit):
+            q.parse_args(["--stripe-noise", bad])
+
 def test_stripes_care_trains_on_train400_with_the_same_stripes(bench, monkeypatch, tmp_path):
     """The supervised reference of the stripes: Train400 on 0..1 with stripe noise along the
     data set's own axis, and no CARE fold without a train400 folder."""
