@@ -368,7 +368,7 @@ def phantom3d(shape: tuple[int, int, int] = (32, 256, 256), seed: int = 0) -> np
 
 
 def load_dataset(name: str, a: argparse.Namespace) -> Dataset:
-    """Data set ``name`` with the options of ``a`` (data, quick, crop, images, seed, methods)."""
+    """Data set ``name`` with the options of ``a`` (data, quick, crop, images, seed, methods, stripe_noise)."""
     if name.startswith(("stripes-", "bsd68-stripes-")):
         return _stripes(name, a)
     if name.startswith(("bsd68-s", "set12-s")):
@@ -468,7 +468,10 @@ def _stripes(name: str, a: argparse.Namespace) -> Dataset:
     clean = (clean / 255.0).astype(np.float32)
     peak, white, stripe, blur = getattr(a, "stripe_noise", None) or STRIPE_NOISE
     axis = -1 if rows else -2
-    noise = lambda c, seed: stripe_noise(c, axis, seed, peak, white, stripe, blur)  # noqa: E731
+
+    def noise(c: np.ndarray, seed: int) -> np.ndarray:
+        return stripe_noise(c, axis, seed, peak, white, stripe, blur)
+
     noisy = noise(clean, a.seed)
     along = "rows (X)" if rows else "columns (Y)"
     span = int(round(2 * blur))
