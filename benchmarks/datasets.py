@@ -462,11 +462,11 @@ def _train400_care(a: argparse.Namespace, noise, scale: float = 1.0) -> tuple[li
 def _stripes(name: str, a: argparse.Namespace) -> Dataset:
     """Set12 (``stripes-*``) or BSD68's even half (``bsd68-stripes-*``) on 0..1 with
     :func:`stripe_noise` along the rows (``*-rows``) or the columns (``*-cols``), at the noise of
-    ``--stripe-noise`` (the defaults ``STRIPE_*``): the synthetic stripes of issue 16, exact ground truth."""
+    ``--stripe-noise`` (default ``STRIPE_NOISE``): the synthetic stripes of issue 16, exact ground truth."""
     rows = name.endswith("-rows")
     clean, what = _bsd68_clean(a) if name.startswith("bsd68") else _set12_clean(a)
     clean = (clean / 255.0).astype(np.float32)
-    peak, white, stripe, blur = getattr(a, "stripe_noise", None) or STRIPE_NOISE
+    peak, white, stripe, blur = a.stripe_noise
     axis = -1 if rows else -2
 
     def noise(c: np.ndarray, seed: int) -> np.ndarray:

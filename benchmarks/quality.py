@@ -743,7 +743,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.seeds = parse_seeds(a.seeds, a.seed)
     except ValueError as exc:
         p.error(f"--seeds: {exc}")
-    if a.stripe_noise:
+    if a.stripe_noise is None:
+        a.stripe_noise = STRIPE_NOISE
+    else:
         try:
             a.stripe_noise = tuple(float(v) for v in a.stripe_noise.split(","))
         except ValueError:

@@ -151,7 +151,8 @@ def test_struct_axis_follows_the_data_set(bench, monkeypatch, tmp_path):
     d, q = bench.datasets, bench.quality
     monkeypatch.setattr(d, "load_set12", lambda folder, count=12: np.full((2, 32, 32), 128.0, np.float32))
     monkeypatch.setattr(d, "dataset_dir", lambda *args, **kw: tmp_path)
-    a = argparse.Namespace(data=None, images=None, seed=0, quick=False, crop=None, methods=["struct-n2v"])
+    a = argparse.Namespace(data=None, images=None, seed=0, quick=False, crop=None, methods=["struct-n2v"],
+                           stripe_noise=d.STRIPE_NOISE)
     for name, axis in (("stripes-rows", 1), ("stripes-cols", 0)):
         ds = d.load_dataset(name, a)
         assert ds.struct_axis == axis and ds.residue and ds.data_range == 1.0
@@ -162,7 +163,6 @@ def test_struct_axis_follows_the_data_set(bench, monkeypatch, tmp_path):
     hagen = d.Dataset("hagen-mito", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0)
     kw, _ = q.method_config("struct-n2v", hagen, tmp_path / "noisy.zarr", tmp_path, a, set())
     assert kw["options"] == {"struct_axis": 1, "struct_span": 2}  # Hagen keeps today's setting
-
 
 
 def test_stripe_noise_option_sets_the_noise_and_bsd68_stripes_read_bsd68(bench, monkeypatch, tmp_path):
@@ -189,6 +189,7 @@ def test_stripe_noise_option_sets_the_noise_and_bsd68_stripes_read_bsd68(bench, 
         with pytest.raises(SystemExit):
             q.parse_args(["--stripe-noise", bad])
 
+
 def test_stripes_care_trains_on_train400_with_the_same_stripes(bench, monkeypatch, tmp_path):
     """The supervised reference of the stripes: Train400 on 0..1 with stripe noise along the
     data set's own axis, and no CARE fold without a train400 folder."""
@@ -196,7 +197,8 @@ def test_stripes_care_trains_on_train400_with_the_same_stripes(bench, monkeypatc
     monkeypatch.setattr(d, "load_set12", lambda folder, count=12: np.full((2, 32, 32), 128.0, np.float32))
     monkeypatch.setattr(d, "load_train400", lambda folder: np.full((4, 96, 96), 127.5, np.float32))
     monkeypatch.setattr(d, "dataset_dir", lambda *args, **kw: tmp_path)
-    a = argparse.Namespace(data=str(tmp_path), images=None, seed=0, quick=False, crop=None, methods=["care"])
+    a = argparse.Namespace(data=str(tmp_path), images=None, seed=0, quick=False, crop=None, methods=["care"],
+                           stripe_noise=d.STRIPE_NOISE)
     assert not d.load_dataset("stripes-rows", a).care_folds  # no train400 folder yet
     (tmp_path / "train400").mkdir()
     (tmp_path / "train400" / "a.png").touch()
