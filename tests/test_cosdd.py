@@ -466,12 +466,15 @@ def test_coordinate_keyed_latent_noise_makes_tiles_equal_the_whole_image():
     assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
 
 
-def test_the_methods_own_learning_rate_is_the_default_and_an_explicit_one_wins():
+def test_the_methods_own_rate_and_batch_are_the_defaults_and_explicit_ones_win():
     from bigdenoise.config import make_config
 
     assert make_config(method="cosdd", axes="SYX").lr == 2e-3
     assert make_config(method="cosdd", axes="SYX", lr=1e-3).lr == 1e-3
     assert make_config(method="n2v", axes="SYX").lr == 4e-4
+    assert make_config(method="cosdd", axes="SYX").batch_size == 8
+    assert make_config(method="cosdd", axes="SYX", batch_size=16).batch_size == 16
+    assert make_config(method="n2v", axes="SYX").batch_size == 16
 
 
 def test_the_vae_stage_steps_under_adamax_and_the_distillation_under_adam(tmp_path, monkeypatch):
