@@ -611,19 +611,32 @@ def residue_table(results: dict, rows: list[str]) -> list[str]:
             f"(`quality.stripe_residue`):", "", *metric_table(with_a, rows, "residue", 3, "+"), ""]
 
 
+def _row_methods(rows: list[str]):
+    """The registered methods behind ``rows`` (dbsn-posterior, dbsn-clean: dbsn), as (name, Method)."""
+    from bigdenoise.methods import get_method, method_names
+
+    for key in method_names():
+        if any(r == key or r.startswith(key + "-") for r in rows):
+            yield key, get_method(key)
+
+
 def net_exceptions(rows: list[str]) -> str:
     """The U-Net sizes that the methods behind ``rows`` set themselves (``net_defaults``), e.g.
     ``"; dbsn: 8 features"``; empty when none does."""
-    from bigdenoise.methods import get_method, method_names
-
     notes = []
-    for key in method_names():
-        if not any(r == key or r.startswith(key + "-") for r in rows):  # dbsn-posterior, dbsn-clean: dbsn
-            continue
-        sizes = {k: v for k, v in get_method(key).net_defaults.items() if k in ("depth", "features")}
+    for key, method in _row_methods(rows):
+        sizes = {k: v for k, v in method.net_defaults.items() if k in ("depth", "features")}
         if sizes:
             notes.append(f"{key}: " + ", ".join(f"{v} {k}" if k == "features" else f"{k} {v}" for k, v in sizes.items()))
     return "".join(f"; {n}" for n in notes)
+
+
+def batch_exceptions(rows: list[str]) -> str:
+    """The batch sizes that the methods behind ``rows`` set themselves (``train_defaults``), e.g.
+    ``" (cosdd: 8)"``; empty when none does."""
+    notes = [f"{key}: {method.train_defaults['batch_size']}" for key, method in _row_methods(rows)
+             if "batch_size" in method.train_defaults]
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, machine, probes, seconds) -> str:
@@ -643,7 +656,7 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"training seed ({', '.join(map(str, a.seeds))}; CAREamics too, with seed + 1; the data keep seed "
            f"{a.seed}), "
            + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
-           f"default U-Net (depth 2, 32 features{net_exceptions(rows)}), patch 64x64, batch 16, through "
+           f"default U-Net (depth 2, 32 features{net_exceptions(rows)}), patch 64x64, batch 16{batch_exceptions(rows)}, through "
            "`bigdenoise.train`; prediction "
            "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr; our rows keep the weights with the "
            "best validation loss. CAREamics N2V: its own U-Net at the same shape, patch, batch and budget (Lightning "

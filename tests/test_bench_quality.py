@@ -95,10 +95,12 @@ def test_report_shows_the_seed_spread_and_the_paired_gain(bench, monkeypatch):
     assert "PSNR per seed 0: 26.00 ± 1.00, 1: 27.00 ± 1.00, 2: 28.00 ± 1.00 dB" in text
 
 
-def test_report_names_the_unet_sizes_a_method_sets_itself(bench):
+def test_report_names_the_unet_sizes_and_batches_a_method_sets_itself(bench):
     q = bench.quality
     assert q.net_exceptions(["noisy", "n2v", "struct-n2v", "care"]) == ""
     assert q.net_exceptions(["n2v", "dbsn-posterior"]) == "; dbsn: 8 features"
+    assert q.batch_exceptions(["noisy", "n2v", "struct-n2v", "dbsn"]) == ""
+    assert q.batch_exceptions(["n2v", "cosdd-sampled"]) == " (cosdd: 8)"
 
 
 def _lag1(x):
