@@ -656,8 +656,8 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"training seed ({', '.join(map(str, a.seeds))}; CAREamics too, with seed + 1; the data keep seed "
            f"{a.seed}), "
            + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
-           f"default U-Net (depth 2, 32 features{net_exceptions(rows)}), patch 64x64, batch 16{batch_exceptions(rows)}, through "
-           "`bigdenoise.train`; prediction "
+           f"default U-Net (depth 2, 32 features{net_exceptions(rows)}), patch 64x64, "
+           f"batch 16{batch_exceptions(rows)}, through `bigdenoise.train`; prediction "
            "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr; our rows keep the weights with the "
            "best validation loss. CAREamics N2V: its own U-Net at the same shape, patch, batch and budget (Lightning "
            "`max_time`), its tiled prediction; `careamics-n2v` with its defaults (0.2 % of the pixels masked from an "
