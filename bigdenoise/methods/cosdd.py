@@ -112,7 +112,8 @@ range (``--stripe-noise 100,0.01,0.05,2``, seed 0) 26.53 dB against 25.64 (3,057
 (3,144 steps against 1,555), Hagen mito-confocal (seed 0) 21.96 against 21.81 (2,980 steps against
 1,689; struct-N2V 21.85), the strongest stripes (seed 0) 22.54 against 22.34 with A -0.043 (3,123
 steps against 1,816; struct-N2V 22.21). Fewer, larger patches went the other way: batch 4 of
-128x128 scored 22.86 on the default row stripes (seed 1).
+128x128 scored 22.86 on the default row stripes (seed 1). Recorded, 3 seeds: the weakest stripes
+26.18 dB against N2V's 25.12, +1.06 (RESULTS quality-cosdd-stripes-weak-b8; +0.52 at batch 16).
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
