@@ -86,7 +86,7 @@ the synthetic row stripes lost 0.5 dB against Adam (RESULTS quality-cosdd-hagen 
 archived quality-cosdd, Intel Xeon). On a 2-core machine six times slower at matmul (AMD EPYC,
 about 600 steps in 6 minutes), seed 0, stripes: Adamax at 2e-3 22.48 dB, Adam at 2e-3 22.85,
 Adamax at 4e-3 22.96, at 8e-3 21.37 (struct-N2V 23.24); Hagen, Adamax at 4e-3: 20.36 (struct-N2V 21.62).
-These defaults on the Xeon, 3 seeds (about 1,850 steps): 23.71 dB against struct-N2V's 23.61
+These rates on the Xeon at batch 16, 3 seeds (about 1,850 steps): 23.71 dB against struct-N2V's 23.61
 (RESULTS quality-cosdd-xeon). On that Xeon, Hagen at 4e-3 can degrade late in the VAE stage:
 seeds 0 and 4 ended with a flat signal decoder (17.1 and 15.5 dB, the FLAT_SIGNAL warning;
 seed 4's spread on the validation patches was 0.67 of the input's at its best validation step,
