@@ -71,10 +71,14 @@ import numpy as np
 import common
 
 from bigdenoise import metrics
+from bigdenoise.config import DEFAULT_PATCH_2D, NetConfig, TrainConfig
 from bigdenoise.errors import BigDenoiseError
 from datasets import ALL_DATASETS, STRIPE_NOISE, Dataset, haar_sigma, load_dataset, write_stack
 
 FIGURES = common.BENCH_DIR / "figures"
+# the shared defaults every learned row (CAREamics too) trains with, unless its method sets its own
+DEPTH, FEATURES = (NetConfig.model_fields[k].default for k in ("depth", "features"))
+BATCH = TrainConfig.model_fields["batch_size"].default
 # CAREamics rows: (masking, weights). Its defaults mask 0.2 % of the pixels (its
 # ``masked_pixel_percentage`` is a percentage) from an 11x11 window; ours masks 64 per 64x64 patch
 # (1.5625 %) from a 5x5 window. "last": the weights when its time budget stops it; "best": its
@@ -259,8 +263,9 @@ def _train_careamics(ds: Dataset, folder: Path, masking: str,
     val_patches = max(1, min(8, n * (h // 64) * (w // 64) // 8))  # its default 8, fewer on tiny inputs
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(a.device, "auto")
     config = create_advanced_n2v_config(
-        experiment_name="quality", data_type="array", axes="SYX", patch_size=[64, 64], batch_size=16,
-        num_epochs=1_000_000, n_val_patches=val_patches, model_params={"depth": 2, "num_channels_init": 32},
+        experiment_name="quality", data_type="array", axes="SYX", patch_size=list(DEFAULT_PATCH_2D),
+        batch_size=BATCH, num_epochs=1_000_000, n_val_patches=val_patches,
+        model_params={"depth": DEPTH, "num_channels_init": FEATURES},
         seed=a.seed + 1,  # it needs a seed > 0
         **CAREAMICS_MASKING[masking],
         trainer_params={"max_time": {"seconds": a.budget}, "accelerator": accelerator, "devices": 1,
@@ -656,13 +661,14 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"training seed ({', '.join(map(str, a.seeds))}; CAREamics too, with seed + 1; the data keep seed "
            f"{a.seed}), "
            + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
-           f"default U-Net (depth 2, 32 features{net_exceptions(rows)}), patch 64x64, "
-           f"batch 16{batch_exceptions(rows)}, through `bigdenoise.train`; prediction "
-           "through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into Zarr; our rows keep the weights with the "
-           "best validation loss. CAREamics N2V: its own U-Net at the same shape, patch, batch and budget (Lightning "
-           "`max_time`), its tiled prediction; `careamics-n2v` with its defaults (0.2 % of the pixels masked from an "
-           "11x11 window) and the weights at the stop (last), `careamics-n2v-best` the same training's checkpoint "
-           "with the best validation loss, `careamics-n2v-ours` our masking (1.5625 %, 5x5 window) and last weights.",
+           f"default U-Net (depth {DEPTH}, {FEATURES} features{net_exceptions(rows)}), patch "
+           f"{'x'.join(map(str, DEFAULT_PATCH_2D))}, batch {BATCH}{batch_exceptions(rows)}, through "
+           "`bigdenoise.train`; prediction through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into "
+           "Zarr; our rows keep the weights with the best validation loss. CAREamics N2V: its own U-Net at the "
+           "same shape, patch, batch and budget (Lightning `max_time`), its tiled prediction; `careamics-n2v` with "
+           "its defaults (0.2 % of the pixels masked from an 11x11 window) and the weights at the stop (last), "
+           "`careamics-n2v-best` the same training's checkpoint with the best validation loss, `careamics-n2v-ours` "
+           "our masking (1.5625 %, 5x5 window) and last weights.",
            "- **These are not the papers' settings.** The papers train for hours on GPUs (N2V on Train400 for BSD68, "
            "PN2V with depth 3, 64 features, K = 800); here every model gets a few CPU minutes or less and trains on "
            "the noisy test images themselves (self-supervised methods) or on the pairs listed below"

@@ -152,13 +152,14 @@ class TrainConfig(BaseModel):
     def patch_shape(self) -> tuple[int, ...]:
         if self.patch is not None:
             return tuple(self.patch)
-        return (64, 64) if self.spatial_ndim == 2 else DEFAULT_PATCH_3D
+        return DEFAULT_PATCH_2D if self.spatial_ndim == 2 else DEFAULT_PATCH_3D
 
     @property
     def method_options(self) -> BaseModel:
         return get_method(self.method).options.model_validate(self.options)
 
 
+DEFAULT_PATCH_2D = (64, 64)
 DEFAULT_PATCH_3D = (16, 64, 64)
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bigdenoise.config import NetConfig, TrainConfig
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -93,6 +95,9 @@ def test_report_shows_the_seed_spread_and_the_paired_gain(bench, monkeypatch):
     assert "| method | tirf (− noisy) |" in text and "| n2v | +6.00 ± 1.00 [+5.00, +7.00] |" in text
     assert "3 training seeds" in text and "0, 1, 2" in text
     assert "PSNR per seed 0: 26.00 ± 1.00, 1: 27.00 ± 1.00, 2: 28.00 ± 1.00 dB" in text
+    net, train = NetConfig(), TrainConfig(axes="SYX")  # the budget line states the shared defaults as they are
+    h, w = train.patch_shape
+    assert f"U-Net (depth {net.depth}, {net.features} features), patch {h}x{w}, batch {train.batch_size}," in text
 
 
 def test_report_names_the_unet_sizes_and_batches_a_method_sets_itself(bench):
