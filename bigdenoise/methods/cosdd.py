@@ -113,7 +113,9 @@ range (``--stripe-noise 100,0.01,0.05,2``, seed 0) 26.53 dB against 25.64 (3,057
 1,689; struct-N2V 21.85), the strongest stripes (seed 0) 22.54 against 22.34 with A -0.043 (3,123
 steps against 1,816; struct-N2V 22.21). Fewer, larger patches went the other way: batch 4 of
 128x128 scored 22.86 on the default row stripes (seed 1). Recorded, 3 seeds: the weakest stripes
-26.18 dB against N2V's 25.12, +1.06 (RESULTS quality-cosdd-stripes-weak-b8; +0.52 at batch 16).
+26.18 dB against N2V's 25.12, +1.06 (RESULTS quality-cosdd-stripes-weak-b8; +0.52 at batch 16); the
+default row stripes 24.07 against struct-N2V's 23.60, +0.47, residue A -0.049 (RESULTS
+quality-cosdd-b8; +0.10 and -0.057 at batch 16).
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
