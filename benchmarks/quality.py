@@ -260,7 +260,8 @@ def _train_careamics(ds: Dataset, folder: Path, masking: str,
     from careamics.config import create_advanced_n2v_config
 
     n, h, w = ds.noisy.shape
-    val_patches = max(1, min(8, n * (h // 64) * (w // 64) // 8))  # its default 8, fewer on tiny inputs
+    ph, pw = DEFAULT_PATCH_2D
+    val_patches = max(1, min(8, n * (h // ph) * (w // pw) // 8))  # its default 8, fewer on tiny inputs
     accelerator = {"auto": "auto", "cpu": "cpu", "cuda": "gpu"}.get(a.device, "auto")
     config = create_advanced_n2v_config(
         experiment_name="quality", data_type="array", axes="SYX", patch_size=list(DEFAULT_PATCH_2D),

@@ -115,8 +115,9 @@ steps against 1,816; struct-N2V 22.21). Fewer, larger patches went the other way
 128x128 scored 22.86 on the default row stripes (seed 1). Recorded, 3 seeds: the weakest stripes
 26.18 dB against N2V's 25.12, +1.06 (RESULTS quality-cosdd-stripes-weak-b8; +0.52 at batch 16); the
 default row stripes 24.07 against struct-N2V's 23.60, +0.47, residue A -0.049 (RESULTS
-quality-cosdd-b8; +0.10 and -0.057 at batch 16); Hagen mito-confocal 21.95 against struct-N2V's
-21.81, +0.13 (RESULTS quality-cosdd-hagen-b8; +0.06 at batch 16).
+quality-cosdd-b8; +0.10 and -0.057 at batch 16); the strongest stripes 22.40 against struct-N2V's
+22.21, +0.19 (RESULTS quality-cosdd-stripes-hard-b8; -0.02 at batch 16); Hagen mito-confocal 21.95
+against struct-N2V's 21.81, +0.13 (RESULTS quality-cosdd-hagen-b8; +0.06 at batch 16).
 
 Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
 (receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
