@@ -19,14 +19,12 @@ Training, two stages through the shared loop:
    (paper Eq. 6; its gradient never reaches the encoder). The encoder's buffer ``kl_per_pixel``
    keeps the last training batch's KL per pixel (it travels in the package); a ``UserWarning``
    is raised once when, past the warm-up, it falls below ``COLLAPSE_KL`` (posterior collapse:
-   the latents carry nothing, the signal decoder outputs the mean). The loop has no other
-   channel for such reports.
-2. ``distill`` (``distill_fraction``, from the VAE stage's best-validation weights; cosine
-   learning rate: on the stripes its validation loss ended 0.019 against 0.028 at a constant
-   rate, and the VAE's ELBO ended worse under cosine, 0.9996 against 0.9917; one seed each):
-   MSE of the U-Net on the (not dequantised) patch against the mean of ``distill_samples``
-   signal-decoder outputs of latent samples, computed without gradients (nothing flows into the
-   VAE or the signal decoder).
+   the latents carry nothing, the signal decoder outputs the mean). The stage hands its
+   best-validation weights on (``Stage.keep_best``), not its last ones.
+2. ``distill`` (``distill_fraction``, cosine learning rate): MSE of the U-Net on the (not
+   dequantised) patch against the mean of ``distill_samples`` signal-decoder outputs of latent
+   samples, computed without gradients (nothing flows into the VAE or the signal decoder); a
+   warning when those targets are nearly flat (``FLAT_SIGNAL``).
 
 Data (``likelihood``): on a patch whose values lie on a lattice (the normalised grey levels of
 integer data) the AR decoder scores each pixel by its mixture's mass over the pixel's grey-level
@@ -34,13 +32,6 @@ bin (``binned``, the default), and where a patch piles up on its minimum (``CLIP
 pixels) by the mass below that level's bin: the clip level stands for every value under it. A
 bin's mass is at most 1, so a clipped 8-bit background cannot shrink a mixture component onto a
 spike (the scale floor ``min_scale`` is the second guard). Float data always get the density.
-On Hagen mito-confocal (8-bit, 78% of the low-SNR frame at 0; labs, 6 minutes on the Xeon) it
-scored 21.84 and 22.02 dB for seeds 0 and 1, against 20.46 and 20.14 with ``dequantized`` (the
-earlier default: uniform noise of one grey level added, then the density) and struct-N2V's 21.89
-(seed 0); binned without the censoring scored 19.79 (seed 0): the clip level is what counts.
-Recorded, 3 seeds: 21.88 dB against struct-N2V's 21.82 (RESULTS quality-cosdd-hagen-binned).
-On Hagen nucleus, whose noise is not correlated, it scored 29.87 dB against N2V's 35.96 (RESULTS
-quality-cosdd-hagen-nucleus): at a few thousand CPU steps its latents keep coarse structure only.
 
 Direction (``direction``): the axis along which the noise is correlated, **one per volume**,
 kept in the AR decoder's buffer ``direction`` (0 x, 1 y; in checkpoints and the package,
@@ -49,11 +40,8 @@ chooses it on the first training batch, before its step: the lag-1 autocorrelati
 y of the high-passed patches (:func:`lag1_autocorrelation`, pooled over the batch, whose
 patches the sampler draws from a few chunks of the volume); every later batch, and a resumed
 run, decodes along the recorded axis. The shared loop's dihedral augmentation would transpose
-half of the square patches (rotations by 90 degrees), putting the stripes across the decoder's
-axis, so this method trains with ``augment=False`` by default (``train_defaults``); a
-configuration that sets ``augment=True`` explicitly gets transposed patches decoded along the
-wrong axis. Prediction does not need the direction. On the synthetic column stripes ``auto``
-chose y in 3 of 3 seeds: 23.42 dB against struct-N2V's 23.14 (RESULTS quality-cosdd-stripes-cols).
+half of the square patches, putting the stripes across the decoder's axis, so this method trains
+with ``augment=False`` by default (``train_defaults``). Prediction does not need the direction.
 
 Prediction (``prediction``, settable at prediction time):
 
@@ -73,67 +61,34 @@ image: on ZYX, SZYX and TZYX volumes Z is a stack axis without neighbours (``Met
 training patches are YX patches of single planes and prediction runs plane by plane (the sampled
 path keys its noise by the plane too). A model trained on SYX predicts ZYX and the reverse.
 
-Training budget: with the KL's full weight from the first step, the latents stay empty for
-hundreds of steps while the AR decoder learns alone (measured on the stripes, 2 cores: about
-250 steps at the sizes s_code 32, 750 at 16), and a short run can end there with a flat signal
-decoder; the warm-up (``kl_warmup``, 200 steps) lets them carry the signal from the first
-hundred steps. Optimisers: the VAE stage steps with Adamax at twice the configured rate
-(``VAE_LR_SCALE``; Adamax bounds each step by the infinity norm of past gradients, so its steps
-are smaller than Adam's), the distillation with Adam at the configured rate, 2e-3 by default
-(the authors' rate, ``train_defaults``). Under Adam, on Hagen mito-confocal two of three seeds
-ended with a flat signal decoder (15.6 dB); under Adamax at 2e-3 none did (20.2-20.4 dB), but
-the synthetic row stripes lost 0.5 dB against Adam (RESULTS quality-cosdd-hagen and the
-archived quality-cosdd, Intel Xeon). On a 2-core machine six times slower at matmul (AMD EPYC,
-about 600 steps in 6 minutes), seed 0, stripes: Adamax at 2e-3 22.48 dB, Adam at 2e-3 22.85,
-Adamax at 4e-3 22.96, at 8e-3 21.37 (struct-N2V 23.24); Hagen, Adamax at 4e-3: 20.36 (struct-N2V 21.62).
-These rates on the Xeon at batch 16, 3 seeds (about 1,850 steps): 23.71 dB against struct-N2V's 23.61
-(RESULTS quality-cosdd-xeon). On that Xeon, Hagen at 4e-3 can degrade late in the VAE stage:
-seeds 0 and 4 ended with a flat signal decoder (17.1 and 15.5 dB, the FLAT_SIGNAL warning;
-seed 4's spread on the validation patches was 0.67 of the input's at its best validation step,
-700, and 0.01 at its last, 1,418), and seed 3's validation ELBO rose from -0.32 at step 600 to
-2.03 at its last step (1,309), its spread falling from 0.50 to 0.20 (labs, 6 runs).
-So the distillation starts from the VAE stage's weights with the best validation loss, not its
-last ones (``Stage.keep_best``; the best ELBO is the criterion the loop already uses): Hagen,
-3 seeds, none flat, 20.47 dB against struct-N2V's 21.90 (RESULTS quality-cosdd-hagen-best). On
-the stripes the VAE's best step was its last in 3 of 3 seeds (labs, 23.47-24.05 dB): no change.
-With dequantised integers, twice the budget (12 minutes, 3,730 steps) lifted Hagen seed 0 only
-from 20.46 to 20.74 dB, while struct-N2V stayed level (21.85 at 12 minutes, 21.89 at 6): the gap
-shrank from 1.43 to 1.11 dB. On one H100 (one seed each, RESULTS-archive): 7,990 steps on
-Hagen scored 20.71 dB against struct-N2V's 21.63, so dequantised COSDD levels off near 20.7 there
-(see Data); 4,116 steps on the row stripes scored 24.36 against 23.85 with a residue A of -0.035
-(inside the issue's 0.05).
+Defaults, sized for a few thousand steps (6 minutes on 2 CPU cores), each kept because it measured
+better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``quality-cosdd-*``):
 
-Batch: 8 patches of 64x64 per step (``train_defaults``; the shared loop's default is 16). At a
-wall-clock budget the VAE is short of steps, not of patches per step: batch 8 makes about twice the
-steps. Labs, 6 minutes on the Xeon, one seed each, batch 8 against 16 (the RESULTS records' same
-seed; on the default row stripes a batch-16 lab beside it): the weakest row stripes of the issue's
-range (``--stripe-noise 100,0.01,0.05,2``, seed 0) 26.53 dB against 25.64 (3,057 steps against
-1,616; N2V 25.30), the default row stripes (seed 1) 24.02 against 23.49 with a residue A of -0.049
-(3,144 steps against 1,555), Hagen mito-confocal (seed 0) 21.96 against 21.81 (2,980 steps against
-1,689; struct-N2V 21.85), the strongest stripes (seed 0) 22.54 against 22.34 with A -0.043 (3,123
-steps against 1,816; struct-N2V 22.21). Fewer, larger patches went the other way: batch 4 of
-128x128 scored 22.86 on the default row stripes (seed 1). Recorded, 3 seeds: the weakest stripes
-26.18 dB against N2V's 25.12, +1.06 (RESULTS quality-cosdd-stripes-weak-b8; +0.52 at batch 16); the
-default row stripes 24.07 against struct-N2V's 23.60, +0.47, residue A -0.049 (RESULTS
-quality-cosdd-b8; +0.10 and -0.057 at batch 16); the strongest stripes 22.40 against struct-N2V's
-22.21, +0.19 (RESULTS quality-cosdd-stripes-hard-b8; -0.02 at batch 16); Hagen mito-confocal 21.95
-against struct-N2V's 21.81, +0.13 (RESULTS quality-cosdd-hagen-b8; +0.06 at batch 16).
+- ``likelihood=binned`` with the clip level censored: on Hagen mito-confocal (8-bit, 78 % of the
+  low-SNR frame at 0) 1.4 dB above ``dequantized`` (uniform noise of one grey level, then the
+  density) and level with struct-N2V; binned without the censoring lost 2 dB.
+- ``kl_warmup`` 200 steps: with the KL's full weight from the first step the latents stayed empty
+  for 250-750 steps while the AR decoder learnt alone, and a short run could end with a flat
+  signal decoder.
+- The VAE steps with Adamax at ``VAE_LR_SCALE`` times the configured rate (2e-3, the authors'),
+  the distillation with Adam at that rate: under Adam two of three Hagen seeds ended flat.
+- ``keep_best`` for the VAE: on Hagen its validation ELBO could degrade late (two of six seeds
+  flat at their last step, none from their best one).
+- Batches of 8 patches of 64x64 (``train_defaults``; the loop's default is 16): at a wall-clock
+  budget the VAE is short of steps, not of patches; 8 makes about twice the steps and scored
+  0.07 to 0.43 dB above 16 in the four settings recorded at both (3 seeds each).
+- Sizes: 3 levels, ``s_code`` 16 (twice the steps of 32 and 0.6 dB better on the stripes), AR
+  decoder 16 channels, kernel 5, dilations 2,4,2,1 (receptive field 40, the paper's), 3 mixture
+  components, signal decoder 3 layers. The paper, on a GPU: "large" 14 levels, ``s_code`` 128;
+  "small" 6 levels, ``s_code`` 64. The authors' unstrided first latent level let the latents
+  encode the row noise here (residue +0.36 against -0.04, one seed).
+- The three VAE nets keep their weights channels last (``build``): their convolutions have few
+  channels, and on 2 cores of an AMD EPYC a step took 0.82 times as long.
 
-Sizes: CPU defaults 3 levels, s_code 16, AR decoder 16 channels, kernel 5, dilations 2,4,2,1
-(receptive field 40), 3 mixture components, signal decoder 3 layers: at 6 minutes on 2 cores,
-s_code 16 makes twice the steps of 32 and denoised the stripes 0.6 dB better (one seed each,
-both with the warm-up). The paper: "large" 14 levels, s_code 128; "small" 6 levels, s_code 64;
-both with RF 40 and 3-5 components, on a GPU; the authors' large setting keeps its first latent
-level at full resolution, which here (the first level unstrided, a lab) cost 0.6 times the steps
-and scored 22.05 dB against 22.76 (stripes, seed 0, 6 minutes on the slow EPYC). On the Xeon (6
-minutes, about 1,180 steps against 1,790) it denoised Hagen a little better, 20.66 / 20.59 / 20.86
-dB for seeds 0-2 against the record's 20.46 / 20.14 / 20.82, but kept the stripes: 20.06 dB with a
-residue A of +0.36 on the row stripes (seed 0; 23.89 and -0.04 at the defaults), the full-resolution
-latents encoding the row noise that the AR decoder should explain (labs). The three VAE nets
-keep their weights channels last (``build``; a one-channel patch is already in that layout, and
-every later feature map follows the weights): their convolutions have few channels, and on 2
-cores of an AMD EPYC a VAE step (batch 16 of 64x64) took 542 ms against 661 contiguous (the
-median of 8 interleaved rounds): 1.2 times the steps in the same time.
+Where it falls short: on noise that is not correlated (Hagen nucleus) it is 6 dB under N2V at this
+budget, its latents keeping coarse structure only; it needs steps: on the row stripes about 350
+(batch 16, a slow 2-core AMD EPYC) left it 1.15 dB under struct-N2V, about 2,850 (batch 8, an EPYC
+four times faster) put it 0.81 dB above.
 """
 
 from __future__ import annotations
@@ -523,7 +478,7 @@ METHOD = Method(
     tile_origins=True,
     planes=True,
     # the authors' rate (at 4e-4 the latents stay empty for long); batch 8, twice the steps of 16
-    # (see Batch); no augmentation, whose 90-degree rotations would turn the stripes across the
+    # (see Defaults); no augmentation, whose 90-degree rotations would turn the stripes across the
     # one noise direction
     train_defaults={"lr": 2e-3, "batch_size": 8, "augment": False},
 )
