@@ -88,7 +88,8 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
 Where it falls short: on noise that is not correlated (Hagen nucleus) it is 6 dB under N2V at this
 budget, its latents keeping coarse structure only; it needs steps: on the row stripes about 350
 (batch 16, a slow 2-core AMD EPYC) left it 1.15 dB under struct-N2V, about 2,850 (batch 8, an EPYC
-four times faster) put it 0.81 dB above.
+four times faster) put it 0.81 dB above; on BSD68's even half, about 2,700 steps left it 0.48 dB under
+struct-N2V, its outputs off in offset and contrast (fitted to the truth the two were nearly level).
 """
 
 from __future__ import annotations
