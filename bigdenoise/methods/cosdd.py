@@ -41,7 +41,8 @@ y of the high-passed patches (:func:`lag1_autocorrelation`, pooled over the batc
 patches the sampler draws from a few chunks of the volume); every later batch, and a resumed
 run, decodes along the recorded axis. The shared loop's dihedral augmentation would transpose
 half of the square patches, putting the stripes across the decoder's axis, so this method trains
-with ``augment=False`` by default (``train_defaults``). Prediction does not need the direction.
+with ``augment=False`` by default (``train_defaults``); an explicit ``augment=True`` decodes half
+the patches across their stripes. Prediction does not need the direction.
 
 Prediction (``prediction``, settable at prediction time):
 
