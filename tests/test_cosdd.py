@@ -10,7 +10,7 @@ import torch
 import zarr
 
 import bigdenoise as bd
-from bigdenoise.config import NetConfig
+from bigdenoise.config import NetConfig, make_config
 from bigdenoise.infer import for_inference, plan_for, predict_array, predict_whole
 from bigdenoise.methods import cosdd
 from bigdenoise.nets.ar_decoder import ARDecoder, mixture_log_prob
@@ -550,7 +550,7 @@ def test_distillation_warns_when_the_signal_decoder_is_flat():
     options = cosdd.COSDDOptions(**SMALL)
     torch.manual_seed(0)
     nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
-    batch = {"input": torch.randn(2, 1, 16, 16)}
+    batch = {"input": torch.randn(2, 1, 16, 16) + torch.tensor([-3.0, 3.0]).view(2, 1, 1, 1)}  # targets keep these
     last = nets["signal_decoder"].net[-1]
     with torch.no_grad():
         last.weight.zero_()  # the output is the bias: flat
@@ -565,3 +565,34 @@ def test_distillation_warns_when_the_signal_decoder_is_flat():
         with torch.no_grad():
             torch.nn.init.normal_(last.weight, std=10.0)  # varies at the input's scale
         cosdd.distill_loss(nets, batch, options)
+
+
+def test_distillation_targets_keep_each_input_patchs_mean():
+    """The signal decoder of a short run can be off in level (BSD68: -0.013 of the range): the
+    direct denoiser learns each patch's mean from the input, not from the decoder."""
+    options = cosdd.COSDDOptions(**SMALL)
+    torch.manual_seed(0)
+    nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
+    with torch.no_grad():
+        nets["signal_decoder"].net[-1].bias.add_(3.0)  # a decoder off in level
+    x = torch.randn(3, 1, 16, 16) + torch.tensor([-1.0, 0.0, 2.0]).view(3, 1, 1, 1)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        target = cosdd.distill_target(nets, x, 2)
+        torch.manual_seed(1)  # the same latent draws
+        raw = cosdd.signal_samples(nets, x, 2)
+    torch.testing.assert_close(target.mean((2, 3)), x.mean((2, 3)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(target - target.mean((2, 3), keepdim=True), raw - raw.mean((2, 3), keepdim=True),
+                               atol=1e-5, rtol=0)  # only the level moves
+
+
+def test_the_direct_denoiser_has_no_batch_norm_by_default():
+    """With batch norm the distilled U-Net's evaluation-mode outputs sat off its targets by a
+    global offset that changed from run to run (BSD68: -0.039 to +0.012 of the range)."""
+    config = make_config(method="cosdd", axes="YX")
+    assert config.net.batch_norm is False
+    direct = cosdd.build(config.net, 2, config.method_options)["direct_denoiser"]
+    x = torch.randn(4, 1, 32, 32) * 3 + 1
+    with torch.no_grad():
+        assert torch.equal(direct.train()(x), direct.eval()(x))
+    assert make_config(method="cosdd", axes="YX", net={"batch_norm": True}).net.batch_norm  # still settable
