@@ -92,13 +92,12 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
   sat off their targets by a global offset that changed from run to run (-0.039 to +0.012 of the
   range; 21.93 to 23.23 dB); without it they kept the decoder's own offset (-0.013; 23.12,
   23.23); with the targets' means matched as well, 0.000 (23.49, 23.51 dB; the VAE's 32-sample
-  mean 23.19).
+  mean 23.19). Over 3 seeds there, 0.55 dB above struct-N2V where it had been 0.48 under.
 
 Where it falls short: on noise that is not correlated (Hagen nucleus) it is 6 dB under N2V at this
 budget, its latents keeping coarse structure only; it needs steps: on the row stripes about 350
 (batch 16, a slow 2-core AMD EPYC) left it 1.15 dB under struct-N2V, about 2,850 (batch 8, an EPYC
-four times faster) put it 0.81 dB above; on BSD68's even half, about 2,700 steps left it 0.48 dB under
-struct-N2V, its outputs off in offset and contrast (fitted to the truth the two were nearly level).
+four times faster) put it 0.81 dB above.
 """
 
 from __future__ import annotations
