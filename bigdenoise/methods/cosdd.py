@@ -113,6 +113,7 @@ from ..nets.ar_decoder import ARDecoder
 from ..nets.lvae import LadderVAE, SignalDecoder, coordinate_noise
 from ..nets.unet import build_unet
 from . import Method, Nets, Stage
+from .dbsn import image_mean
 
 SAMPLE_SEED = 0
 """Seed of ``prediction=sampled``'s latent noise (keyed with the sample and the voxel coordinates)."""
@@ -380,13 +381,12 @@ def distill_target(nets: Nets, x: torch.Tensor, samples: int) -> torch.Tensor:
     zero mean, the assumption of the signal decoder's MSE; a short-trained decoder's outputs were
     off by about 0.013 of the range, BSD68's even half, 0..1)."""
     target = signal_samples(nets, x, samples)
-    spatial = tuple(range(2, x.ndim))
-    return target - target.mean(spatial, keepdim=True) + x.mean(spatial, keepdim=True)
+    return target - image_mean(target) + image_mean(x)
 
 
 def _spread(x: torch.Tensor) -> float:
     """Standard deviation of ``x`` (N, C, *spatial) about each patch's mean."""
-    return float((x - x.mean(tuple(range(2, x.ndim)), keepdim=True)).std())
+    return float((x - image_mean(x)).std())
 
 
 def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptions) -> torch.Tensor:
