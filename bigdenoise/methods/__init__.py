@@ -185,6 +185,11 @@ class Method:
         return tuple(self.inputs(options)) if callable(self.inputs) else tuple(self.inputs)
 
 
+def image_mean(v: torch.Tensor) -> torch.Tensor:
+    """``v`` ``(N, C, *spatial)`` -> its mean over each image's voxels, ``(N, C, 1, ...)``."""
+    return v.mean(dim=tuple(range(2, v.ndim)), keepdim=True)
+
+
 def _registry() -> dict[str, Method]:
     from . import care, cosdd, dbsn, n2n, n2v, noise2stack, pn2v
 

@@ -112,8 +112,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..nets.ar_decoder import ARDecoder
 from ..nets.lvae import LadderVAE, SignalDecoder, coordinate_noise
 from ..nets.unet import build_unet
-from . import Method, Nets, Stage
-from .dbsn import image_mean
+from . import Method, Nets, Stage, image_mean
 
 SAMPLE_SEED = 0
 """Seed of ``prediction=sampled``'s latent noise (keyed with the sample and the voxel coordinates)."""

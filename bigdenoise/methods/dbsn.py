@@ -130,7 +130,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..nets.blindspot import BlindSpotNet, check_branches
 from ..nets.unet import build_unet
-from . import Method, Nets, Stage
+from . import Method, Nets, Stage, image_mean
 
 PG_TAU = 0.05  # the pg noise level's softplus temperature (normalised variance units)
 MIN_VARIANCE = 1e-4  # floor of sigma_n^2 (normalised units), so the loss and the posterior stay finite
@@ -279,11 +279,6 @@ def constrained_loss(y, mu, var_mu, var_n) -> torch.Tensor:
 
 
 LOSSES = {"constrained": constrained_loss, "nll": gaussian_nll}
-
-
-def image_mean(v: torch.Tensor) -> torch.Tensor:
-    """``v`` ``(N, 1, *spatial)`` -> its mean over each image's voxels, ``(N, 1, 1, ...)``."""
-    return v.mean(dim=tuple(range(2, v.ndim)), keepdim=True)
 
 
 def noise_variance(nets: Nets, y: torch.Tensor, mu: torch.Tensor, options: DBSNOptions) -> torch.Tensor:
