@@ -94,7 +94,7 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
   23.23); with the targets' means matched as well, 0.000 (23.49, 23.51 dB; the VAE's 32-sample
   mean 23.19). Over 3 seeds there, 0.55 dB above struct-N2V where it had been 0.48 under.
 
-Where it falls short: on noise that is not correlated (Hagen nucleus) it is 6 dB under N2V at this
+Where it falls short: on noise that is not correlated (Hagen nucleus) it is 5 dB under N2V at this
 budget, its latents keeping coarse structure only; it needs steps: on the row stripes about 350
 (batch 16, a slow 2-core AMD EPYC) left it 1.15 dB under struct-N2V, about 2,850 (batch 8, an EPYC
 four times faster) put it 0.81 dB above; at the strongest stripes of the issue's range about 2,780
