@@ -97,9 +97,10 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
 Where it falls short: on noise that is not correlated (Hagen nucleus) it is 5 dB under N2V at this
 budget, its latents keeping coarse structure only; it needs steps: on the row stripes about 350
 (batch 16, a slow 2-core AMD EPYC) left it 1.15 dB under struct-N2V, about 2,850 (batch 8, an EPYC
-four times faster) put it 0.81 dB above; at the strongest stripes of the issue's range about 2,780
-steps left it level (+0.12 dB, one seed of three -0.03). Its stripe residue is that of a blur: -0.24
-on Set12's column stripes, as a supervised CARE's, a blur of the clean images giving -0.17 there.
+four times faster) put it 0.81 dB above (0.97 with the distillation fixed); at the strongest stripes
+of the issue's range about 2,780 steps left it level (+0.12 dB, one seed of three -0.03). Its stripe
+residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
+clean images giving -0.17 there.
 """
 
 from __future__ import annotations
