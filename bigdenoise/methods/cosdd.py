@@ -97,14 +97,15 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
 Where it falls short: on noise that is not correlated (Hagen nucleus) it is 4 to 5 dB under N2V: the
 noise decoder's 40-pixel context predicts the signal along the row, the latents keep what the row
 cannot tell, and the outputs lose the brightness of large bright objects. With an 8-pixel context
-(``ar_dilations=1``) it is 0.3 dB under N2V there, with a higher SSIM (on Hagen mito-confocal, whose
-noise is row-correlated, one seed of it gave 21.82 dB, the default 21.97 at that seed in an earlier
-run: no gain); ``auto`` warns when the first batch's noise shows no direction (:data:`ISOTROPIC`).
-It needs steps: on the row stripes about 350 (batch 16, a slow 2-core AMD EPYC) left it 1.15 dB
-under struct-N2V, about 2,850 (batch 8, an EPYC four times faster) put it 0.81 dB above (0.97 with
-the distillation fixed); at the strongest stripes of the issue's range about 2,780 steps left it
-level (+0.12 dB, one seed of three -0.03). Its stripe residue is that of a blur: -0.24 on Set12's
-column stripes, as a supervised CARE's, a blur of the clean images giving -0.17 there.
+(``ar_dilations=1``) it is 0.3 dB under N2V there, with a higher SSIM, and 0.2 dB over N2V on FMD
+confocal (on Hagen mito-confocal, whose noise is row-correlated, one seed of it gave 21.82 dB, the
+default 21.97 at that seed in an earlier run: no gain); ``auto`` warns when the first batch's noise
+shows no direction (:data:`ISOTROPIC`). It needs steps: on the row stripes about 350 (batch 16, a
+slow 2-core AMD EPYC) left it 1.15 dB under struct-N2V, about 2,850 (batch 8, an EPYC four times
+faster) put it 0.81 dB above (0.97 with the distillation fixed); at the strongest stripes of the
+issue's range about 2,780 steps left it level (+0.12 dB, one seed of three -0.03). Its stripe
+residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
+clean images giving -0.17 there.
 """
 
 from __future__ import annotations
