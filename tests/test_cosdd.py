@@ -172,14 +172,15 @@ def _stripes(along, seed=0, shape=(64, 64)):
 
 
 def test_auto_direction_picks_the_axis_of_the_stripes():
-    for seed in range(3):
-        assert cosdd.noise_axis(_stripes("x", seed)) == "x"
-        assert cosdd.noise_axis(_stripes("y", seed)) == "y"
-    # one direction for a batch, recorded on the first training batch and kept afterwards
     options = cosdd.COSDDOptions(**SMALL)
     torch.manual_seed(0)
     nets = cosdd.build(NetConfig(depth=1, features=4), 2, options)
     assert cosdd.noise_direction(nets) is None
+    for seed in range(3):
+        for along in ("x", "y"):
+            patch = {"input": torch.from_numpy(_stripes(along, seed)[None, None])}
+            assert cosdd.batch_direction(nets, patch) == along
+    # one direction for a batch, recorded on the first training batch and kept afterwards
     rows = {k: torch.from_numpy(np.stack([_stripes("x", s)[None] for s in range(2)])) for k in ("input", "noisy")}
     cols = {k: torch.from_numpy(np.stack([_stripes("y", s)[None] for s in range(2)])) for k in ("input", "noisy")}
     assert cosdd.batch_direction(nets, cols) == "y" and cosdd.noise_direction(nets) is None  # not recorded
@@ -206,7 +207,8 @@ def test_auto_direction_warns_once_when_the_noise_has_no_direction():
     white = np.stack([np.sin(yy / 7.0) + np.cos(xx / 5.0) + 0.5 * rng.normal(size=(64, 64)) for _ in range(2)])
     rows = np.stack([_stripes("x", seed) for seed in range(2)])
     short = {**SMALL, "ar_dilations": (1,)}
-    for data, small, warned in ((white, SMALL, 1), (rows, SMALL, 0), (white, short, 0)):
+    wide = {**SMALL, "ar_kernel": 7, "ar_dilations": (1,)}  # the short context at a wider kernel: 12 pixels
+    for data, small, warned in ((white, SMALL, 1), (rows, SMALL, 0), (white, short, 0), (white, wide, 0)):
         nets = cosdd.build(NetConfig(depth=1, features=4), 2, cosdd.COSDDOptions(**small))
         batch = {"input": torch.from_numpy(data[:, None].astype(np.float32))}
         with warnings.catch_warnings(record=True) as caught:
@@ -215,6 +217,7 @@ def test_auto_direction_warns_once_when_the_noise_has_no_direction():
             for _ in range(2):
                 cosdd.batch_direction(nets, batch, record=True)  # chosen once
         assert sum("no direction" in str(w.message) for w in caught) == warned
+        assert all("ar_dilations=1: 8 pixels" in str(w.message) for w in caught)  # at the default kernel
 
 
 @pytest.mark.parametrize("along", ["x", "y"])

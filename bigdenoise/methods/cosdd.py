@@ -117,7 +117,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..nets.ar_decoder import ARDecoder
+from ..nets.ar_decoder import ARDecoder, receptive_field
 from ..nets.lvae import LadderVAE, SignalDecoder, coordinate_noise
 from ..nets.unet import build_unet
 from . import Method, Nets, Stage, image_mean
@@ -137,10 +137,10 @@ ISOTROPIC = 0.05
 0.019 on Hagen nucleus and membrane, FMD, W2S and TIRF (uncorrelated noise), 0.19 to 0.56 on the
 issue's stripes (weakest to strongest) and 0.32 on Hagen mito-confocal."""
 
-SHORT_CONTEXT = 8
-"""The noise decoder's receptive field that the no-direction warning recommends (``ar_dilations=1``
-with the default kernel; Hagen nucleus: 0.3 dB under N2V where 40 pixels were 4 to 5 dB under); a
-decoder that sees no more than this is not warned about."""
+SHORT_DILATIONS = (1,)
+"""The noise decoder's dilations that the no-direction warning recommends (``ar_dilations=1``:
+8 pixels of context with the default kernel; Hagen nucleus: 0.3 dB under N2V where 40 pixels were 4
+to 5 dB under); a decoder that sees no more than they would at its kernel is not warned about."""
 
 CLIP_SPIKE = 0.05
 """Fraction of an integer patch on its minimum from which ``likelihood=binned`` takes that
@@ -275,16 +275,6 @@ def lag1_autocorrelation(x: np.ndarray, box: int = 5) -> tuple[float, float]:
     return rx, ry
 
 
-def noise_axis(x: np.ndarray) -> Literal["x", "y"]:
-    """The axis along which ``x``'s (..., Y, X) high-passed values correlate most: ``"x"`` (rows)
-    or ``"y"``; pooled over every leading axis (a batch of patches gives one answer)."""
-    return _more_correlated(*lag1_autocorrelation(x))
-
-
-def _more_correlated(rx: float, ry: float) -> Literal["x", "y"]:
-    return "y" if ry > rx else "x"
-
-
 def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: COSDDOptions) -> dict[str, np.ndarray]:
     """``input``: the patch; ``noisy``: what the ELBO scores (the patch, dequantised with
     ``likelihood=dequantized``). With ``binned``: ``half``, half the patch's grey level (0 when
@@ -309,25 +299,27 @@ def prepare(sample: dict[str, np.ndarray], rng: np.random.Generator, options: CO
 
 def batch_direction(nets: Nets, batch: dict[str, torch.Tensor], record: bool = False) -> Literal["x", "y"]:
     """The AR decoder's axis for ``batch``: the recorded one, or, while none is (``auto`` before
-    the first training step), :func:`noise_axis` of the batch's patches, recorded in the AR
-    decoder's ``direction`` when ``record``, with a warning when the two axes' correlations differ
-    by less than :data:`ISOTROPIC` (no correlated noise to remove) and the decoder sees more than
-    :data:`SHORT_CONTEXT` pixels."""
+    the first training step), the axis along which the batch's high-passed patches correlate most
+    (:func:`lag1_autocorrelation`, pooled over the batch), recorded in the AR decoder's
+    ``direction`` when ``record``, with a warning when the two axes' correlations differ by less
+    than :data:`ISOTROPIC` (no correlated noise to remove) and the decoder sees more than
+    :data:`SHORT_DILATIONS` would give it."""
     chosen = noise_direction(nets)
     if chosen is not None:
         return chosen
     rx, ry = lag1_autocorrelation(batch["input"].detach().float().cpu().numpy())
-    chosen = _more_correlated(rx, ry)
+    chosen = "y" if ry > rx else "x"
     if record:
-        nets["ar_decoder"].direction.fill_(float(DIRECTIONS.index(chosen)))
-        context = nets["ar_decoder"].receptive_field
-        if abs(rx - ry) < ISOTROPIC and context > SHORT_CONTEXT:
+        ar = nets["ar_decoder"]
+        ar.direction.fill_(float(DIRECTIONS.index(chosen)))
+        context, short = ar.receptive_field, receptive_field(ar.kernel, SHORT_DILATIONS)
+        if abs(rx - ry) < ISOTROPIC and context > short:
             warnings.warn(
                 f"cosdd: the noise shows no direction (high-passed lag-1 autocorrelation {rx:+.2f} along x, "
                 f"{ry:+.2f} along y): COSDD removes noise correlated along rows or columns; on uncorrelated noise "
                 f"its noise decoder's {context}-pixel context models the signal too and large bright objects "
-                f"lose their brightness; use --method n2v, or a short context (--option ar_dilations=1: "
-                f"{SHORT_CONTEXT} pixels)", UserWarning, stacklevel=2)
+                f"lose their brightness; use --method n2v, or a short context (--option "
+                f"ar_dilations={','.join(map(str, SHORT_DILATIONS))}: {short} pixels)", UserWarning, stacklevel=2)
     return chosen
 
 

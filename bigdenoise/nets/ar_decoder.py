@@ -64,6 +64,12 @@ def _log_sub_exp(small: torch.Tensor, large: torch.Tensor) -> torch.Tensor:
     return large + torch.log(-torch.expm1(torch.clamp(small - large, max=-1e-12)))
 
 
+def receptive_field(kernel: int, dilations: tuple[int, ...]) -> int:
+    """Pixels before each pixel that an :class:`ARDecoder` of this ``kernel`` and these
+    ``dilations`` sees (its first layer reads ``kernel - 1`` of them)."""
+    return (kernel - 1) * (1 + sum(dilations))
+
+
 class ARDecoder(nn.Module):
     """Causal 1-D Gaussian-mixture decoder, 2D or 3D. See the module docstring.
 
@@ -82,7 +88,7 @@ class ARDecoder(nn.Module):
         ones = (1,) * (ndim - 1)
         self.ndim, self.s_code, self.channels, self.kernel = ndim, s_code, channels, kernel
         self.dilations, self.components, self.min_scale = tuple(dilations), components, min_scale
-        self.receptive_field = (kernel - 1) * (1 + sum(self.dilations))
+        self.receptive_field = receptive_field(kernel, self.dilations)
         self.layers = nn.ModuleList([conv(1, channels, ones + (kernel - 1,))])
         self.layers.extend(conv(channels, channels, ones + (kernel,), dilation=ones + (d,)) for d in self.dilations)
         self.cond = nn.ModuleList(conv(s_code, channels, 1) for _ in range(len(self.dilations) + 1))
