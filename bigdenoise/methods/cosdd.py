@@ -76,8 +76,8 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
   the distillation with Adam at that rate: under Adam two of three Hagen seeds ended flat.
 - Each stage's own schedule (the VAE's rate halved on validation plateaus, the distillation's
   annealed): ``--schedule cosine`` (both annealed) scored 0.40 and 0.45 dB lower at two seeds of
-  the strongest stripes. ``distill_fraction`` 0.3: 0.15 and 0.45 each scored 0.37 dB lower at one
-  seed (labs, AMD EPYC).
+  the strongest stripes. ``distill_fraction`` 0.3: 0.15 and 0.45 scored 0.38 and 0.37 dB lower
+  at one seed (labs, AMD EPYC).
 - ``keep_best`` for the VAE: on Hagen its validation ELBO could degrade late (two of six seeds
   flat at their last step, none from their best one).
 - Batches of 8 patches of 64x64 (``train_defaults``; the loop's default is 16): at a wall-clock
@@ -109,7 +109,8 @@ slow 2-core AMD EPYC) left it 1.15 dB under struct-N2V, about 2,850 (batch 8, an
 faster) put it 0.81 dB above (0.97 with the distillation fixed); at the strongest stripes of the
 issue's range about 2,700 steps left it +0.12 and +0.33 dB above struct-N2V in two runs of the
 same three seeds, one seed under in each (-0.03, -0.24): at a wall-clock budget a seed does not fix a
-run, and it moves about 0.4 dB from run to run. Its stripe
+run, and it moves about 0.4 dB from run to run; the seed under by 0.24 lost it in the distillation
+(its VAE's 100-sample mean scored 22.59 dB, its direct denoiser 21.95). Its stripe
 residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
 clean images giving -0.17 there.
 """
