@@ -24,8 +24,9 @@ Training, two stages through the shared loop:
 2. ``distill`` (``distill_fraction``, cosine learning rate): MSE of the U-Net on the (not
    dequantised) patch against the mean of ``distill_samples`` signal-decoder outputs of latent
    samples, each target shifted to its input patch's mean (:func:`distill_target`), computed
-   without gradients (nothing flows into the VAE or the signal decoder); a warning when those
-   targets are nearly flat (``FLAT_SIGNAL``).
+   without gradients (nothing flows into the VAE or the signal decoder); the training steps'
+   mean shift is kept as the signal decoder's ``offset``; a warning when those targets are
+   nearly flat (``FLAT_SIGNAL``).
 
 Data (``likelihood``): on a patch whose values lie on a lattice (the normalised grey levels of
 integer data) the AR decoder scores each pixel by its mixture's mass over the pixel's grey-level
@@ -49,7 +50,9 @@ Prediction (``prediction``, settable at prediction time):
 
 - ``direct`` (default): one U-Net pass; exact tiling like N2V (the U-Net's radius and factor).
 - ``sampled``: the mean of ``samples`` (default 100) signal-decoder outputs of latent samples
-  ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile), exact when tiled. The latent
+  ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile), less the decoder's ``offset``
+  (one constant: the level error the direct path's targets remove patch by patch; on the
+  strongest stripes +0.030 of the range, 0.6 dB), exact when tiled. The latent
   noise is keyed by ``(seed, sample, level, channel, global coordinate)``
   (:func:`~bigdenoise.nets.lvae.coordinate_noise`, a counter-based hash, seed
   :data:`SAMPLE_SEED`): the method declares ``tile_origins``, so ``infer`` tells
@@ -406,13 +409,17 @@ def signal_samples(nets: Nets, x: torch.Tensor, n: int, generator: torch.Generat
     return (total / n)[(slice(None), slice(None), *(slice(0, m) for m in sizes))]
 
 
-def distill_target(nets: Nets, x: torch.Tensor, samples: int) -> torch.Tensor:
+def distill_target(nets: Nets, x: torch.Tensor, samples: int, record: bool = False) -> torch.Tensor:
     """The direct denoiser's target for ``x`` (N, 1, *spatial): the mean of ``samples``
     signal-decoder outputs, shifted so that each patch's mean is the input patch's (the noise has
     zero mean, the assumption of the signal decoder's MSE; a short-trained decoder's outputs were
-    off by about 0.013 of the range, BSD68's even half, 0..1)."""
+    off by 0.013 to 0.030 of the range, 0..1 stripes data). ``record``: add the batch's mean
+    shift to the signal decoder's ``offset``, which the sampled prediction removes."""
     target = signal_samples(nets, x, samples)
-    return target - image_mean(target) + image_mean(x)
+    shift = image_mean(target) - image_mean(x)
+    if record:
+        nets["signal_decoder"].record_offset(float(shift.mean()))
+    return target - shift
 
 
 def _spread(x: torch.Tensor) -> float:
@@ -425,9 +432,10 @@ def distill_loss(nets: Nets, batch: dict[str, torch.Tensor], options: COSDDOptio
     per process) when those targets are nearly flat: their spread about each patch's mean under
     ``FLAT_SIGNAL`` of the input's (the VAE has not learnt the signal)."""
     x = batch["input"]
+    training = nets["direct_denoiser"].training
     with torch.no_grad():
-        target = distill_target(nets, x.float(), options.distill_samples)
-        if nets["direct_denoiser"].training and _spread(target) < FLAT_SIGNAL * _spread(x.float()):
+        target = distill_target(nets, x.float(), options.distill_samples, record=training)
+        if training and _spread(target) < FLAT_SIGNAL * _spread(x.float()):
             warnings.warn("cosdd: the signal decoder's output is nearly flat (its spread is under "
                           f"{FLAT_SIGNAL:.0%} of the input's): the VAE has not learnt the signal yet and the "
                           "denoised images will be flat; train longer (--max-time), on more cores, or with "
@@ -456,7 +464,8 @@ def predict(nets: Nets, x: torch.Tensor, options: COSDDOptions, origins: torch.T
         return nets["direct_denoiser"](x)
     if origins is None:
         origins = torch.zeros((x.shape[0], x.ndim - 2), dtype=torch.int64)
-    return signal_samples(nets, x, options.samples, origins=origins, seed=SAMPLE_SEED)
+    offset = nets["signal_decoder"].offset.to(x.dtype)
+    return signal_samples(nets, x, options.samples, origins=origins, seed=SAMPLE_SEED) - offset
 
 
 def _probe_radius(fn, ndim: int, factor: int, size: int = 128) -> int:

@@ -220,7 +220,13 @@ class LadderVAE(nn.Module):
 
 
 class SignalDecoder(nn.Module):
-    """Signal code (N, s_code, *spatial) -> signal (N, 1, *spatial): ``layers`` conv 3 + ReLU, 1x1 conv."""
+    """Signal code (N, s_code, *spatial) -> signal (N, 1, *spatial): ``layers`` conv 3 + ReLU, 1x1 conv.
+
+    ``offset``: how far its outputs sit above their inputs on average (the running mean over
+    :meth:`record_offset` calls; 0 until one), the level error of a short-trained decoder that
+    the sampled prediction removes; ``offset_batches`` counts the calls. Both travel in the
+    package; one written before they existed loads with 0 (its predictions unchanged).
+    """
 
     def __init__(self, ndim: int, s_code: int = 32, *, width: int | None = None, layers: int = 3) -> None:
         super().__init__()
@@ -234,6 +240,19 @@ class SignalDecoder(nn.Module):
         mods.append(conv(cin, 1, 1))
         self.net = nn.Sequential(*mods)
         self.ndim, self.layers = ndim, layers
+        self.register_buffer("offset", torch.zeros(()))
+        self.register_buffer("offset_batches", torch.zeros((), dtype=torch.int64))
 
     def forward(self, code: torch.Tensor) -> torch.Tensor:
         return self.net(code)
+
+    @torch.no_grad()
+    def record_offset(self, value: float) -> None:
+        """Add one batch's mean of (output - input) to the running mean ``offset``."""
+        self.offset_batches += 1
+        self.offset += (value - self.offset) / self.offset_batches
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("offset", "offset_batches"):  # packages written before the offset was recorded
+            state_dict.setdefault(prefix + name, torch.zeros_like(getattr(self, name)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
