@@ -113,7 +113,10 @@ faster) put it 0.81 dB above (0.97 with the distillation fixed); at the stronges
 issue's range about 2,700 steps left it +0.12 and +0.33 dB above struct-N2V in two runs of the
 same three seeds, one seed under in each (-0.03, -0.24): at a wall-clock budget a seed does not fix a
 run, and it moves about 0.4 dB from run to run; the seed under by 0.24 lost it in the distillation
-(its VAE's 100-sample mean scored 22.59 dB, its direct denoiser 21.95). Its stripe
+(its VAE's 100-sample mean scored 22.59 dB, its direct denoiser 21.95); a third run, on an EPYC
+with about 1,900 steps, +0.19 (one seed -0.04), and one VAE of it distilled five times 22.02 to
+22.13 dB: most of the spread is the VAE's. On the weakest stripes about 2,900 steps put it 1.40 dB
+over N2V, about 1,900 (a slower EPYC) 0.48. Its stripe
 residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
 clean images giving -0.17 there.
 """
