@@ -27,8 +27,9 @@ TINY = dict(steps=3, val_every=3, batch_size=4, val_patches=4, stats_chunks=4,
             net={"depth": 2, "features": 4})
 
 # The exactness rule (DESIGN.md invariant 1, stated in the README): blockwise output equals the
-# whole-array output when  max|tiled - whole| <= EXACT_REL * (max - min of the whole output),
-# on a model whose output varies at the data's scale (``rough_copy``).
+# whole-array output when  max|tiled - whole| <= EXACT_REL * (max - min of the whole output), or
+# two float32 steps at its largest value where that is more, on a model whose output varies at the
+# data's scale (``rough_copy``).
 EXACT_REL = 1e-4
 # A negative control (halo below the receptive radius) must miss the rule by at least this factor.
 INEXACT_MARGIN = 5
@@ -110,7 +111,11 @@ def assert_exact(out, ref, data=None):
         ratio = float(np.ptp(ref) / np.ptp(data))
         assert ratio >= 0.1, f"the model's output is nearly flat (spread {ratio:.3g} of the input's)"
     err = exactness_error(out, ref)
-    assert err <= EXACT_REL, f"tiled differs from whole by {err:.3g} of the output's spread (allowed {EXACT_REL})"
+    ref = np.asarray(ref, np.float64)
+    # float32 outputs hold nothing finer than their step at the largest value: two such steps are
+    # allowed where they exceed EXACT_REL (a level of 3,233 with a spread of 2: one step is 1.2e-4)
+    allowed = max(EXACT_REL, 2 * float(np.spacing(np.float32(np.abs(ref).max()))) / float(np.ptp(ref)))
+    assert err <= allowed, f"tiled differs from whole by {err:.3g} of the output's spread (allowed {allowed:.3g})"
 
 
 def assert_not_exact(out, ref):

@@ -34,6 +34,11 @@ def test_exactness_rule_is_relative_to_the_output_spread():
         assert_exact(ref + 1.1 * EXACT_REL * 1000, ref)
     with pytest.raises(AssertionError, match="nearly flat"):
         assert_exact(ref, ref, data=ref * 11)
+    level = np.linspace(3232, 3234, 101, dtype=np.float32)  # spread 2: one float32 step is 1.2e-4 of it
+    step = np.spacing(np.float32(3234))
+    assert_exact(level + step, level)
+    with pytest.raises(AssertionError, match="spread"):
+        assert_exact(level + 3 * step, level)
     assert_not_exact(ref + 1.1 * INEXACT_MARGIN * EXACT_REL * 1000, ref)
     with pytest.raises(AssertionError, match="could not see a wrong halo"):
         assert_not_exact(ref + 0.9 * INEXACT_MARGIN * EXACT_REL * 1000, ref)
