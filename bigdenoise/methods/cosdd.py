@@ -421,7 +421,7 @@ def distill_target(nets: Nets, x: torch.Tensor, samples: int, record: bool = Fal
     target = signal_samples(nets, x, samples)
     shift = image_mean(target) - image_mean(x)
     if record:
-        nets["signal_decoder"].record_offset(float(shift.mean()))
+        nets["signal_decoder"].record_offset(shift.mean())
     return target - shift
 
 

@@ -247,8 +247,9 @@ class SignalDecoder(nn.Module):
         return self.net(code)
 
     @torch.no_grad()
-    def record_offset(self, value: float) -> None:
-        """Add one batch's mean of (output - input) to the running mean ``offset``."""
+    def record_offset(self, value: torch.Tensor) -> None:
+        """Add one batch's mean of (output - input), a 0-d tensor on the decoder's device (no
+        host round-trip), to the running mean ``offset``."""
         self.offset_batches += 1
         self.offset += (value - self.offset) / self.offset_batches
 
