@@ -182,6 +182,9 @@ class COSDDOptions(BaseModel):
         "(ar_kernel - 1) * (1 + sum): 40 by default, the paper's value")
     components: int = Field(3, ge=1, le=16, description="Gaussians of the noise mixture (paper: 3-5)")
     min_scale: float = Field(1e-3, gt=0, description="floor of the mixture's scales (normalised units)")
+    activation: Literal["mish", "silu"] = Field(
+        "mish", description="the encoder's activation: mish (the authors') or silu (the same shape; a VAE step "
+        "about 20 % cheaper on a CPU)")
     decoder_layers: int = Field(3, ge=1, le=16, description="signal decoder conv layers (paper: 4)")
     likelihood: Literal["binned", "dequantized", "continuous"] = Field(
         "binned", description="the noise model's score of integer-valued patches: binned (each component's mass "
@@ -229,7 +232,7 @@ def build(net, ndim: int, options: COSDDOptions) -> Nets:
     if options.direction != "auto":
         ar.direction.fill_(float(DIRECTIONS.index(options.direction)))
     vae = {
-        "encoder": LadderVAE(ndim, levels=options.levels, s_code=options.s_code),
+        "encoder": LadderVAE(ndim, levels=options.levels, s_code=options.s_code, activation=options.activation),
         "ar_decoder": ar,
         "signal_decoder": SignalDecoder(ndim, options.s_code, layers=options.decoder_layers),
     }

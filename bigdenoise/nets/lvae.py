@@ -4,7 +4,7 @@ Ladder VAE (Sønderby et al. 2016, as in HDN and COSDD, Salmon & Krull 2023), ``
 ``s_code`` channels of signal code, ``z = s_code // 2`` latent channels per level, ``filters``
 feature channels (default ``s_code``)::
 
-    stem:       conv 5 -> Mish -> gated residual block                       (full resolution)
+    stem:       conv 5 -> act  -> gated residual block                       (full resolution)
     bottom-up:  level l: conv 3 stride 2 -> gated residual block -> d_l      (1 / 2**(l+1))
     top-down:   top level:   q(z|d) = N from conv 3 of d; p(z) = N(0, 1)
                 level l:     h = up x2 (nearest); p(z|h) from conv 3 of h,
@@ -17,8 +17,8 @@ latents carry. Gaussians are ``(mean, softplus(raw) + MIN_STD)``; the KL is anal
 (:func:`gaussian_kl`) given the latents sampled above. No batch norm (the authors use it): the
 nets compute the same function in training and prediction and on any tile.
 
-Gated residual block: ``x + gate(conv3(Mish(conv3(Mish(x)))))`` with ``gate(h) = tanh(a) *
-sigmoid(b)``, ``(a, b)`` a 1x1 conv of ``h``.
+Gated residual block: ``x + gate(conv3(act(conv3(act(x)))))`` with ``gate(h) = tanh(a) *
+sigmoid(b)``, ``(a, b)`` a 1x1 conv of ``h``; ``act`` Mish (the authors') or SiLU (``activation``).
 
 Sizes (paper, 2D): "large" 14 levels, s_code 128 (z 64), ~25 M parameters, 20 GB GPU;
 "small" 6 levels, s_code 64 (z 32); the authors' course 6 levels, s_code 32. The CPU default
@@ -105,18 +105,23 @@ def coordinate_noise(seed: int, sample: int, origins: torch.Tensor) -> Noise:
     return noise
 
 
-class GatedResBlock(nn.Module):
-    """``x + gate(conv(Mish(conv(Mish(x)))))``, channels kept, 'same' zero padding."""
+ACTIVATIONS = {"mish": nn.Mish, "silu": nn.SiLU}
+"""The nets' activation: Mish (the authors') or SiLU (the same shape, cheaper on a CPU)."""
 
-    def __init__(self, ndim: int, channels: int, kernel: int = 3) -> None:
+
+class GatedResBlock(nn.Module):
+    """``x + gate(conv(act(conv(act(x)))))``, channels kept, 'same' zero padding."""
+
+    def __init__(self, ndim: int, channels: int, kernel: int = 3, activation: str = "mish") -> None:
         super().__init__()
         conv = _CONV[ndim]
+        self.act = ACTIVATIONS[activation]()
         self.conv1 = conv(channels, channels, kernel, padding=kernel // 2)
         self.conv2 = conv(channels, channels, kernel, padding=kernel // 2)
         self.gate = conv(channels, 2 * channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(F.mish(self.conv1(F.mish(x))))
+        h = self.conv2(self.act(self.conv1(self.act(x))))
         a, b = self.gate(h).chunk(2, dim=1)
         return x + torch.tanh(a) * torch.sigmoid(b)
 
@@ -135,7 +140,8 @@ class LadderVAE(nn.Module):
     training steps taken (a KL warm-up's clock, kept in checkpoints so a resumed run goes on).
     """
 
-    def __init__(self, ndim: int, *, levels: int = 3, s_code: int = 32, filters: int | None = None) -> None:
+    def __init__(self, ndim: int, *, levels: int = 3, s_code: int = 32, filters: int | None = None,
+                 activation: str = "mish") -> None:
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
@@ -146,14 +152,18 @@ class LadderVAE(nn.Module):
         z = s_code // 2
         self.ndim, self.levels, self.s_code, self.z_channels, self.filters = ndim, levels, s_code, z, f
         self.factor = 2**levels
-        self.stem = nn.Sequential(conv(1, f, 5, padding=2), nn.Mish(), GatedResBlock(ndim, f))
-        self.down = nn.ModuleList(nn.Sequential(conv(f, f, 3, stride=2, padding=1), GatedResBlock(ndim, f))
-                                  for _ in range(levels))
+        self.activation = activation
+
+        def block():
+            return GatedResBlock(ndim, f, activation=activation)
+
+        self.stem = nn.Sequential(conv(1, f, 5, padding=2), ACTIVATIONS[activation](), block())
+        self.down = nn.ModuleList(nn.Sequential(conv(f, f, 3, stride=2, padding=1), block()) for _ in range(levels))
         self.q = nn.ModuleList(conv(f if l == levels - 1 else 2 * f, 2 * z, 3, padding=1) for l in range(levels))
         self.p = nn.ModuleList(conv(f, 2 * z, 3, padding=1) for _ in range(levels - 1))  # p[l], l < levels-1
         self.merge = nn.ModuleList(conv(z if l == levels - 1 else f + z, f, 1) for l in range(levels))
-        self.td = nn.ModuleList(GatedResBlock(ndim, f) for _ in range(levels))
-        self.out = nn.Sequential(GatedResBlock(ndim, f), conv(f, s_code, 1))
+        self.td = nn.ModuleList(block() for _ in range(levels))
+        self.out = nn.Sequential(block(), conv(f, s_code, 1))
         self.register_buffer("kl_per_pixel", torch.full((), -1.0))  # -1: not measured yet
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.int64))
 
