@@ -656,3 +656,22 @@ def test_the_direct_denoiser_has_no_batch_norm_by_default():
     with torch.no_grad():
         assert torch.equal(direct.train()(x), direct.eval()(x))
     assert make_config(method="cosdd", axes="YX", net={"batch_norm": True}).net.batch_norm  # still settable
+
+
+def test_the_encoder_keeps_its_activation_and_an_older_package_loads_with_mish():
+    """SiLU by default, Mish by option; the activation travels with the weights, and weights
+    saved before it did (no ``activation_code``) load with Mish, the function they were trained
+    with, even into an encoder built with SiLU."""
+    net = NetConfig(batch_norm=False)
+    silu = cosdd.build(net, 2, cosdd.COSDDOptions(**SMALL))["encoder"]
+    mish = cosdd.build(net, 2, cosdd.COSDDOptions(**SMALL, activation="mish"))["encoder"]
+    assert (silu.activation, mish.activation) == ("silu", "mish")
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        reference = mish(x, mean=True)[0]
+        weights = mish.state_dict()
+        silu.load_state_dict({**weights, "activation_code": torch.tensor(1)})
+        assert silu.activation == "silu" and not torch.allclose(silu(x, mean=True)[0], reference)
+        silu.load_state_dict({k: v for k, v in weights.items() if k != "activation_code"})
+        assert silu.activation == "mish"
+        torch.testing.assert_close(silu(x, mean=True)[0], reference)

@@ -105,17 +105,34 @@ def coordinate_noise(seed: int, sample: int, origins: torch.Tensor) -> Noise:
     return noise
 
 
-ACTIVATIONS = {"mish": nn.Mish, "silu": nn.SiLU}
-"""The nets' activation: Mish (the authors') or SiLU (the same shape, cheaper on a CPU)."""
+ACTIVATIONS = ("mish", "silu")
+"""The nets' activations, by their code in ``LadderVAE.activation_code``: Mish (the authors') and
+SiLU (the same shape, cheaper on a CPU)."""
+
+
+class Activation(nn.Module):
+    """Mish or SiLU by ``name``; one instance is shared by all of a net's blocks."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        if name not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+        self.name = name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.mish(x) if self.name == "mish" else F.silu(x)
+
+    def extra_repr(self) -> str:
+        return self.name
 
 
 class GatedResBlock(nn.Module):
     """``x + gate(conv(act(conv(act(x)))))``, channels kept, 'same' zero padding."""
 
-    def __init__(self, ndim: int, channels: int, kernel: int = 3, activation: str = "mish") -> None:
+    def __init__(self, ndim: int, channels: int, act: Activation, kernel: int = 3) -> None:
         super().__init__()
         conv = _CONV[ndim]
-        self.act = ACTIVATIONS[activation]()
+        self.act = act
         self.conv1 = conv(channels, channels, kernel, padding=kernel // 2)
         self.conv2 = conv(channels, channels, kernel, padding=kernel // 2)
         self.gate = conv(channels, 2 * channels, 1)
@@ -137,11 +154,13 @@ class LadderVAE(nn.Module):
     Attributes: ``ndim, levels, s_code, z_channels, filters, factor`` (``2**levels``); buffers
     ``kl_per_pixel``: the KL per pixel of the last training batch (a posterior-collapse record
     that travels in the package; -1 until a training step sets it) and ``train_steps``: the
-    training steps taken (a KL warm-up's clock, kept in checkpoints so a resumed run goes on).
+    training steps taken (a KL warm-up's clock, kept in checkpoints so a resumed run goes on);
+    ``activation_code``: the activation (:data:`ACTIVATIONS`), so weights load with the one they
+    were trained with (Mish where a package predates the buffer); ``activation`` its name.
     """
 
     def __init__(self, ndim: int, *, levels: int = 3, s_code: int = 32, filters: int | None = None,
-                 activation: str = "mish") -> None:
+                 activation: str = "silu") -> None:
         super().__init__()
         if ndim not in (2, 3):
             raise ValueError(f"ndim must be 2 or 3, got {ndim}")
@@ -152,12 +171,12 @@ class LadderVAE(nn.Module):
         z = s_code // 2
         self.ndim, self.levels, self.s_code, self.z_channels, self.filters = ndim, levels, s_code, z, f
         self.factor = 2**levels
-        self.activation = activation
+        self.act = Activation(activation)
 
         def block():
-            return GatedResBlock(ndim, f, activation=activation)
+            return GatedResBlock(ndim, f, self.act)
 
-        self.stem = nn.Sequential(conv(1, f, 5, padding=2), ACTIVATIONS[activation](), block())
+        self.stem = nn.Sequential(conv(1, f, 5, padding=2), self.act, block())
         self.down = nn.ModuleList(nn.Sequential(conv(f, f, 3, stride=2, padding=1), block()) for _ in range(levels))
         self.q = nn.ModuleList(conv(f if l == levels - 1 else 2 * f, 2 * z, 3, padding=1) for l in range(levels))
         self.p = nn.ModuleList(conv(f, 2 * z, 3, padding=1) for _ in range(levels - 1))  # p[l], l < levels-1
@@ -166,6 +185,17 @@ class LadderVAE(nn.Module):
         self.out = nn.Sequential(block(), conv(f, s_code, 1))
         self.register_buffer("kl_per_pixel", torch.full((), -1.0))  # -1: not measured yet
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("activation_code", torch.tensor(ACTIVATIONS.index(activation)))
+
+    @property
+    def activation(self) -> str:
+        return self.act.name
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "activation_code"
+        state_dict.setdefault(key, torch.tensor(ACTIVATIONS.index("mish")))  # packages written before SiLU
+        self.act.name = ACTIVATIONS[int(state_dict[key])]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _pad(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         sizes = tuple(x.shape[2:])
