@@ -94,7 +94,8 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
 - ``activation=silu`` in the encoder's blocks (the authors' Mish has the same shape): a VAE step
   about a quarter cheaper on 2 cores of an Intel Xeon (107 -> 79 ms, batch 8 of 64x64), 1.5 times
   the steps at a 3.5-minute budget there, and 0.30 dB above Mish on the weakest and the strongest
-  stripes, every seed higher (``quality-cosdd-weak-silu-short``, ``-hard-silu-short``). The
+  stripes, every seed higher, 0.07 on Hagen mito-confocal, every pair higher
+  (``quality-cosdd-weak-silu-short``, ``-hard-silu-short``, ``-hagen-silu-short``). The
   encoder's buffer ``activation_code``
   keeps it with the weights; older packages, which lack it, load with Mish.
 - The three VAE nets keep their weights channels last (``build``): their convolutions have few
@@ -123,8 +124,8 @@ run, and it moves about 0.4 dB from run to run; the seed under by 0.24 lost it i
 with about 1,900 steps, +0.19 (one seed -0.04), and one VAE of it distilled five times 22.02 to
 22.13 dB: most of the spread is the VAE's. On the weakest stripes about 2,900 steps put it 1.40 dB
 over N2V, about 1,900 (a slower EPYC) 0.48. With SiLU, at 3.5 minutes on a fast Xeon (a slow
-machine's 6): +0.24 over struct-N2V at the strongest stripes, every seed above, and +0.83 over N2V
-at the weakest. Its stripe
+machine's 6): +0.24 over struct-N2V at the strongest stripes, every seed above, +0.83 over N2V
+at the weakest, and level with struct-N2V on Hagen mito-confocal (-0.06, one seed -0.33). Its stripe
 residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
 clean images giving -0.17 there.
 """
