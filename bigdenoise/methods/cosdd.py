@@ -92,12 +92,12 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
   "small" 6 levels, ``s_code`` 64. The authors' unstrided first latent level let the latents
   encode the row noise here (residue +0.36 against -0.04, one seed).
 - ``activation=silu`` in the encoder's blocks (the authors' Mish has the same shape): a VAE step
-  about a quarter cheaper on 2 cores of an Intel Xeon (107 -> 79 ms, batch 8 of 64x64), 1.5 times
-  the steps at a 3.5-minute budget there, and 0.30 dB above Mish on the weakest and the strongest
-  stripes, every seed higher, 0.07 on Hagen mito-confocal, every pair higher
+  about a quarter cheaper on 2 cores of an Intel Xeon (107 -> 79 ms, batch 8 of 64x64), 1.2 to
+  1.5 times the steps at a 3.5-minute budget there, and 0.30 dB above Mish on the weakest and the
+  strongest stripes, every seed higher, 0.07 on Hagen mito-confocal, every pair higher
   (``quality-cosdd-weak-silu-short``, ``-hard-silu-short``, ``-hagen-silu-short``). The
-  encoder's buffer ``activation_code``
-  keeps it with the weights; older packages, which lack it, load with Mish.
+  encoder's buffer ``activation_code`` keeps it with the weights; older packages, which lack it,
+  load with Mish.
 - The three VAE nets keep their weights channels last (``build``): their convolutions have few
   channels, and on 2 cores of an AMD EPYC a step took 0.82 times as long.
 - The direct denoiser has no batch norm (``net_defaults``, as CARE, N2N and D-BSN) and its
