@@ -20,7 +20,9 @@ for Gaussian noise); ``dbsn-awgn-posterior`` its posterior, each image's level f
 whole-image pre-pass. ``dbsn-cosine``: D-BSN with ``--schedule cosine`` (every stage's rate
 annealed to zero over its budget instead of halved on a validation plateau). ``cosdd-rf8``:
 COSDD with ``--option ar_dilations=1`` (the noise decoder's context 8 pixels instead of 40);
-``cosdd-mish``: COSDD with ``--option activation=mish`` (the authors' activation).
+``cosdd-mish``: COSDD with ``--option activation=mish`` (the authors' activation); ``cosdd-d30``:
+COSDD with ``--option distill_fraction=0.3 --option distill_samples=4`` (the distillation's share
+and samples before 2026-12-07).
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -92,12 +94,13 @@ CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", *CAREAMICS_ROWS)
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
            "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "dbsn-cosine", "cosdd",
-           "cosdd-sampled", "cosdd-rf8", "cosdd-mish")
+           "cosdd-sampled", "cosdd-rf8", "cosdd-mish", "cosdd-d30")
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
 VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
             "dbsn-awgn-posterior": ("dbsn-awgn", {"prediction": "posterior"}),
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
-ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "cosdd", "cosdd-rf8", "cosdd-mish")  # learn from the noisy volume alone: any data set
+# learn from the noisy volume alone: any data set
+ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "cosdd", "cosdd-rf8", "cosdd-mish", "cosdd-d30")
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
@@ -377,6 +380,10 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
     elif key == "cosdd-mish":
         kw.update(method="cosdd", options={"activation": "mish"})
         note = "--option activation=mish: the encoder's activation Mish (the authors') instead of SiLU"
+    elif key == "cosdd-d30":
+        kw.update(method="cosdd", options={"distill_fraction": 0.3, "distill_samples": 4})
+        note = ("--option distill_fraction=0.3 --option distill_samples=4: 30 % of the budget for the distillation, "
+                "4 latent samples per target (default 20 %, 2)")
     elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note
@@ -554,7 +561,7 @@ HEAD_TO_HEAD = (("n2v", "careamics-n2v"), ("n2v", "careamics-n2v-ours"), ("carea
                 ("dbsn-awgn", "dbsn"), ("dbsn-awgn", "n2v"), ("dbsn-cosine", "n2v"), ("dbsn-cosine", "dbsn"),
                 ("care", "dbsn"), ("cosdd", "n2v"),
                 ("cosdd", "struct-n2v"), ("cosdd", "cosdd-sampled"), ("care", "cosdd"), ("cosdd-rf8", "n2v"),
-                ("cosdd-rf8", "cosdd"), ("cosdd", "cosdd-mish"))
+                ("cosdd-rf8", "cosdd"), ("cosdd", "cosdd-mish"), ("cosdd", "cosdd-d30"))
 
 
 def head_to_head(results: dict) -> list[str]:

@@ -203,8 +203,8 @@ class COSDDOptions(BaseModel):
     kl_warmup: int = Field(
         200, ge=0, description="VAE training steps over which the KL's weight rises linearly from 0 to 1 (the "
         "ladder VAE's warm-up; 0: weight 1 from the start, as the COSDD authors)")
-    distill_fraction: float = Field(0.3, gt=0, lt=1, description="budget share of the direct denoiser's distillation")
-    distill_samples: int = Field(4, ge=1, le=64, description="latent samples averaged per distillation target")
+    distill_fraction: float = Field(0.2, gt=0, lt=1, description="budget share of the direct denoiser's distillation")
+    distill_samples: int = Field(2, ge=1, le=64, description="latent samples averaged per distillation target")
     prediction: Literal["direct", "sampled"] = Field(
         "direct", description="direct: the distilled U-Net (one pass); sampled: mean of `samples` signal-decoder "
         "outputs, latent noise keyed by voxel coordinates (both tile exactly)")
