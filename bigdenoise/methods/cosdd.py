@@ -79,8 +79,15 @@ better (labs of one seed, then 3-seed records in benchmarks/RESULTS.md, ``qualit
   the distillation with Adam at that rate: under Adam two of three Hagen seeds ended flat.
 - Each stage's own schedule (the VAE's rate halved on validation plateaus, the distillation's
   annealed): ``--schedule cosine`` (both annealed) scored 0.40 and 0.45 dB lower at two seeds of
-  the strongest stripes. ``distill_fraction`` 0.3: 0.15 and 0.45 scored 0.38 and 0.37 dB lower
-  at one seed (labs, AMD EPYC).
+  the strongest stripes.
+- ``distill_fraction`` 0.2 and ``distill_samples`` 2 (0.3 and 4 before 7dbb186): the distillation
+  needs some 300 steps rather than a share of the time. One VAE (the weakest stripes, 3.5 min),
+  its direct denoiser distilled again for a fixed time: 1, 2 and 4 samples per target scored the
+  same at 63 s (25.47 to 25.56 dB); 31 s with 4 samples could fall 0.4 dB short, 16 s fell 0.6 to
+  1.2 dB. At 6 minutes on the weakest stripes the VAE then makes 8 to 23 % more steps and the
+  model scored 0.13 ± 0.21 dB above the old split, two seeds of three (``quality-cosdd-weak-d20``;
+  in an earlier one-seed lab on an AMD EPYC fractions 0.15 and 0.45 scored 0.38 and 0.37 dB under
+  0.3).
 - ``keep_best`` for the VAE: on Hagen its validation ELBO could degrade late (two of six seeds
   flat at their last step, none from their best one).
 - Batches of 8 patches of 64x64 (``train_defaults``; the loop's default is 16): at a wall-clock
@@ -125,7 +132,8 @@ with about 1,900 steps, +0.19 (one seed -0.04), and one VAE of it distilled five
 22.13 dB: most of the spread is the VAE's. On the weakest stripes about 2,900 steps put it 1.40 dB
 over N2V, about 1,900 (a slower EPYC) 0.48. With SiLU, at 3.5 minutes on a fast Xeon (a slow
 machine's 6): +0.24 over struct-N2V at the strongest stripes, every seed above, +0.83 over N2V
-at the weakest, and level with struct-N2V on Hagen mito-confocal (-0.06, one seed -0.33). Its stripe
+at the weakest (at 6 minutes with the shorter distillation +1.21, every pair, one seed +0.81),
+and level with struct-N2V on Hagen mito-confocal (-0.06, one seed -0.33). Its stripe
 residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
 clean images giving -0.17 there.
 """
