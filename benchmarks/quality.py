@@ -22,7 +22,7 @@ annealed to zero over its budget instead of halved on a validation plateau). ``c
 COSDD with ``--option ar_dilations=1`` (the noise decoder's context 8 pixels instead of 40);
 ``cosdd-mish``: COSDD with ``--option activation=mish`` (the authors' activation); ``cosdd-d30``:
 COSDD with ``--option distill_fraction=0.3 --option distill_samples=4`` (the distillation's share
-and samples before 2026-12-07).
+and samples before 7dbb186).
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
