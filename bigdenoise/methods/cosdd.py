@@ -132,9 +132,10 @@ with about 1,900 steps, +0.19 (one seed -0.04), and one VAE of it distilled five
 22.13 dB: most of the spread is the VAE's. On the weakest stripes about 2,900 steps put it 1.40 dB
 over N2V, about 1,900 (a slower EPYC) 0.48. With SiLU, at 3.5 minutes on a fast Xeon (a slow
 machine's 6): +0.24 over struct-N2V at the strongest stripes, every seed above, +0.83 over N2V
-at the weakest (at 6 minutes with the shorter distillation +1.21, every pair, one seed +0.81,
-and +0.51 over struct-N2V at the strongest, every seed above),
-and level with struct-N2V on Hagen mito-confocal (-0.06, one seed -0.33). Its stripe
+at the weakest, and level with struct-N2V on Hagen mito-confocal (-0.06, one seed -0.33). With
+the shorter distillation as well, at 6 minutes on an Intel Xeon: +1.21 over N2V at the weakest
+stripes (every pair higher, one seed +0.81), +0.51 over struct-N2V at the strongest (every seed
+above), level with struct-N2V on Hagen mito-confocal (-0.01, one seed -0.20). Its stripe
 residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
 clean images giving -0.17 there.
 """
