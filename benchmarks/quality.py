@@ -15,14 +15,9 @@ installed: its own U-Net at our shape, the same patch, batch and budget, its til
 best-validation checkpoint, ``careamics-n2v-ours`` with our masking, see ``CAREAMICS_ROWS``).
 ``dbsn-clean``: D-BSN with ``--clean``, the clean half of CARE's training pairs (other fields of
 view, or Train400 for the BSD68/Set12 sets) used unpaired, where the data have such pairs.
-``dbsn-awgn``: D-BSN with ``--option noise=awgn`` (one noise level per image, the paper's mode
-for Gaussian noise); ``dbsn-awgn-posterior`` its posterior, each image's level from the
-whole-image pre-pass. ``dbsn-cosine``: D-BSN with ``--schedule cosine`` (every stage's rate
-annealed to zero over its budget instead of halved on a validation plateau). ``cosdd-rf8``:
-COSDD with ``--option ar_dilations=1`` (the noise decoder's context 8 pixels instead of 40);
-``cosdd-mish``: COSDD with ``--option activation=mish`` (the authors' activation); ``cosdd-d30``:
-COSDD with ``--option distill_fraction=0.3 --option distill_samples=4`` (the distillation's share
-and samples before 7dbb186).
+The rows of ``OPTION_ROWS`` (``n2v2``, ``dbsn-awgn``, ``dbsn-cosine``, ``cosdd-rf8``, ``cosdd-mish``,
+``cosdd-d30``...) train a method with other settings, each with its note; the rows of ``VARIANTS``
+(``dbsn-posterior``, ``cosdd-sampled``...) predict with another row's model and other prediction options.
 
 Data sets (``--datasets``; loaders and protocols in ``datasets.py``; shared data: ``--data
 DIR``, ``$BIGDENOISE_DATA`` or ../shared/data): ``bsd68-s15|s25|s50`` and ``set12-s15|s25|s50``
@@ -92,15 +87,31 @@ CAREAMICS_ROWS = {"careamics-n2v": ("its", "last"), "careamics-n2v-best": ("its"
 CAREAMICS_MASKING = {"its": {"masked_pixel_percentage": 0.2, "roi_size": 11},
                      "ours": {"masked_pixel_percentage": 100 * 64 / 4096, "roi_size": 5}}
 BASELINES = ("noisy", "gaussian", "median", "nlm", "bm3d", *CAREAMICS_ROWS)
-LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
-           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "dbsn-cosine", "cosdd",
-           "cosdd-sampled", "cosdd-rf8", "cosdd-mish", "cosdd-d30")
+# Rows that train a method with other settings: row -> (``bigdenoise.train`` keyword arguments, note).
+OPTION_ROWS = {
+    "n2v2": ({"method": "n2v", "net": {"n2v2": True}, "options": {"replacement": "median"}}, ""),
+    "dbsn-awgn": ({"method": "dbsn", "options": {"noise": "awgn"}},
+                  "--option noise=awgn: one learned noise level per image (the paper's AWGN mode)"),
+    "dbsn-cosine": ({"method": "dbsn", "schedule": "cosine"},
+                    "--schedule cosine: every stage's rate annealed to zero over its budget"),
+    "cosdd-rf8": ({"method": "cosdd", "options": {"ar_dilations": (1,)}},
+                  "--option ar_dilations=1: the noise decoder sees the 8 pixels before each pixel (default 40)"),
+    "cosdd-mish": ({"method": "cosdd", "options": {"activation": "mish"}},
+                   "--option activation=mish: the encoder's activation Mish (the authors') instead of SiLU"),
+    "cosdd-d30": ({"method": "cosdd", "options": {"distill_fraction": 0.3, "distill_samples": 4}},
+                  "--option distill_fraction=0.3 --option distill_samples=4: 30 % of the budget for the "
+                  "distillation, 4 latent samples per target (default 20 %, 2; the split before 7dbb186)"),
+}
 # Rows that predict with another row's model (trained first if that row did not run): prediction options.
 VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": ("dbsn", {"prediction": "mu"}),
             "dbsn-awgn-posterior": ("dbsn-awgn", {"prediction": "posterior"}),
             "cosdd-sampled": ("cosdd", {"prediction": "sampled"})}
+# every learned row, in the order of the tables
+LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
+           "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "dbsn-cosine", "cosdd",
+           "cosdd-sampled", "cosdd-rf8", "cosdd-mish", "cosdd-d30")
 # learn from the noisy volume alone: any data set
-ANY_DATA = ("dbsn", "dbsn-awgn", "dbsn-cosine", "cosdd", "cosdd-rf8", "cosdd-mish", "cosdd-d30")
+ANY_DATA = ("dbsn", "cosdd", *(k for k, (kw, _) in OPTION_ROWS.items() if kw["method"] in ("dbsn", "cosdd")))
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
@@ -342,8 +353,9 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
     and a note."""
     kw: dict = {"method": key, "axes": "SYX"}
     note = ""
-    if key == "n2v2":
-        kw.update(method="n2v", net={"n2v2": True}, options={"replacement": "median"})
+    if key in OPTION_ROWS:
+        extra, note = OPTION_ROWS[key]
+        kw.update(copy.deepcopy(extra))
     elif key == "struct-n2v":
         kw.update(method="n2v", options={"struct_axis": ds.struct_axis, "struct_span": ds.struct_span})
         note = f"mask line +-{ds.struct_span} px along {'YX'[ds.struct_axis]} (the axis of the correlated noise)"
@@ -368,22 +380,6 @@ def method_config(key: str, ds: Dataset, noisy_path: Path, folder: Path, a: argp
         kw.update(method="dbsn", clean=str(write_stack(folder / "unpaired-clean.zarr", clean)))
         note = (f"--clean: the {len(clean)} clean images of CARE's training pairs (not the scored images), "
                 "unpaired: synthetic pairs with the learned noise level in distillation")
-    elif key == "dbsn-awgn":
-        kw.update(method="dbsn", options={"noise": "awgn"})
-        note = "--option noise=awgn: one learned noise level per image (the paper's AWGN mode)"
-    elif key == "dbsn-cosine":
-        kw.update(method="dbsn", schedule="cosine")
-        note = "--schedule cosine: every stage's rate annealed to zero over its budget"
-    elif key == "cosdd-rf8":
-        kw.update(method="cosdd", options={"ar_dilations": (1,)})
-        note = "--option ar_dilations=1: the noise decoder sees the 8 pixels before each pixel (default 40)"
-    elif key == "cosdd-mish":
-        kw.update(method="cosdd", options={"activation": "mish"})
-        note = "--option activation=mish: the encoder's activation Mish (the authors') instead of SiLU"
-    elif key == "cosdd-d30":
-        kw.update(method="cosdd", options={"distill_fraction": 0.3, "distill_samples": 4})
-        note = ("--option distill_fraction=0.3 --option distill_samples=4: 30 % of the budget for the distillation, "
-                "4 latent samples per target (default 20 %, 2)")
     elif key not in ("n2v", *ANY_DATA):
         raise SystemExit(f"unknown method {key!r}")
     return kw, note

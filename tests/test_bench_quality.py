@@ -248,3 +248,24 @@ def test_dbsn_awgn_rows_train_and_predict_the_awgn_mode_on_any_data(bench, tmp_p
     assert kw["method"] == "dbsn" and kw["options"] == {"noise": "awgn"} and "awgn" in note
     assert q.VARIANTS["dbsn-awgn-posterior"] == ("dbsn-awgn", {"prediction": "posterior"})
     assert q.net_exceptions(["dbsn-awgn"]) == "; dbsn: 8 features"
+
+
+def test_every_option_row_is_a_learned_row_with_valid_settings(bench, tmp_path):
+    """Each row of OPTION_ROWS and VARIANTS can be chosen with --methods, trains its method with
+    options that method accepts (a typo would only fail after the rows before it trained), and
+    the rows of the self-supervised methods run on any data."""
+    from bigdenoise.config import TrainConfig
+    from bigdenoise.methods import get_method
+
+    d, q = bench.datasets, bench.quality
+    ds = d.Dataset("fmd", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0, methods=())  # no learned row of its own
+    a = argparse.Namespace(data=None, images=None, seed=0, quick=False, crop=None, methods=[])
+    for key, (extra, _) in q.OPTION_ROWS.items():
+        assert key in q.LEARNED
+        kw, _ = q.method_config(key, ds, tmp_path / "noisy.zarr", tmp_path, a, set())
+        assert kw["method"] == extra["method"] and kw is not extra
+        TrainConfig(method=kw["method"], axes="SYX", options=kw.get("options", {})).method_options
+        assert (q.learned_why_not(key, ds) is None) == (extra["method"] in ("dbsn", "cosdd"))
+    for key, (base, options) in q.VARIANTS.items():
+        assert key in q.LEARNED and base in q.LEARNED
+        get_method(q.method_config(base, ds, tmp_path / "n.zarr", tmp_path, a, set())[0]["method"]).options
