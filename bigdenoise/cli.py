@@ -207,13 +207,14 @@ def _options_help(argv: list[str]) -> int | None:
 @contextmanager
 def _run_log(a: argparse.Namespace, argv: list[str]) -> Iterator[None]:
     """The log file of a ``train`` or ``predict`` run (``logs.run_log``): the command line and
-    version first, the error that ends a failed run last."""
+    version first, the error that ends a failed run last. Python warnings reach the console as
+    the log's one-line records, not as Python's file, line and source."""
     if a.command not in ("train", "predict") or getattr(a, "print_job_script", False):
         yield
         return
     from .logs import FILE_ONLY, run_log
 
-    with run_log(a.log_file):
+    with run_log(a.log_file, show_warnings=False):
         log.info("bigdenoise %s: bigdenoise %s", __version__, shlex.join(argv))
         try:
             yield

@@ -6,7 +6,9 @@ records of the ``bigdenoise`` loggers in memory until the run's output directory
 (:meth:`RunLog.open`), then appends them, and every later one, to ``bigdenoise.log`` inside it
 (a file of an output bigdenoise owns, staged and swapped in with it) or to a file the user named
 (checked by ``outputs.check_log_file`` first). A run that stops before its output exists leaves
-no log in it, as it leaves no output.
+no log in it, as it leaves no output. Python warnings shown during a run (a method's "the latents
+may have collapsed", a library's) are records of the ``bigdenoise.warnings`` logger too, so the log
+keeps them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,8 @@ LOG_FILE = "bigdenoise.log"
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FILE_ONLY = {"console": False}  # ``extra=`` of a record meant for the log file only (the console says it once)
 ROOT = "bigdenoise"
+WARNINGS = ROOT + ".warnings"
+PACKAGE = Path(__file__).resolve().parent
 
 _active: RunLog | None = None
 
@@ -68,13 +73,39 @@ class RunLog:
 
 
 @contextmanager
-def run_log(path: str | Path | None = None) -> Iterator[RunLog]:
+def run_log(path: str | Path | None = None, *, show_warnings: bool = True) -> Iterator[RunLog]:
     """The log of the run inside this block. A call inside another's block (the command line's
-    around the API's) returns the outer log, so one run has one log file."""
-    global _active
+    around the API's) returns the outer log, so one run has one log file. Each Python warning
+    shown inside it is logged (:func:`_warnings_logged`) and, with ``show_warnings``, also shown
+    as Python shows it (the API's callers see it; the command line's console prints the record)."""
     if _active is not None:
         yield _active
         return
+    with _warnings_logged(show_warnings), _opened(path) as log:
+        yield log
+
+
+@contextmanager
+def _warnings_logged(show: bool) -> Iterator[None]:
+    """Inside this block every warning Python's filters let through is a ``WARNINGS`` record:
+    bigdenoise's own by their message, others with their category and origin."""
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show_and_log(message, category, filename, lineno, file=None, line=None):
+            ours = Path(filename).resolve().is_relative_to(PACKAGE)
+            logging.getLogger(WARNINGS).warning(
+                "%s", message if ours else f"{category.__name__}: {message} ({filename}:{lineno})")
+            if show:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show_and_log
+        yield
+
+
+@contextmanager
+def _opened(path: str | Path | None) -> Iterator[RunLog]:
+    global _active
     log, logger = RunLog(path), logging.getLogger(ROOT)
     level = logger.level
     if not logger.isEnabledFor(logging.INFO):

@@ -2,6 +2,8 @@
 normalised mixture, the KL, the stop-gradients, one noise direction per volume, the measured
 radius of the sampled path, and exact tiling of the direct denoiser and of the sampled path."""
 
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -218,6 +220,30 @@ def test_auto_direction_warns_once_when_the_noise_has_no_direction():
                 cosdd.batch_direction(nets, batch, record=True)  # chosen once
         assert sum("no direction" in str(w.message) for w in caught) == warned
         assert all("ar_dilations=1: 8 pixels" in str(w.message) for w in caught)  # at the default kernel
+
+
+def test_a_runs_warning_is_in_its_log_and_one_line_on_the_console(tmp_path):
+    """The no-direction warning of a training run: through the API Python shows it (pytest
+    catches it) and the model's log keeps it; through the command line the console prints the
+    log's one line (not Python's file, line and source) and the log keeps it too."""
+    from bigdenoise.logs import LOG_FILE
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    white = np.stack([np.sin(yy / 7.0) + np.cos(xx / 5.0) + 0.5 * rng.normal(size=(64, 64)) for _ in range(2)])
+    src = write_zarr(tmp_path / "in.zarr", white.astype(np.float32), (1, 32, 32), "SYX")
+    record = "WARNING bigdenoise.warnings: cosdd: the noise shows no direction"
+    with pytest.warns(UserWarning, match="no direction"):
+        bd.train(src, tmp_path / "api", method="cosdd", progress=False, options=SMALL, **{**TINY, "steps": 2})
+    assert record in (tmp_path / "api" / LOG_FILE).read_text()
+    options = [a for k, v in SMALL.items() for a in ("--option", f"{k}={v}")]
+    run = subprocess.run([sys.executable, "-m", "bigdenoise.cli", "train", src, "--method", "cosdd", "--axes", "SYX",
+                          "--out", str(tmp_path / "cli"), "--steps", "2", "--val-every", "2", "--batch-size", "4",
+                          "--depth", "2", "--features", "4", "--quiet", *options], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    err = [line for line in run.stderr.splitlines() if "no direction" in line or "UserWarning" in line]
+    assert len(err) == 1 and err[0].startswith("bigdenoise: WARNING: cosdd: the noise shows no direction"), err
+    assert record in (tmp_path / "cli" / LOG_FILE).read_text()
 
 
 @pytest.mark.parametrize("along", ["x", "y"])
