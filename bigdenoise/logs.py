@@ -146,6 +146,16 @@ class _Console(logging.StreamHandler):
         text = super().format(record)
         return text if self.debug else " ".join(text.split("\n", 1)[0].split())
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """Through ``tqdm.write``: a line printed while a progress bar runs gets its own line and
+        the bar is drawn again below it."""
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging's rule: a failing handler reports, never raises
+            self.handleError(record)
+
 
 def configure_console(debug: bool = False) -> None:
     """The command line's logging: warnings of every library on stderr, one line each (with
