@@ -251,11 +251,11 @@ def test_dbsn_awgn_rows_train_and_predict_the_awgn_mode_on_any_data(bench, tmp_p
 
 
 def test_every_option_row_is_a_learned_row_with_valid_settings(bench, tmp_path):
-    """Each row of OPTION_ROWS and VARIANTS can be chosen with --methods, trains its method with
-    options that method accepts (a typo would only fail after the rows before it trained), and
-    the rows of the self-supervised methods run on any data."""
+    """Each row of OPTION_ROWS and VARIANTS can be chosen with --methods and gives its method
+    options it accepts, at training or at prediction time (a typo would only fail after the rows
+    before it trained); the rows of the self-supervised methods run on any data."""
     from bigdenoise.config import TrainConfig
-    from bigdenoise.methods import get_method
+    from bigdenoise.methods import get_method, parse_options
 
     d, q = bench.datasets, bench.quality
     ds = d.Dataset("fmd", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0, methods=())  # no learned row of its own
@@ -268,4 +268,5 @@ def test_every_option_row_is_a_learned_row_with_valid_settings(bench, tmp_path):
         assert (q.learned_why_not(key, ds) is None) == (extra["method"] in ("dbsn", "cosdd"))
     for key, (base, options) in q.VARIANTS.items():
         assert key in q.LEARNED and base in q.LEARNED
-        get_method(q.method_config(base, ds, tmp_path / "n.zarr", tmp_path, a, set())[0]["method"]).options
+        method = get_method(q.method_config(base, ds, tmp_path / "n.zarr", tmp_path, a, set())[0]["method"])
+        parse_options(method, options, allowed=method.predict_options)
