@@ -135,7 +135,8 @@ machine's 6): +0.24 over struct-N2V at the strongest stripes, every seed above, 
 at the weakest, and level with struct-N2V on Hagen mito-confocal (-0.06, one seed -0.33). With
 the shorter distillation as well, at 6 minutes on an Intel Xeon: +1.21 over N2V at the weakest
 stripes (every pair higher, one seed +0.81), +0.51 over struct-N2V at the strongest (every seed
-above), level with struct-N2V on Hagen mito-confocal (-0.01, one seed -0.20). Its stripe
+above), +0.13 over struct-N2V on Hagen mito-confocal over six seeds (-0.01 and +0.27 in two runs of
+three seeds, one seed -0.20). Its stripe
 residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
 clean images giving -0.17 there.
 """
