@@ -88,14 +88,16 @@ def run_log(path: str | Path | None = None, *, show_warnings: bool = True) -> It
 @contextmanager
 def _warnings_logged(show: bool) -> Iterator[None]:
     """Inside this block every warning Python's filters let through is a ``WARNINGS`` record:
-    bigdenoise's own by their message, others with their category and origin."""
+    bigdenoise's own by their message, others with their category and origin. With ``show``
+    Python shows it as well and the record is for the log file only (``FILE_ONLY``)."""
     with warnings.catch_warnings():
         shown = warnings.showwarning
 
         def show_and_log(message, category, filename, lineno, file=None, line=None):
             ours = Path(filename).resolve().is_relative_to(PACKAGE)
-            logging.getLogger(WARNINGS).warning(
-                "%s", message if ours else f"{category.__name__}: {message} ({filename}:{lineno})")
+            logging.getLogger(WARNINGS).warning(  # shown by Python: not by the console handler again
+                "%s", message if ours else f"{category.__name__}: {message} ({filename}:{lineno})",
+                extra=FILE_ONLY if show else None)
             if show:
                 shown(message, category, filename, lineno, file, line)
 
