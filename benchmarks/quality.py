@@ -110,8 +110,9 @@ VARIANTS = {"dbsn-posterior": ("dbsn", {"prediction": "posterior"}), "dbsn-mu": 
 LEARNED = ("n2v", "n2v2", "struct-n2v", "pn2v", "pn2v-bootstrap", "n2n", "care", "noise2stack", "noise2stack-copy",
            "dbsn", "dbsn-clean", "dbsn-posterior", "dbsn-mu", "dbsn-awgn", "dbsn-awgn-posterior", "dbsn-cosine", "cosdd",
            "cosdd-sampled", "cosdd-rf8", "cosdd-mish", "cosdd-d30")
-# learn from the noisy volume alone: any data set
-ANY_DATA = ("dbsn", "cosdd", *(k for k, (kw, _) in OPTION_ROWS.items() if kw["method"] in ("dbsn", "cosdd")))
+# learn from the noisy volume alone: any data set (these methods and their option rows)
+ANY_DATA_METHODS = ("dbsn", "cosdd")
+ANY_DATA = (*ANY_DATA_METHODS, *(k for k, (kw, _) in OPTION_ROWS.items() if kw["method"] in ANY_DATA_METHODS))
 FILTERS = ("noisy", "gaussian", "median", "nlm")
 SEEDED_BASELINES = tuple(CAREAMICS_ROWS)  # baselines that train, hence run once per seed
 DEFAULT_SEEDS = 3
