@@ -46,6 +46,7 @@ def _volume(source: Any, axes: str | None, **opening: Any) -> Volume:
     when it is a Volume already."""
     opening = {k: v for k, v in opening.items() if v is not None}
     if isinstance(source, Volume):
+        opening.pop("fallback_axes", None)
         if opening:
             raise ConfigError(f"{', '.join(opening)} apply when a path or array is opened: pass them to "
                               f"open_volume() for a Volume")
@@ -293,16 +294,10 @@ def _run(given: _Given, plan: TilePlan, block: tuple[int, ...], region: Box | No
 
 
 def _prediction_input(source: Any, axes: str | None, model: Model, out: str | Path, **opening: Any) -> Volume:
-    """The volume ``predict`` reads: ``source`` opened with ``axes``, else the model's axes when
-    ``source`` does not say its own; an InputError if they do not fit, a ConfigError for channel
-    axes a ``.ome.zarr`` output cannot store."""
-    try:
-        volume = _volume(source, axes, **opening)
-    except InputError:
-        model_axes = None if axes is not None or isinstance(source, Volume) else _axes_like_model(source, model)
-        if model_axes is None:
-            raise
-        volume = _volume(source, model_axes, **opening)
+    """The volume ``predict`` reads: ``source`` opened with ``axes``, else with the model's axes
+    when ``source`` does not say its own; an InputError if they do not fit, a ConfigError for
+    channel axes a ``.ome.zarr`` output cannot store."""
+    volume = _volume(source, axes, fallback_axes=model.axes, **opening)
     if (volume.layout is not None and str(out).lower().rstrip("/").endswith(".ome.zarr")
             and not ome_order_ok(volume.layout.axes)):
         raise ConfigError(f"{volume.source} has axes {volume.layout.axes}, which OME-Zarr cannot store (it orders "
@@ -378,14 +373,3 @@ def _check_numbers(**values: float | None) -> None:
 def _digest(model_dir: Path) -> str:
     """SHA-256 over the package files that decide predictions (``channel_models.package_digest``)."""
     return bioimageio_digest(model_dir) if is_bioimageio(model_dir) else package_digest(model_dir)
-
-
-def _axes_like_model(source: Any, model: Model) -> str | None:
-    """The model's axes when the source has as many dimensions, else None."""
-    import zarr
-
-    try:
-        ndim = source.ndim if hasattr(source, "ndim") else zarr.open(str(source), mode="r").ndim
-    except Exception:  # noqa: BLE001 - the caller re-raises the volume's own error
-        return None
-    return model.axes if ndim == len(model.axes) else None

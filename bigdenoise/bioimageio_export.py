@@ -91,7 +91,7 @@ def test_tile(model: Model, source: Any, axes: str | None = None, seed: int = 0)
     ``TEST_TILE_CAP`` (more only when the halo needs it) and the volume's extent; a volume
     thinner than that is mirrored to it. Returns float32 raw intensities.
     """
-    volume = open_volume(source, axes)
+    volume = open_volume(source, axes, fallback_axes=model.axes)
     roles = model_axis_roles(model, volume.axes, source=str(volume.source))
     spatial = [i for i, r in enumerate(roles) if r == "spatial"]
     smallest, step = min_size(model, volume.shape, volume.axes), model.factor
@@ -156,7 +156,8 @@ def export_bioimageio(model_path: str | Path, out: str | Path, *, sample: Any = 
     model_path : a bigdenoise model directory.
     out : the ``.zip`` to write; refused if it exists or lies inside the model or ``sample``.
     sample : a volume (path) with the model's axes to cut the test tile from (None: the
-        training input recorded in the model, when it still exists); ``axes`` its axes.
+        training input recorded in the model, when it still exists); ``axes`` its axes (default:
+        its metadata's, else the model's).
     name, authors, license, description : bioimage.io metadata (defaults: derived from the
         model; the current user; CC-BY-4.0; a sentence naming the method).
     options : prediction-time options of the method (``--option``), e.g. ``prediction=mmse``.

@@ -88,16 +88,7 @@ def _open_noisy(noisy: Any, axes: str | None, model_axes: str | None = None, **o
     channel); without ``axes`` and metadata, ``model_axes`` when their length fits."""
     if isinstance(noisy, Volume):
         return noisy
-    if axes is not None or model_axes is None:
-        volume = open_volume(noisy, axes, **opening)
-    else:
-        try:
-            volume = open_volume(noisy, **opening)
-        except InputError as exc:
-            try:
-                volume = open_volume(noisy, model_axes, **opening)
-            except InputError:
-                raise exc from None
+    volume = open_volume(noisy, axes, fallback_axes=model_axes, **opening)
     if volume.layout is not None and len(volume.layout.channels) > 1:
         raise ConfigError(f"a noise model is measured on one channel, not --channel "
                           f"{','.join(map(str, volume.layout.channels))}: measure one per channel")

@@ -170,7 +170,7 @@ def _add_export(sub) -> None:
     p.add_argument("model", help="model directory (`bigdenoise train --out`)")
     p.add_argument("--bioimageio", required=True, metavar="OUT.zip", help="the zip to write (never replaced)")
     p.add_argument("--sample", metavar="IN", help="volume to cut the test tile from (default: the training input)")
-    p.add_argument("--axes", help="axes of --sample")
+    p.add_argument("--axes", help="axes of --sample (default: metadata, else the model's)")
     p.add_argument("--name", help="model name (letters, digits, spaces, _+-())")
     p.add_argument("--author", action="append", default=[], help="author name; repeatable (default: your user name)")
     p.add_argument("--license", default="CC-BY-4.0", help="SPDX license id (default CC-BY-4.0)")

@@ -186,7 +186,8 @@ def _reopen(path: str, opened: tuple[tuple[str, Any], ...], channel: int | None)
 
 
 def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Sequence[int] | None = None,
-                series: int | None = None, voxel_size: str | Sequence[float] | None = None) -> Volume:
+                series: int | None = None, voxel_size: str | Sequence[float] | None = None,
+                fallback_axes: str | None = None) -> Volume:
     """Open a volume lazily from a path (Zarr, OME-Zarr, TIFF) or wrap a numpy/dask array.
 
     Parameters
@@ -212,6 +213,9 @@ def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Se
     voxel_size
         Physical voxel size along the spatial axes (``z,y,x`` or ``y,x``), for inputs whose
         metadata give none (it replaces what they give); written to every output.
+    fallback_axes
+        Axes to take when ``axes`` is None and the input neither says its own nor is 2D (a
+        model's axes, for an input with as many dimensions); the input's own error otherwise.
 
     Raises
     ------
@@ -222,7 +226,15 @@ def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Se
                                    and Path(source).suffix.lower() in TIFF_SUFFIXES):
         raise InputError(f"{_name(source)}: --series chooses an image of a multi-series TIFF file; "
                          "this input is not one: leave --series out")
-    volume = _open_stored(source, axes, series)
+    try:
+        volume = _open_stored(source, axes, series)
+    except InputError as exc:
+        if axes is not None or fallback_axes is None:
+            raise
+        try:
+            volume = _open_stored(source, fallback_axes, series)
+        except InputError:
+            raise exc from None
     if voxel_size is not None:
         volume = with_voxel_size(volume, parse_numbers(voxel_size, "--voxel-size", float))
     volume = select_channel(volume, None if channel is None else parse_numbers(channel, "--channel", int))

@@ -101,6 +101,26 @@ def test_a_plane_folder_is_denoised_and_the_voxel_size_kept(tmp_path, model_3d, 
     assert open_volume(tmp_path / "ij.zarr").scale == pytest.approx((2.0, 0.4, 0.4))
 
 
+def test_a_tiff_without_axes_is_predicted_with_the_models_axes(tmp_path, model_2d, capsys):
+    """`bigdenoise predict IN --model M --out O` with no --axes: a plain TIFF (no axes in its
+    metadata) with as many dimensions as the model's axes (SYX) takes them; one with another
+    number of dimensions still stops with one line."""
+    model_dir, _, data = model_2d
+    tifffile.imwrite(tmp_path / "plain.tif", data.astype(np.float32))
+    out = tmp_path / "out.zarr"
+    assert main(["predict", str(tmp_path / "plain.tif"), "--model", str(model_dir), "--out", str(out),
+                 "--cluster", "threads", "--quiet"]) == 0, capsys.readouterr().err
+    written = zarr.open_array(str(out), mode="r")
+    assert written.shape == data.shape and written.attrs["axes"] == "SYX"
+    tifffile.imwrite(tmp_path / "four.tif", data[None].astype(np.float32), photometric="minisblack")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "four.tif"), "--model", str(model_dir), "--out",
+                 str(tmp_path / "four.zarr"), "--cluster", "threads", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot tell the axes" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "four.zarr").exists()
+
+
 @pytest.mark.slow
 def test_an_ome_zarr_suffix_gives_an_ome_zarr_image_whatever_the_input(tmp_path, model_3d):
     from ome_zarr_models.v05.image import Image
