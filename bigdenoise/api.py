@@ -16,7 +16,7 @@ from .bioimageio_model import bioimageio_digest, for_volume, is_bioimageio
 from .channel_models import (ChannelModels, check_train_arguments, package_digest, read_channel_models,
                              train_channels)
 from .channels import all_channels, volume_voxel_size
-from .config import make_config, with_voxel_patch
+from .config import make_config, with_default_patch
 from .errors import ConfigError, InputError
 from .clusters import JobOptions, check_cluster, dask_client
 from .execute import BlockSettings, image_means, run_blocks
@@ -73,8 +73,8 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
     channel, series, voxel_size : as for :func:`bigdenoise.volume.open_volume`; training takes one
         channel of an input with a ``C`` axis, or with ``per_channel_models=True`` trains one model
         per chosen channel (default: every channel) into ``out`` (:mod:`bigdenoise.channel_models`;
-        returns a ChannelModels). A 3D patch not given follows an anisotropic voxel size
-        (``config.with_voxel_patch``).
+        returns a ChannelModels). A patch not given follows an anisotropic voxel size and
+        fits images smaller than the default (``config.with_default_patch``).
     config : any :class:`bigdenoise.config.TrainConfig` field (``steps``, ``max_time``,
         ``patch``, ``batch_size``, ``net={"depth": 2, ...}``, ``options={...}``, ``seed`` ...).
     """
@@ -87,7 +87,8 @@ def train(source: Any, out: str | Path, *, method: str = "n2v", axes: str | None
         raise ConfigError(f"train learns one channel at a time, not --channel "
                           f"{','.join(map(str, volume.layout.channels))}: train one model per channel "
                           f"(--per-channel-models)")
-    cfg = with_voxel_patch(make_config(method=method, axes=volume.axes, **config), volume_voxel_size(volume))
+    cfg = with_default_patch(make_config(method=method, axes=volume.axes, **config), volume.shape,
+                             volume_voxel_size(volume))
     volumes = {"input": volume}
     if target is not None:
         volumes["target"] = _volume(target, volume.axes)

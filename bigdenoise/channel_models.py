@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .config import make_config, with_voxel_patch
+from .config import make_config, with_default_patch
 from .channels import volume_voxel_size
 from .errors import ConfigError, InputError, ModelError
 from .execute import BlockSettings
@@ -109,8 +109,8 @@ def train_channels(volume: Volume, out: str | Path, *, method: str, config: Mapp
     """Train one model per chosen channel of ``volume`` (``open_volume(channel=...)``), each on
     its channel alone with its own statistics, into a per-channel model at ``out``.
 
-    ``config``: :class:`bigdenoise.config.TrainConfig` fields shared by every channel (the patch
-    follows the voxel size as for one model, ``config.with_voxel_patch``). ``resume`` continues
+    ``config``: :class:`bigdenoise.config.TrainConfig` fields shared by every channel (a patch not
+    given is fitted as for one model, ``config.with_default_patch``). ``resume`` continues
     each channel's checkpoint (a channel not started yet starts); ``overwrite`` replaces a
     per-channel model bigdenoise wrote, swapped in when every channel is trained.
     """
@@ -119,7 +119,8 @@ def train_channels(volume: Volume, out: str | Path, *, method: str, config: Mapp
                          f"an input with a C axis; train one model without it")
     dest = destination(out, CHANNEL_MODELS, protect={"input volume": volume.path}, overwrite=overwrite,
                        resume=resume)
-    plans = [(vol, with_voxel_patch(make_config(method=method, axes=vol.axes, **config), volume_voxel_size(vol)))
+    plans = [(vol, with_default_patch(make_config(method=method, axes=vol.axes, **config), vol.shape,
+                                      volume_voxel_size(vol)))
              for vol in volume.channel_volumes()]  # every configuration checked before anything is written
     work = dest.start()
     session = current_log()

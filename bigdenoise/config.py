@@ -182,14 +182,26 @@ def anisotropic_patch(voxel_size: tuple[float, float, float], depth: int) -> tup
     return None if z >= default_z else (z, *yx)
 
 
-def with_voxel_patch(config: TrainConfig, voxel_size: tuple[float, ...] | None) -> TrainConfig:
-    """``config`` with :func:`anisotropic_patch` as its patch when none was given, the network
-    sees Z, Y and X and ``voxel_size`` (per spatial axis of ``config.axes``) is anisotropic;
-    ``config`` itself otherwise. The patch chosen is recorded in the model's config."""
-    if config.patch is not None or config.net_axes != "ZYX" or voxel_size is None or len(voxel_size) != 3:
+def with_default_patch(config: TrainConfig, shape: tuple[int, ...],
+                       voxel_size: tuple[float, ...] | None) -> TrainConfig:
+    """``config`` with its default patch fitted to the volume when none was given; ``config``
+    itself when a patch was given or the default fits. The patch chosen is recorded in the
+    model's config.
+
+    Two rules, in order: a network that sees Z, Y and X takes :func:`anisotropic_patch` when
+    ``voxel_size`` (per spatial axis of ``config.axes``) is anisotropic; then each size is at most
+    the volume's extent along its axis rounded down to a multiple of ``2**depth``, so images
+    smaller than the default patch train whole. ``shape``: the volume's, in ``config.axes`` order.
+    """
+    if config.patch is not None:
         return config
-    patch = anisotropic_patch(tuple(voxel_size), config.net.depth)
-    return config if patch is None else config.model_copy(update={"patch": patch})
+    patch = config.patch_shape
+    if config.net_axes == "ZYX" and voxel_size is not None and len(voxel_size) == 3:
+        patch = anisotropic_patch(tuple(voxel_size), config.net.depth) or patch
+    factor = 2**config.net.depth
+    extent = [n for a, n in zip(config.axes, shape) if a in config.net_axes]
+    patch = tuple(p if n >= p else max(factor, n // factor * factor) for p, n in zip(patch, extent))
+    return config if patch == config.patch_shape else config.model_copy(update={"patch": patch})
 
 
 def make_config(**kwargs: Any) -> TrainConfig:

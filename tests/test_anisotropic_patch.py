@@ -1,5 +1,6 @@
-"""Anisotropic 3D training patches from the voxel size (issue 20, item 3): a volume whose Z voxels
-are longer than its Y/X voxels trains with a default patch shrunk in Z, recorded in the model."""
+"""Default training patches fitted to the volume: a volume whose Z voxels are longer than its Y/X
+voxels trains with a default patch shrunk in Z (issue 20, item 3), images smaller than the
+default patch train whole; the patch is recorded in the model."""
 
 import json
 
@@ -9,9 +10,11 @@ import tifffile
 
 import bigdenoise as bd
 from bigdenoise.cli import main
-from bigdenoise.config import DEFAULT_PATCH_3D, anisotropic_patch, make_config, with_voxel_patch
+from bigdenoise.config import DEFAULT_PATCH_3D, anisotropic_patch, make_config, with_default_patch
 
 from conftest import TINY, smooth_volume, write_zarr
+
+BIG = (64, 256, 256)  # a volume larger than every default patch
 
 
 @pytest.mark.parametrize("size, depth, patch", [
@@ -46,11 +49,28 @@ def test_anisotropic_voxels_train_with_a_flatter_patch_and_isotropic_keep_the_de
 
 def test_a_given_patch_and_2d_nets_are_left_alone():
     flat = (2.0, 0.4, 0.4)
-    assert with_voxel_patch(make_config(axes="ZYX", patch=(8, 32, 32)), flat).patch == (8, 32, 32)
-    assert with_voxel_patch(make_config(axes="ZYX"), flat).patch == (12, 64, 64)
-    assert with_voxel_patch(make_config(axes="ZYX"), None).patch is None
+    assert with_default_patch(make_config(axes="ZYX", patch=(8, 32, 32)), BIG, flat).patch == (8, 32, 32)
+    assert with_default_patch(make_config(axes="ZYX"), BIG, flat).patch == (12, 64, 64)
+    assert with_default_patch(make_config(axes="ZYX"), BIG, None).patch is None
     two_d = make_config(axes="ZYX", method="noise2stack")  # the net sees YX planes: nothing to shrink
-    assert with_voxel_patch(two_d, flat) is two_d
+    assert with_default_patch(two_d, BIG, flat) is two_d
+
+
+def test_images_smaller_than_the_default_patch_train_whole(tmp_path, capsys):
+    assert with_default_patch(make_config(axes="SYX"), (3, 48, 42), None).patch == (48, 40)
+    assert with_default_patch(make_config(axes="ZYX"), (10, 80, 64), (2.0, 0.4, 0.4)).patch == (8, 64, 64)
+    assert with_default_patch(make_config(axes="SYX", patch=(32, 32)), (3, 48, 42), None).patch == (32, 32)
+    data, _ = smooth_volume((3, 48, 42), seed=4)
+    src = write_zarr(tmp_path / "small.zarr", data, (1, 48, 42), "SYX")
+    out = tmp_path / "model"
+    assert main(["train", src, "--out", str(out), "--steps", "3", "--val-every", "3", "--batch-size", "4",
+                 "--depth", "2", "--features", "4", "--quiet"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["train_config"]["patch"] == [48, 40]
+    # thinner than one multiple of 2**depth: still one line naming --patch
+    thin = write_zarr(tmp_path / "thin.zarr", data[:, :3], (1, 3, 42), "SYX")
+    capsys.readouterr()
+    assert main(["train", thin, "--out", str(tmp_path / "m2"), "--steps", "3", "--quiet"]) == 2
+    assert "smaller than the training patch" in capsys.readouterr().err
 
 
 def test_an_imagej_tiff_spacing_gives_the_patch_on_the_command_line(volume, tmp_path, capsys):
