@@ -151,7 +151,7 @@ def resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], s
     ndim = len(shape)
     if given is not None:
         axes = validate_axes(given, ndim, source)
-        if found is not None and found != axes:
+        if found is not None and found != axes and not relabels_planes(axes, found):
             raise InputError(
                 f"axes {axes!r} disagree with the axes {found!r} in the metadata of {source}: "
                 f"leave axes out or pass {found!r}"
@@ -165,6 +165,16 @@ def resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], s
         f"cannot tell the axes of {source} (shape {tuple(shape)}): pass axes, "
         "e.g. --axes ZYX for a volume or --axes SYX for a stack of 2D images"
     )
+
+
+def relabels_planes(given: str, found: str) -> bool:
+    """Whether ``given`` axes differ from the metadata's ``found`` only in which of S, T and Z
+    name the axes that are not Y, X or C: given axes win there, as OME-Zarr has no axis for a
+    stack of independent images (S is stored as ``t``) and ImageJ calls any stack's planes Z."""
+    return len(given) == len(found) and all(g == f or (g in PLANES and f in PLANES) for g, f in zip(given, found))
+
+
+PLANES = "STZ"
 
 
 def validate_axes(axes: str, ndim: int, source: str) -> str:

@@ -300,17 +300,30 @@ def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
 
 def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volume:
     weakref.finalize(data.array, data.close)  # close the files once the array is garbage
-    found, scale, units = data.axes, data.scale, data.units
+    found = data.axes
     if axes is not None and found is not None and axes.upper() != found:
-        # ImageJ calls the planes of any stack "slices" (Z): given axes win over a TIFF's, and
-        # its voxel sizes are kept for the axes both name alike
-        same = [len(axes) == len(found) and a == b for a, b in zip(axes.upper(), found)]
-        scale = tuple(v if k else 1.0 for v, k in zip(scale, same)) if scale and any(same) else None
-        units = tuple(u if k else None for u, k in zip(units, same)) if units and any(same) else None
-        found = None
+        found = None  # ImageJ calls the planes of any stack "slices" (Z): given axes win over a TIFF's
     axes = resolve_axes(axes, found, data.array.shape, source)
     _check_array(data.array, source)
+    scale, units, _ = _named_alike(axes, data.axes, data.scale, data.units, None)
     return Volume(data.array, axes, source, tuple(data.array.chunks), scale, units, path=path)
+
+
+def _named_alike(axes: str, found: str | None, scale: tuple | None, units: tuple | None,
+                 translation: tuple | None) -> tuple[tuple | None, tuple | None, tuple | None]:
+    """The metadata's ``scale``, ``units`` and ``translation`` (per axis of ``found``) kept for the
+    axes that ``axes`` names alike, the neutral value (1, no unit, 0) for the others, all None
+    when no axis is named alike; unchanged when the axes are the metadata's."""
+    if found is None or axes == found:
+        return scale, units, translation
+    same = [len(axes) == len(found) and a == b for a, b in zip(axes, found)]
+    if not any(same):
+        return None, None, None
+
+    def kept(values, neutral):
+        return None if values is None else tuple(v if k else neutral for v, k in zip(values, same))
+
+    return kept(scale, 1.0), kept(units, None), kept(translation, 0.0)
 
 
 def split_store_path(path: Path) -> tuple[Path, str]:
@@ -349,6 +362,7 @@ def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
         given, scale, units, translation = meta
     axes = resolve_axes(axes, given, node.shape, source)
     _check_array(node, source)
+    scale, units, translation = _named_alike(axes, given, scale, units, translation)
     return Volume(node, axes, source, tuple(node.chunks), scale, units, path=str(path), translation=translation)
 
 
@@ -371,6 +385,7 @@ def _open_ome_group(source: str, group: Any, path: Path, axes: str | None) -> Vo
     translation = read_ome_translation(multiscale, datasets[0], array.ndim)
     axes = resolve_axes(axes, ome_axes, array.shape, source)
     _check_array(array, source)
+    scale, units, translation = _named_alike(axes, ome_axes, scale, units, translation)
     return Volume(array, axes, source, tuple(array.chunks), scale, units, attrs, str(path), translation)
 
 

@@ -110,8 +110,20 @@ def test_ome_zarr_04_group(tmp_path: Path) -> None:
     # A level array inside the image group takes its axes from the group.
     level = open_volume(tmp_path / "img.ome.zarr" / "0")
     assert level.axes == "ZYX" and level.scale == (2.0, 0.5, 0.5)
+    # given axes win where they only rename the plane axis (OME-Zarr has no S; a stack of images
+    # is stored as z or t): the voxel size along it is dropped, the in-plane ones kept
+    frames = open_volume(tmp_path / "img.ome.zarr", axes="SYX")
+    assert frames.axes == "SYX" and frames.scale == (1.0, 0.5, 0.5)
+    assert frames.units == (None, "micrometer", "micrometer")
     with pytest.raises(InputError, match="disagree"):
-        open_volume(tmp_path / "img.ome.zarr", axes="SYX")
+        open_volume(tmp_path / "img.ome.zarr", axes="CYX")
+
+
+def test_given_axes_rename_the_plane_axis_of_a_zarr_but_never_y_x_or_c(tmp_path: Path) -> None:
+    _write_zarr(tmp_path / "s.zarr", _data((3, 16, 16)), (1, 16, 16), axes="SYX")
+    assert open_volume(tmp_path / "s.zarr", axes="ZYX").axes == "ZYX"
+    with pytest.raises(InputError, match="disagree"):
+        open_volume(tmp_path / "s.zarr", axes="CYX")
 
 
 def test_ome_zarr_05_group(tmp_path: Path) -> None:
@@ -123,6 +135,7 @@ def test_ome_zarr_05_group(tmp_path: Path) -> None:
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
     v = open_volume(tmp_path / "img5.zarr")
     assert v.axes == "TYX" and v.scale == (1.0, 3.0, 3.0) and v.units == (None, None, None)
+    assert open_volume(tmp_path / "img5.zarr", axes="SYX").axes == "SYX"  # NGFF has no S: a stack is t or z
     np.testing.assert_array_equal(v.read(Box.from_shape(v.shape)), data)
 
 
