@@ -92,9 +92,13 @@ def prediction_options(model: Model, options: Mapping[str, Any] | None) -> tuple
     """``options`` (values may be strings, as from ``predict --option KEY=VALUE``) checked against
     the model's method: only its ``predict_options`` may be given, each value parsed by the
     method's options model. Returned as sorted ``(key, value)`` pairs (hashable, for
-    ``execute.BlockSettings``); a ConfigError names a bad key or value."""
+    ``execute.BlockSettings``); a ConfigError names a bad key or value. An option given without
+    the ones it implies (``Method.option_implies``) brings them."""
     if not options:
         return ()
+    for key, implied in model.method.option_implies.items():
+        if key in options:
+            options = {**{k: v for k, v in implied.items() if k not in options}, **options}
     parsed = parse_options(model.method, options, base=model.train_config.options,
                            allowed=model.method.predict_options, when=PREDICT_TIME)
     return tuple(sorted(parsed.items()))

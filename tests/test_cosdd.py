@@ -17,7 +17,8 @@ from bigdenoise.config import NetConfig, make_config
 from bigdenoise.infer import for_inference, plan_for, predict_array, predict_whole
 from bigdenoise.methods import cosdd
 from bigdenoise.nets.ar_decoder import ARDecoder, mixture_log_prob
-from bigdenoise.package import with_options
+from bigdenoise.cli import main
+from bigdenoise.package import prediction_options, with_options
 from bigdenoise.nets.lvae import LadderVAE, gaussian_kl, gaussian_log_prob
 
 from conftest import TINY, assert_exact, assert_not_exact, rough_copy, short_halo, smooth_volume, write_zarr
@@ -359,6 +360,25 @@ def test_package_travels_with_every_net(cosdd_model):
     assert int(model.nets["signal_decoder"].offset_batches) > 0  # measured in the distillation
     y = predict_array(data, with_options(model, {"prediction": "sampled", "samples": 2}))
     assert y.shape == data.shape and np.isfinite(y).all()
+
+
+def test_samples_alone_asks_for_the_sampled_path(cosdd_model, tmp_path, capsys):
+    """The issue's reference path is `predict --option samples=100`: `samples` given without
+    `prediction` selects the sampled path (the direct one has no samples); with
+    `prediction=direct` beside it, direct stays."""
+    root, src, _ = cosdd_model
+    model = bd.load_model(root / "model")
+    assert dict(prediction_options(model, {"samples": "2"})) == {"prediction": "sampled", "samples": 2}
+    assert dict(prediction_options(model, {"samples": "2", "prediction": "direct"}))["prediction"] == "direct"
+    outs = {}
+    for name, options in (("direct", []), ("alone", ["samples=2"]), ("both", ["prediction=sampled", "samples=2"])):
+        out = tmp_path / f"{name}.zarr"
+        flags = [a for o in options for a in ("--option", o)]
+        assert main(["predict", src, "--model", str(root / "model"), "--out", str(out), "--cluster", "threads",
+                     "--quiet", *flags]) == 0, capsys.readouterr().err
+        outs[name] = zarr.open_array(str(out), mode="r")[...]
+    np.testing.assert_array_equal(outs["alone"], outs["both"])
+    assert not np.allclose(outs["alone"], outs["direct"])
 
 
 @pytest.mark.parametrize("in_chunks, out_chunks, tile", [((1, 13, 17), None, 16), ((2, 64, 72), (1, 24, 40), 8)])

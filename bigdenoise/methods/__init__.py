@@ -108,6 +108,9 @@ class Method:
     predict_options : names of options that only change how trained nets predict (never the
         nets' shapes nor training), so ``predict --option KEY=VALUE`` may override them for one
         prediction (:func:`parse_options`, ``package.with_options``); e.g. PN2V's ``prediction``.
+    option_implies : prediction-time options that bring others when given without them, e.g.
+        COSDD's ``{"samples": {"prediction": "sampled"}}``: ``--option samples=100`` alone asks
+        for the sampled path, since the direct one has no samples (``package.prediction_options``).
     tile_origins : ``predict`` also takes ``origins``, where each tile lies in the volume: an
         ``(N, volume ndim)`` int64 tensor, for each tile the global coordinate of its plane
         along sample and channel axes, then of its input's first voxel along the spatial axes
@@ -151,6 +154,7 @@ class Method:
     target_normalization: str = "input"
     setup: Callable[[Nets, Any, Any], None] | None = None
     predict_options: tuple[str, ...] = ()
+    option_implies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     tile_origins: bool = False
     unpaired: tuple[str, ...] = ()
     prepass: Callable[[Any], Callable[[Nets, torch.Tensor], torch.Tensor] | None] = lambda options: None
@@ -160,6 +164,10 @@ class Method:
         unknown = set(self.predict_options) - set(self.options.model_fields)
         if unknown:
             raise ValueError(f"Method.predict_options names no option of {self.name}: {sorted(unknown)}")
+        implied = set(self.option_implies) | {k for v in self.option_implies.values() for k in v}
+        if not implied <= set(self.predict_options):
+            raise ValueError(f"Method.option_implies names options that are not predict_options of {self.name}: "
+                             f"{sorted(implied - set(self.predict_options))}")
         if self.target_normalization not in ("input", "own"):
             raise ValueError(f"Method.target_normalization must be 'input' or 'own', got {self.target_normalization!r}")
         if self.image_option is not None and self.image_option not in self.options.model_fields:

@@ -49,8 +49,8 @@ the patches across their stripes. Prediction does not need the direction.
 Prediction (``prediction``, settable at prediction time):
 
 - ``direct`` (default): one U-Net pass; exact tiling like N2V (the U-Net's radius and factor).
-- ``sampled``: the mean of ``samples`` (default 100) signal-decoder outputs of latent samples
-  ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile), less the decoder's ``offset``
+- ``sampled`` (also ``--option samples=N`` alone): the mean of ``samples`` (default 100)
+  signal-decoder outputs of latent samples ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile), less the decoder's ``offset``
   (one constant: the level error the direct path's targets remove patch by patch; on the
   strongest stripes +0.030 of the range, 0.6 dB), exact when tiled. The latent
   noise is keyed by ``(seed, sample, level, channel, global coordinate)``
@@ -567,6 +567,7 @@ METHOD = Method(
     receptive_radius=receptive_radius,
     factor=factor,
     predict_options=("prediction", "samples"),
+    option_implies={"samples": {"prediction": "sampled"}},  # `--option samples=100` alone: the sampled path
     tile_origins=True,
     planes=True,
     # the authors' rate (at 4e-4 the latents stay empty for long); batch 8, twice the steps of 16
