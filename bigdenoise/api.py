@@ -18,7 +18,7 @@ from .channel_models import (ChannelModels, check_train_arguments, package_diges
 from .channels import all_channels, volume_voxel_size
 from .config import make_config, with_default_patch
 from .errors import ConfigError, InputError
-from .clusters import JobOptions, check_cluster, dask_client
+from .clusters import JobOptions, check_cluster, dask_client, resolve_auto
 from .execute import BlockSettings, image_means, run_blocks
 from .fingerprint import differences, fingerprint
 from .infer import image_statistic, plan_for
@@ -26,7 +26,7 @@ from .logs import run_log
 from .ome import ome_order_ok
 from .package import Model, load_model, prediction_options, with_options
 from .runtime import check_compiler
-from .tiling import TilePlan, block_shape_for
+from .tiling import TilePlan, block_shape_for, count_blocks
 from .train import estimate_stats, fit, pick_device
 from .outputs import PREDICTION, Destination, destination
 from .pyramid_run import check_request, write_levels
@@ -113,7 +113,7 @@ def _train_per_channel(source: Any, out: str | Path, *, method: str, axes: str |
 
 
 def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: str | None = None,
-            cluster: str = "local", workers: int | None = None, chunks: tuple[int, ...] | None = None,
+            cluster: str = "auto", workers: int | None = None, chunks: tuple[int, ...] | None = None,
             dtype: str = "float32", overwrite: bool = False, resume: bool = False,
             tile: int | tuple[int, ...] | None = None, overlap: int = 0, halo: int | None = None,
             inexact: bool = False, batch_size: int | None = None, precision: str = "fp32", device: str = "auto",
@@ -133,7 +133,9 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     prediction (only one bigdenoise wrote; the new one is swapped in when complete). With
     ``skip_background=T``, blocks whose input is all below ``T`` are not computed nor written:
     they read as ``background_value``. ``halo`` below the receptive radius needs ``inexact=True``.
-    ``jobs`` configures ``cluster="slurm"|"pbs"|"lsf"``.
+    ``jobs`` configures ``cluster="slurm"|"pbs"|"lsf"``; ``cluster="auto"`` runs a one-block
+    prediction in this process (``threads``) and any other on local worker processes
+    (``clusters.resolve_auto``).
     ``batch_size`` (tiles per forward pass): None lets the worker choose, 4 on a CPU and as many
     as fit in the free memory of a GPU (``infer.forward_batch_size``). ``compiled=True`` runs the
     networks through ``torch.compile`` on each worker: seconds of compilation per worker process
@@ -172,6 +174,9 @@ def predict(source: Any, model: str | Path | Model, out: str | Path, *, axes: st
     resolve_dtype(dtype, volume.dtype)  # an unknown --dtype is refused before anything is written
     block, plan = _block_and_tiles(given, chunks=chunks, block_voxels=block_voxels, tile=tile, overlap=overlap,
                                    halo=halo, inexact=inexact)
+    channels = 1 if volume.layout is None else len(volume.layout.channels)
+    cluster = resolve_auto(cluster, count_blocks(volume.shape if region is None else region.shape, block) * channels,
+                           workers)
     dev = _device(device, compiled)
     protect = {"input": volume.path, "model": given.model_path}
     as_ome = volume.ome is not None or _ome_zarr_name(out)

@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ConfigError
 
 _FILE_PROTOCOLS = {"file", "local"}
-_SAME_MACHINE = ("threads", "local")
+_SAME_MACHINE = ("threads", "local", "auto")
 
 
 def zarr_path(array: Any) -> str | None:

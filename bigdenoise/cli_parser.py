@@ -121,8 +121,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--out", required=True, help="output Zarr (opens as an array of the input's shape)")
     p.add_argument("--axes", help="axes of the input (default: metadata, else the model's)")
     add_input_options(p)
-    p.add_argument("--cluster", default="local",
-                   help="threads | local | slurm | pbs | lsf | tcp://HOST:PORT (default local)")
+    p.add_argument("--cluster", default="auto",
+                   help="auto | threads | local | slurm | pbs | lsf | tcp://HOST:PORT (default auto: in this process "
+                   "when the volume is one block, else local worker processes)")
     p.add_argument("--workers", type=int, help="worker processes for --cluster local")
     add_job_options(p)
     p.add_argument("--chunks", type=parse_shape, help="output chunks (default: the input's)")

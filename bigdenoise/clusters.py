@@ -22,6 +22,7 @@ from .runtime import ALLOCATOR_ENV, release_memory, tune_allocator, tune_worker_
 log = logging.getLogger(__name__)
 
 LOCAL = ("threads", "local")
+AUTO = "auto"  # predict's default: a one-block run in this process, any other on local worker processes
 # Dask settings of the workers bigdenoise starts. The statistical profiler samples every task
 # thread's stack each 10 ms into trees it keeps for 1000 s: a worker's heap grew with each block it
 # ran for its first quarter hour (68 kB of Python objects per 1.5 s block, tracemalloc), small
@@ -128,8 +129,17 @@ def check_cluster(cluster: str, workers: int | None = None) -> None:
     """A ConfigError for an unknown cluster name or a worker count below 1."""
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers {workers}: a cluster needs at least 1 worker process")
-    if not (cluster in LOCAL or cluster in JOBQUEUE or cluster.startswith(("tcp://", "tls://"))):
-        raise ConfigError(f"unknown cluster {cluster!r}; use threads, local, slurm, pbs, lsf or tcp://HOST:PORT")
+    if not (cluster in (*LOCAL, AUTO) or cluster in JOBQUEUE or cluster.startswith(("tcp://", "tls://"))):
+        raise ConfigError(f"unknown cluster {cluster!r}; use auto, threads, local, slurm, pbs, lsf or tcp://HOST:PORT")
+
+
+def resolve_auto(cluster: str, blocks: int, workers: int | None) -> str:
+    """``cluster`` itself unless it is ``auto``: then ``threads`` for a run of one block without
+    ``workers`` asked for (a worker process would add only its start-up, seconds of imports and
+    a model load, and could retry nothing a rerun would not), else ``local``."""
+    if cluster != AUTO:
+        return cluster
+    return "threads" if blocks == 1 and workers is None else "local"
 
 
 def _jobqueue_class(kind: str):

@@ -36,6 +36,23 @@ def test_unknown_cluster_names_the_choices():
         check_cluster("kubernetes")
 
 
+def test_auto_runs_one_block_in_this_process_and_more_on_worker_processes(tmp_path, model_2d, capsys):
+    """predict's default cluster: a one-block volume gains nothing from a worker process but its
+    start-up, so it runs on threads here; a volume of several blocks, or asked workers, runs local."""
+    from bigdenoise.cli import main
+    from bigdenoise.clusters import resolve_auto
+
+    assert resolve_auto("auto", 1, None) == "threads" and resolve_auto("auto", 2, None) == "local"
+    assert resolve_auto("auto", 1, 2) == "local" and resolve_auto("threads", 9, None) == "threads"
+    check_cluster("auto")
+    model_dir, src, _ = model_2d  # (3, 64, 72)
+    for name, flags, used in (("one", [], "threads"), ("two", ["--block-voxels", "8192"], "local")):
+        out = tmp_path / f"{name}.zarr"
+        assert main(["predict", str(src), "--model", str(model_dir), "--out", str(out), "--quiet", *flags]) == 0, \
+            capsys.readouterr().err
+        assert f"cluster {used}:" in (out / "bigdenoise.log").read_text()
+
+
 def test_local_workers_start_with_the_allocator_settings():
     with dask_client("local", workers=1) as (client, _):
         environ = client.run(lambda: {name: os.environ.get(name) for name in ALLOCATOR_ENV})
