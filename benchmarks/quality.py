@@ -61,6 +61,7 @@ import copy
 import io
 import math
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -390,6 +391,9 @@ def _train(out: Path, source: str, target: str | None, axes: str, kw: dict, a: a
     import bigdenoise as bd
 
     kw = {"schedule": a.schedule, **kw}  # a row's own schedule (dbsn-cosine) wins over --schedule
+    if a.cli:
+        subprocess.run(train_command(out, source, target, axes, kw, a), check=True)
+        return bd.load_model(out)
     return bd.train(source, out, axes=axes, target=target, max_time=a.budget, seed=a.seed, device=a.device,
                     overwrite=True, progress=False, **kw)
 
@@ -400,9 +404,54 @@ def _predict(noisy_path: Path, model: Path, out: Path, axes: str, a: argparse.Na
 
     import bigdenoise as bd
 
-    bd.predict(str(noisy_path), model, out, axes=axes, cluster="threads", overwrite=True, progress=False,
-               device=a.device, options=options)
+    if a.cli:
+        subprocess.run(predict_command(noisy_path, model, out, options, a), check=True)
+    else:
+        bd.predict(str(noisy_path), model, out, axes=axes, cluster="threads", overwrite=True, progress=False,
+                   device=a.device, options=options)
     return np.asarray(zarr.open_array(str(out), mode="r")[...], dtype=np.float32)
+
+
+def _command_line() -> list[str]:
+    """The ``bigdenoise`` command of this Python environment."""
+    script = Path(sys.executable).with_name("bigdenoise")
+    found = str(script) if script.exists() else shutil.which("bigdenoise")
+    if found is None:
+        raise SystemExit("--cli: no `bigdenoise` command in this environment (pip install -e .)")
+    return [found]
+
+
+def _option_flags(options: dict | None) -> list[str]:
+    flags = []
+    for key, value in (options or {}).items():
+        text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+        flags += ["--option", f"{key}={text}"]
+    return flags
+
+
+def train_command(out: Path, source: str, target: str | None, axes: str, kw: dict, a: argparse.Namespace) -> list[str]:
+    """``_train``'s call as the ``bigdenoise train`` command a user types (``--cli``): the issue's
+    form ``train IN --method M --axes SYX --out M --max-time T --seed S``, then the row's flags."""
+    kw = dict(kw)
+    budget = f"{a.budget / 60:g}m" if a.budget % 60 == 0 else f"{a.budget:g}s"
+    cmd = [*_command_line(), "train", source, "--method", kw.pop("method"), "--axes", axes, "--out", str(out),
+           "--max-time", budget, "--seed", str(a.seed), "--overwrite", "--quiet"]
+    for key, flag in (("schedule", "--schedule"), ("clean", "--clean")):
+        value = kw.pop(key, None)
+        cmd += [flag, str(value)] if value is not None else []
+    cmd += ["--target", target] if target is not None else []
+    cmd += _option_flags(kw.pop("options", None))
+    cmd += ["--device", a.device] if a.device != "auto" else []
+    if kw:
+        raise SystemExit(f"--cli: the settings {sorted(kw)} of this row have no command-line flag here; run it without --cli")
+    return cmd
+
+
+def predict_command(noisy_path: Path, model: Path, out: Path, options: dict | None, a: argparse.Namespace) -> list[str]:
+    """``_predict``'s call as ``bigdenoise predict IN --model M --out O.zarr`` (``--cli``): the
+    input's axes from its metadata, the default cluster."""
+    return [*_command_line(), "predict", str(noisy_path), "--model", str(model), "--out", str(out), "--overwrite",
+            "--quiet", *_option_flags(options), *(["--device", a.device] if a.device != "auto" else [])]
 
 
 def unpaired_clean(ds: Dataset) -> np.ndarray | None:
@@ -676,9 +725,13 @@ def report(results: dict, datasets: dict[str, Dataset], methods: list[str], a, m
            f"{a.seed}), "
            + ("" if a.schedule is None else f"LR schedule {a.schedule} (`--schedule`), ") +
            f"default U-Net (depth {DEPTH}, {FEATURES} features{net_exceptions(rows)}), patch "
-           f"{'x'.join(map(str, DEFAULT_PATCH_2D))}, batch {BATCH}{batch_exceptions(rows)}, through "
-           "`bigdenoise.train`; prediction through `bigdenoise.predict` (blockwise, Dask threads) from Zarr into "
-           "Zarr; our rows keep the weights with the best validation loss. CAREamics N2V: its own U-Net at the "
+           f"{'x'.join(map(str, DEFAULT_PATCH_2D))}, batch {BATCH}{batch_exceptions(rows)}, "
+           + ("through the command line, one process per call as a user types it (`bigdenoise train NOISY --method "
+              "M --axes SYX --out MODEL --max-time T --seed S`, then the row's flags; `bigdenoise predict NOISY "
+              "--model MODEL --out OUT.zarr`, the default cluster, blockwise) from Zarr into Zarr; " if a.cli else
+              "through `bigdenoise.train`; prediction through `bigdenoise.predict` (blockwise, Dask threads) from "
+              "Zarr into Zarr; ") +
+           "our rows keep the weights with the best validation loss. CAREamics N2V: its own U-Net at the "
            "same shape, patch, batch and budget (Lightning `max_time`), its tiled prediction; `careamics-n2v` with "
            "its defaults (0.2 % of the pixels masked from an 11x11 window) and the weights at the stop (last), "
            "`careamics-n2v-best` the same training's checkpoint with the best validation loss, `careamics-n2v-ours` "
@@ -759,6 +812,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--images", type=int, help="score at most this many images per data set")
     p.add_argument("--crop", type=int, help="centre crop size for BSD68, W2S and the Hagen images")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--cli", action="store_true", help="train and predict our rows through the `bigdenoise` command "
+                   "line, one subprocess per call, as a user types it (`bigdenoise train IN --method M --axes SYX "
+                   "--out M --max-time T --seed S`, `bigdenoise predict IN --model M --out O.zarr`), not the API")
     p.add_argument("--data", help="the shared data folder (default: $BIGDENOISE_DATA, else <repo>/../shared/data)")
     p.add_argument("--work", help="folder for stacks, models and outputs (default <tmp>/bigdenoise-bench/quality; kept)")
     p.add_argument("--record", action="store_true", help="write the tables into benchmarks/RESULTS.md and the panels "

@@ -270,3 +270,35 @@ def test_every_option_row_is_a_learned_row_with_valid_settings(bench, tmp_path):
         assert key in q.LEARNED and base in q.LEARNED
         method = get_method(q.method_config(base, ds, tmp_path / "n.zarr", tmp_path, a, set())[0]["method"])
         parse_options(method, options, allowed=method.predict_options)
+
+
+def test_cli_mode_types_each_rows_settings_as_the_command_line_takes_them(bench, tmp_path):
+    """`quality.py --cli` runs each row as `bigdenoise train IN --method M --axes SYX --out M
+    --max-time T --seed S` plus the row's flags: every option row the command line can express
+    parses with the real parser into the same method and options; one it cannot is refused."""
+    from bigdenoise.cli_args import given_options
+    from bigdenoise.cli_parser import build_parser
+
+    d, q = bench.datasets, bench.quality
+    ds = d.Dataset("fmd", "", np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), 255.0, methods=(), struct_axis=1)
+    a = argparse.Namespace(data=None, images=None, seed=3, quick=False, crop=None, methods=[], budget=360.0,
+                           device="auto", schedule=None)
+    parser = build_parser()
+    for key in ("struct-n2v", *q.OPTION_ROWS):
+        kw, _ = q.method_config(key, ds, tmp_path / "noisy.zarr", tmp_path, a, set())
+        kw.pop("axes")
+        kw = {"schedule": a.schedule, **kw}
+        if "net" in kw:
+            with pytest.raises(SystemExit, match="no command-line flag"):
+                q.train_command(tmp_path / "m", "in.zarr", None, "SYX", kw, a)
+            continue
+        cmd = q.train_command(tmp_path / "m", "in.zarr", None, "SYX", kw, a)
+        assert cmd[1:9] == ["train", "in.zarr", "--method", kw["method"], "--axes", "SYX", "--out", str(tmp_path / "m")]
+        parsed = parser.parse_args(cmd[1:])
+        assert (parsed.method, parsed.max_time, parsed.seed, parsed.schedule) == (kw["method"], 360.0, 3,
+                                                                                 kw.get("schedule"))
+        wanted = {k: ",".join(map(str, v)) if isinstance(v, tuple) else str(v) for k, v in kw.get("options", {}).items()}
+        assert given_options(parsed) == wanted, key
+    cmd = q.predict_command(tmp_path / "noisy.zarr", tmp_path / "m", tmp_path / "o.zarr", {"prediction": "sampled"}, a)
+    parsed = parser.parse_args(cmd[1:])
+    assert parsed.axes is None and parsed.cluster == "auto" and given_options(parsed) == {"prediction": "sampled"}
