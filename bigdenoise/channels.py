@@ -167,14 +167,14 @@ def resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], s
     )
 
 
+PLANES = "STZ"  # the axes whose planes are images: samples, time points, slices
+
+
 def relabels_planes(given: str, found: str) -> bool:
     """Whether ``given`` axes differ from the metadata's ``found`` only in which of S, T and Z
     name the axes that are not Y, X or C: given axes win there, as OME-Zarr has no axis for a
     stack of independent images (S is stored as ``t``) and ImageJ calls any stack's planes Z."""
     return len(given) == len(found) and all(g == f or (g in PLANES and f in PLANES) for g, f in zip(given, found))
-
-
-PLANES = "STZ"
 
 
 def validate_axes(axes: str, ndim: int, source: str) -> str:

@@ -107,10 +107,9 @@ def prediction_options(model: Model, options: Mapping[str, Any] | None) -> tuple
 def with_options(model: Model, overrides: Mapping[str, Any] | tuple[tuple[str, Any], ...]) -> Model:
     """``model`` predicting with its trained method options updated by ``overrides``
     (:func:`prediction_options`); the networks are shared, ``model`` itself is unchanged."""
-    overrides = dict(overrides)
+    overrides = dict(prediction_options(model, dict(overrides)))  # only prediction-time options, valid values
     if not overrides:
         return model
-    prediction_options(model, overrides)  # only prediction-time options, valid values
     config = model.train_config
     try:
         config = TrainConfig.model_validate({**config.model_dump(), "options": {**config.options, **overrides}})
