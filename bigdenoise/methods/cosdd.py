@@ -50,8 +50,8 @@ Prediction (``prediction``, settable at prediction time):
 
 - ``direct`` (default): one U-Net pass; exact tiling like N2V (the U-Net's radius and factor).
 - ``sampled`` (also ``--option samples=N`` alone): the mean of ``samples`` (default 100)
-  signal-decoder outputs of latent samples ``z ~ q(z|x)`` (the bottom-up pass is computed once per tile), less the decoder's ``offset``
-  (one constant: the level error the direct path's targets remove patch by patch; on the
+  signal-decoder outputs of latent samples ``z ~ q(z|x)`` (the bottom-up pass is computed once
+  per tile), less the decoder's ``offset`` (one constant: the level error the direct path's targets remove patch by patch; on the
   strongest stripes +0.030 of the range, 0.6 dB), exact when tiled. The latent
   noise is keyed by ``(seed, sample, level, channel, global coordinate)``
   (:func:`~bigdenoise.nets.lvae.coordinate_noise`, a counter-based hash, seed
@@ -137,8 +137,8 @@ machine's 6): +0.24 over struct-N2V at the strongest stripes, every seed above, 
 at the weakest, and level with struct-N2V on Hagen mito-confocal (-0.06, one seed -0.33). With
 the shorter distillation as well, at 6 minutes on an Intel Xeon: +1.21 over N2V at the weakest
 stripes (every pair higher, one seed +0.81), +0.51 over struct-N2V at the strongest (every seed
-above), +0.13 over struct-N2V on Hagen mito-confocal over six seeds (-0.01 and +0.27 in two runs of
-three seeds, one seed -0.20). Its stripe
+above), +0.13 over struct-N2V on Hagen mito-confocal over nine seeds (-0.01, +0.27 and, through
+the command line, +0.13 in three runs of three seeds, one seed -0.20). Its stripe
 residue is that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the
 clean images giving -0.17 there.
 """
