@@ -51,9 +51,9 @@ Prediction (``prediction``, settable at prediction time):
 - ``direct`` (default): one U-Net pass; exact tiling like N2V (the U-Net's radius and factor).
 - ``sampled`` (also ``--option samples=N`` alone): the mean of ``samples`` (default 100)
   signal-decoder outputs of latent samples ``z ~ q(z|x)`` (the bottom-up pass is computed once
-  per tile), less the decoder's ``offset`` (one constant: the level error the direct path's targets remove patch by patch; on the
-  strongest stripes +0.030 of the range, 0.6 dB), exact when tiled. The latent
-  noise is keyed by ``(seed, sample, level, channel, global coordinate)``
+  per tile), less the decoder's ``offset`` (one constant: the level error the direct path's
+  targets remove patch by patch; on the strongest stripes +0.030 of the range, 0.6 dB), exact
+  when tiled. The latent noise is keyed by ``(seed, sample, level, channel, global coordinate)``
   (:func:`~bigdenoise.nets.lvae.coordinate_noise`, a counter-based hash, seed
   :data:`SAMPLE_SEED`): the method declares ``tile_origins``, so ``infer`` tells
   :func:`predict` where each tile lies (its plane along S/T/Z, its input's first voxel along
