@@ -150,7 +150,7 @@ def resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], s
     """Decide the axes from the user's ``given`` and the metadata's ``found`` letters."""
     ndim = len(shape)
     if given is not None:
-        axes = validate_axes(given, ndim, source)
+        axes = validate_axes(_one_of_a_stack(given, ndim), ndim, source)
         if found is not None and found != axes and not relabels_planes(axes, found):
             raise InputError(
                 f"axes {axes!r} disagree with the axes {found!r} in the metadata of {source}: "
@@ -165,6 +165,15 @@ def resolve_axes(given: str | None, found: str | None, shape: tuple[int, ...], s
         f"cannot tell the axes of {source} (shape {tuple(shape)}): pass axes, "
         "e.g. --axes ZYX for a volume or --axes SYX for a stack of 2D images"
     )
+
+
+def _one_of_a_stack(given: str, ndim: int) -> str:
+    """``given`` without its leading sample axis (S or T) when the input has one dimension fewer:
+    a single image (or volume) named as a stack of them is a stack of one."""
+    given = given.upper()
+    if len(given) == ndim + 1 and given[0] in "ST" and stored_axes_ok(given[1:]):
+        return given[1:]
+    return given
 
 
 PLANES = "STZ"  # the axes whose planes are images: samples, time points, slices

@@ -121,6 +121,27 @@ def test_a_tiff_without_axes_is_predicted_with_the_models_axes(tmp_path, model_2
     assert not (tmp_path / "four.zarr").exists()
 
 
+def test_one_image_named_as_a_stack_trains_and_predicts_as_a_stack_of_one(tmp_path, capsys):
+    """`bigdenoise train IN --axes SYX` and `predict IN --axes SYX` on a single 2D image: the
+    leading sample axis names a stack of one, so both run and the output is the image's shape;
+    a leading spatial axis (ZYX) is still refused with one line."""
+    image, _ = smooth_volume((48, 56), seed=3)
+    tifffile.imwrite(tmp_path / "one.tif", image.astype(np.float32))
+    assert open_volume(tmp_path / "one.tif", "syx").axes == "YX"
+    assert open_volume(tmp_path / "one.tif", "TYX").axes == "YX"
+    model, out = tmp_path / "model", tmp_path / "out.zarr"
+    assert main(["train", str(tmp_path / "one.tif"), "--method", "n2v", "--axes", "SYX", "--out", str(model),
+                 "--steps", "2", "--batch-size", "2", "--patch", "32,32", "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "one.tif"), "--model", str(model), "--axes", "SYX", "--out", str(out),
+                 "--quiet"]) == 0, capsys.readouterr().err
+    assert zarr.open_array(str(out), mode="r").shape == image.shape
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "one.tif"), "--model", str(model), "--axes", "ZYX", "--out",
+                 str(tmp_path / "z.zarr"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "have 3 letters" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_an_ome_zarr_suffix_gives_an_ome_zarr_image_whatever_the_input(tmp_path, model_3d):
     from ome_zarr_models.v05.image import Image
