@@ -1,4 +1,5 @@
-"""Lazy access to input volumes: Zarr (v2/v3), OME-Zarr, TIFF, numpy and dask arrays.
+"""Lazy access to input volumes: Zarr (v2/v3), OME-Zarr, TIFF, ``.npy`` and picture files, numpy
+and dask arrays.
 
 A :class:`Volume` wraps a lazily indexable array together with its axes (one of
 :data:`AXES_ALLOWED`), storage chunking and physical metadata. Nothing is read until
@@ -23,6 +24,7 @@ from bigdenoise.channels import (AxisView, parse_numbers, resolve_axes, select_c
                                  volume_voxel_size, with_voxel_size)
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
+from bigdenoise.images import NPY_SUFFIX, PICTURE_SUFFIXES, open_npy, open_picture
 from bigdenoise.tiff import SUFFIXES as TIFF_SUFFIXES, TiffData, is_sequence, open_sequence, open_tiff
 from bigdenoise.ome import (parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale,
                             read_ome_translation)
@@ -194,7 +196,8 @@ def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Se
     ----------
     source
         Path (str or Path) to a Zarr array (``vol.zarr`` or ``store.zarr/group/array``), an
-        OME-Zarr image group (level 0 is used), a TIFF file (``series``), or a sequence of TIFF
+        OME-Zarr image group (level 0 is used), a TIFF file (``series``), a ``.npy`` file
+        (memory-mapped), a picture (PNG, JPEG, ...: :mod:`bigdenoise.images`), or a sequence of TIFF
         planes: a folder of them or a glob pattern (``planes/*.tif``; natural order, the planes
         are the first axis); or a numpy, dask or open zarr array (a ``da.from_zarr`` array opens
         as its Zarr path, ``backing.zarr_path``; other arrays stay in this process).
@@ -269,8 +272,13 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
         return _from_tiff(str(source), open_sequence(str(path)), axes, str(path))
     if not path.exists():
         raise InputError(f"{source} does not exist: check the path")
-    if path.is_file() and path.suffix.lower() in TIFF_SUFFIXES:
+    suffix = path.suffix.lower()
+    if path.is_file() and suffix in TIFF_SUFFIXES:
         return _from_tiff(str(source), open_tiff(str(source), path, series), axes, str(path))
+    if path.is_file() and suffix == NPY_SUFFIX:
+        return _from_file(str(source), open_npy(str(source), path), None, axes, str(path))
+    if path.is_file() and suffix in PICTURE_SUFFIXES:
+        return _from_file(str(source), *open_picture(str(source), path), axes, str(path))
     return _open_zarr(str(source), path, axes)
 
 
@@ -296,6 +304,13 @@ def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
     else:
         chunks = default_chunks(array.shape, axes)
     return Volume(array, axes, source, chunks)
+
+
+def _from_file(source: str, array: np.ndarray, found: str | None, axes: str | None, path: str) -> Volume:
+    """A ``.npy`` file's or a picture's array (reopened from ``path`` where it is unpickled)."""
+    axes = resolve_axes(axes, found, array.shape, source)
+    _check_array(array, source)
+    return Volume(array, axes, source, default_chunks(array.shape, axes), path=path)
 
 
 def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volume:
@@ -348,8 +363,8 @@ def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
         node = zarr.open(store=LocalStore(root, read_only=True), path=inner, mode="r")
     except Exception as e:
         raise InputError(
-            f"{source} is not a Zarr array, OME-Zarr image or TIFF file ({e}); "
-            "pass the path of a Zarr array (e.g. data.zarr or data.zarr/group/array) or a .tif file"
+            f"{source} is not a Zarr array, OME-Zarr image, TIFF, .npy or picture file ({e}); "
+            "pass the path of a Zarr array (e.g. data.zarr or data.zarr/group/array), a .tif, .npy or .png file"
         ) from e
     if isinstance(node, zarr.Group):
         return _open_ome_group(source, node, path, axes)
