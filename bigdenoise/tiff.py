@@ -1,5 +1,6 @@
 """TIFF inputs, read lazily through tifffile's Zarr stores: single files (plain, ImageJ, OME-TIFF)
-and sequences of one file per plane (a folder or a glob pattern).
+and sequences of one file per plane (a folder or a glob pattern), whose planes may also be
+pictures (PNG, JPEG, ...: :mod:`bigdenoise.images`).
 
 What the file's metadata say about axes and voxel size is returned with the array, so that
 ``volume.open_volume`` needs no ``--axes`` for an ImageJ or OME-TIFF stack and outputs keep the
@@ -17,6 +18,7 @@ from typing import Any
 
 from .axes import stored_axes_ok
 from .errors import InputError
+from .images import PICTURE_SUFFIXES, open_picture
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +50,14 @@ class TiffData:
 
 
 def is_sequence(source: str | Path) -> bool:
-    """A glob pattern, or a folder of TIFF files that is not a Zarr store."""
+    """A glob pattern, or a folder of TIFF files or pictures that is not a Zarr store."""
     text = str(source)
     if any(c in text for c in GLOB_CHARACTERS):
         return True
     path = Path(text).expanduser()
     zarr_files = ("zarr.json", ".zarray", ".zgroup")
     return path.is_dir() and not any((path / f).exists() for f in zarr_files) and any(
-        p.suffix.lower() in SUFFIXES for p in path.iterdir())
+        p.suffix.lower() in SUFFIXES + PICTURE_SUFFIXES for p in path.iterdir())
 
 
 def open_tiff(source: str, path: Path, series: int | None = None) -> TiffData:
@@ -89,18 +91,18 @@ def open_tiff(source: str, path: Path, series: int | None = None) -> TiffData:
 
 
 def open_sequence(source: str) -> TiffData:
-    """One file per plane (``source`` a folder or a glob pattern), naturally sorted; the planes
-    are the first axis. A gap in the files' numbering or a plane of another shape is an error
-    naming it."""
+    """One file per plane (``source`` a folder or a glob pattern; TIFF files, or pictures when
+    the folder has no TIFF or the pattern names pictures), naturally sorted; the planes are the
+    first axis. A gap in the files' numbering or a plane of another shape is an error naming it."""
     import tifffile
     import zarr
 
-    path = Path(source).expanduser()
-    pattern = str(path / "*.tif*") if path.is_dir() else str(path)
+    pattern, pictures = _plane_pattern(source)
     try:
-        sequence = tifffile.TiffSequence(pattern)
+        sequence = (tifffile.FileSequence(_read_picture, pattern) if pictures else tifffile.TiffSequence(pattern))
     except Exception as e:  # noqa: BLE001 - tifffile names what it could not parse
-        raise InputError(f"{source}: no TIFF plane sequence there ({e})") from None
+        kind = "picture" if pictures else "TIFF"
+        raise InputError(f"{source}: no {kind} plane sequence there ({e})") from None
     files = list(sequence)
     numbers = [re.findall(r"\d+", Path(f).stem) for f in files]
     if all(numbers):  # numbered planes: a gap in the numbering is a missing plane
@@ -110,20 +112,58 @@ def open_sequence(source: str) -> TiffData:
             raise InputError(f"{source}: the plane numbering has gaps (planes {gaps[:5]} missing between "
                              f"{Path(files[0]).name} and {Path(files[-1]).name}); add the missing files or "
                              f"remove the rest")
-    shapes = {}
-    for f in files:
-        try:
-            with tifffile.TiffFile(f) as tif:
-                shapes[f] = (tif.series[0].shape, tif.series[0].dtype)
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{f} could not be read as a TIFF file ({e})") from None
+    shapes = {f: (_picture_header if pictures else _tiff_header)(f) for f in files}
     first = shapes[files[0]]
     odd = next((f for f in files if shapes[f] != first), None)
     if odd is not None:
         raise InputError(f"{odd} holds a {shapes[odd][0]} {shapes[odd][1]} plane but {files[0]} a {first[0]} "
                          f"{first[1]} one: every plane of a sequence must match")
-    store = sequence.aszarr()
+    try:
+        store = sequence.aszarr()
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the first plane is read to learn the planes' shape
+        raise InputError(f"{files[0]} could not be read ({e})") from None
     return TiffData(zarr.open(store, mode="r"), None, None, None, store.close)
+
+
+def _plane_pattern(source: str) -> tuple[str, bool]:
+    """The glob pattern of a sequence's files and whether they are pictures (else TIFF): a
+    folder's TIFF files, else its pictures of one format."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return str(path), path.suffix.lower() in PICTURE_SUFFIXES
+    if any(p.suffix.lower() in SUFFIXES for p in path.iterdir()):
+        return str(path / "*.tif*"), False
+    formats = sorted({p.suffix for p in path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES})
+    if len(formats) > 1:
+        raise InputError(f"{source} holds pictures of several formats ({', '.join(formats)}): pass a glob pattern "
+                         f"naming the planes, e.g. '{Path(source) / ('*' + formats[0])}'")
+    return str(path / f"*{formats[0]}"), True
+
+
+def _read_picture(name: str, **_: Any) -> Any:
+    return open_picture(name, Path(name))[0]
+
+
+def _tiff_header(name: str) -> tuple[tuple[int, ...], Any]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(name) as tif:
+            return tif.series[0].shape, tif.series[0].dtype
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{name} could not be read as a TIFF file ({e})") from None
+
+
+def _picture_header(name: str) -> tuple[tuple[int, ...], str]:
+    from PIL import Image
+
+    try:
+        with Image.open(name) as picture:
+            return picture.size[::-1], f"mode {picture.mode}"
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{name} could not be read as a picture ({e})") from None
 
 
 def _our_axes(tiff_axes: str) -> str | None:

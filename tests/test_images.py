@@ -75,3 +75,20 @@ def test_a_png_trains_and_predicts_through_the_issues_commands(tmp_path, capsys)
                  "--quiet"]) == 0, capsys.readouterr().err
     written = zarr.open_array(str(out), mode="r")
     assert written.shape == pixels.shape and np.isfinite(written[:]).all()
+
+
+def test_a_folder_of_picture_planes_is_a_stack_and_mixed_formats_are_refused(tmp_path):
+    data = (np.arange(11 * 20 * 30) % 241).astype(np.uint8).reshape(11, 20, 30)
+    (tmp_path / "planes").mkdir()
+    for i, plane in enumerate(data):
+        Image.fromarray(plane).save(tmp_path / "planes" / f"frame_{i + 1}.png")  # natural, not lexical, order
+    for source in (tmp_path / "planes", str(tmp_path / "planes" / "*.png")):
+        volume = open_volume(source, "SYX")
+        assert volume.shape == data.shape and volume.dtype == np.uint8
+        box = Box((2, 3, 4), (8, 15, 20))
+        np.testing.assert_array_equal(volume.read(box), data[box.slices])
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(volume)).read(box), data[box.slices])
+    Image.fromarray(data[0]).save(tmp_path / "planes" / "frame_12.jpg")
+    with pytest.raises(InputError, match="several formats"):
+        open_volume(tmp_path / "planes", "SYX")
+    assert open_volume(str(tmp_path / "planes" / "*.png"), "SYX").shape == data.shape
