@@ -4,7 +4,7 @@ Orthogonal mid-planes of the predicted box (XY, and XZ / YZ for a volume with Z)
 input | output side by side with one contrast for both (percentiles of the input planes shown).
 Only those planes are read, lazily, from the input and from the written output, each cut to a
 central window of at most :data:`MAX_SIDE` voxels per side, so a terabyte volume costs a few
-chunks. The figure is drawn with matplotlib (Agg) and stored as an 8-bit grey PNG (small).
+chunks. The sheet is drawn with Pillow and stored as an 8-bit grey PNG (small).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 PREVIEW_FILE = "preview.png"
 MAX_SIDE = 512  # voxels per side of a plane's window
 PERCENTILES = (1.0, 99.5)  # the shared display range, of the input planes shown
+PANEL = 200  # pixels per side of a drawn panel, at most
+MARGIN, TITLE = 8, 14  # pixels between panels; above each panel for its title
 
 
 @dataclass(frozen=True)
@@ -93,27 +95,44 @@ def _write(folder: Path, volume: Volume, spec: OutputSpec, region: Box | None) -
 
 def render(panels: list[tuple[Plane, np.ndarray, np.ndarray]], lo: float, hi: float,
            scale: tuple[float, ...] | None, axes: str) -> bytes:
-    """The preview's PNG bytes: one row per plane, input | output, grey levels ``lo..hi``;
-    planes drawn with their voxels' aspect (from ``scale``) so anisotropic Z looks right."""
-    import matplotlib
+    """The preview's PNG bytes: one row per plane, input | output, grey levels ``lo..hi``, each
+    panel at most :data:`PANEL` pixels per side, titled; planes drawn with their voxels' aspect
+    (from ``scale``) so anisotropic Z looks right."""
+    from PIL import Image, ImageDraw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from PIL import Image
-
-    fig, grid = plt.subplots(len(panels), 2, figsize=(6.0, 2.6 * len(panels)), dpi=80, squeeze=False)
-    for (plane, inp, out), row in zip(panels, grid):
+    drawn = []
+    for plane, inp, out in panels:
         aspect = 1.0 if scale is None else scale[plane.rows] / scale[plane.cols]
         where = ", ".join(f"{axes[i].lower()}={o}" for i, (o, n) in enumerate(zip(plane.box.offset, plane.box.shape))
                           if n == 1)
-        for ax, image, what in zip(row, (inp, out), ("input", "output")):
-            ax.imshow(image, cmap="gray", vmin=lo, vmax=hi, aspect=aspect, interpolation="antialiased")
-            ax.set_title(f"{plane.name} {what}" + (f" ({where})" if where else ""), fontsize=8)
-            ax.set_axis_off()
-    fig.tight_layout()
-    fig.canvas.draw()
-    grey = np.asarray(fig.canvas.buffer_rgba())[..., :3].mean(axis=-1).round().astype(np.uint8)
-    plt.close(fig)
+        drawn.append([(f"{plane.name} {what}" + (f" ({where})" if where else ""), _panel(image, lo, hi, aspect))
+                      for image, what in ((inp, "input"), (out, "output"))])
+    width = max(MARGIN + sum(p.width + MARGIN for _, p in row) for row in drawn)
+    height = MARGIN + sum(TITLE + max(p.height for _, p in row) + MARGIN for row in drawn)
+    sheet = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(sheet)
+    y = MARGIN
+    for row in drawn:
+        x = MARGIN
+        for title, panel in row:
+            draw.text((x, y), title, fill=0)
+            sheet.paste(panel, (x, y + TITLE))
+            x += panel.width + MARGIN
+        y += TITLE + max(p.height for _, p in row) + MARGIN
     buffer = io.BytesIO()
-    Image.fromarray(grey, mode="L").save(buffer, format="PNG", optimize=True)
+    sheet.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def _panel(image: np.ndarray, lo: float, hi: float, aspect: float):
+    """``image`` (rows, cols) as an 8-bit PIL image on ``lo..hi``, scaled to fit PANEL x PANEL
+    with rows ``aspect`` times as tall as columns are wide (averaged when shrunk)."""
+    from PIL import Image
+
+    grey = np.clip((np.asarray(image, np.float64) - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
+    picture = Image.fromarray(np.round(grey * 255).astype(np.uint8))  # 8-bit grey ("L")
+    rows, cols = image.shape
+    zoom = PANEL / max(rows * aspect, cols)
+    size = (max(1, round(cols * zoom)), max(1, round(rows * aspect * zoom)))
+    shrink = size[0] < cols or size[1] < rows
+    return picture.resize(size, Image.Resampling.BOX if shrink else Image.Resampling.NEAREST)

@@ -32,7 +32,7 @@ def test_a_npy_file_is_read_lazily_by_box_and_reopens_by_path(tmp_path):
 
 def test_a_palette_picture_gives_its_indices_and_a_colour_one_its_channels(tmp_path):
     indices = (np.arange(30 * 40) % 256).astype(np.uint8).reshape(30, 40)
-    lut = Image.fromarray(indices, mode="P")
+    lut = Image.fromarray(indices)
     lut.putpalette([v for i in range(256) for v in (i, 0, 0)])  # a red lookup table, as ImageJ saves one
     lut.save(tmp_path / "lut.png")
     np.testing.assert_array_equal(open_volume(tmp_path / "lut.png").read(Box((0, 0), (30, 40))), indices)
@@ -42,10 +42,10 @@ def test_a_palette_picture_gives_its_indices_and_a_colour_one_its_channels(tmp_p
     assert volume.dtype == np.uint16 and volume.axes == "YX"
     np.testing.assert_array_equal(volume.read(Box((0, 0), (30, 40))), deep)
     grey = np.stack([indices] * 3 + [np.full_like(indices, 255)], axis=-1)
-    Image.fromarray(grey, mode="RGBA").save(tmp_path / "grey.png")
+    Image.fromarray(grey).save(tmp_path / "grey.png")
     assert open_volume(tmp_path / "grey.png").axes == "YX"
     colour = np.stack([indices, indices[::-1], 255 - indices], axis=-1)
-    Image.fromarray(colour, mode="RGB").save(tmp_path / "colour.png")
+    Image.fromarray(colour).save(tmp_path / "colour.png")
     with pytest.raises(InputError, match="3 channels"):
         open_volume(tmp_path / "colour.png")
     green = open_volume(tmp_path / "colour.png", channel=1)
