@@ -146,22 +146,37 @@ def score(ds: Dataset, output: np.ndarray) -> tuple[list[float], list[float], np
 RESIDUE_BOX = 5
 
 
-def stripe_residue(prediction: np.ndarray, truth: np.ndarray, box: int = RESIDUE_BOX) -> float:
+def stripe_residue(prediction: np.ndarray, truth: np.ndarray, box: int = RESIDUE_BOX,
+                   where: np.ndarray | None = None) -> float:
     """Stripe residue A of one image (H, W): lag-1 autocorrelation along the rows (X) minus that
     along the columns (Y) of the residual ``prediction - truth`` high-passed by subtracting its
     ``box`` x ``box`` mean (reflected edges). About 0 for white or isotropic residuals, positive
-    for row stripes left in the output, negative for column stripes."""
+    for row stripes left in the output, negative for column stripes. ``where`` (H, W bool): count
+    only those pixels (and pairs of them), e.g. :func:`flat_pixels`."""
     from scipy import ndimage
 
     r = np.asarray(prediction, np.float64) - np.asarray(truth, np.float64)
     hp = r - ndimage.uniform_filter(r, size=box, mode="reflect")
-    hp -= hp.mean()
-    var = float(np.mean(hp * hp))
+    where = np.ones(r.shape, bool) if where is None else where
+    hp -= hp[where].mean()
+    var = float(np.mean(hp[where] ** 2))
     if var <= 0:
         return 0.0
-    rows = float(np.mean(hp[:, 1:] * hp[:, :-1])) / var
-    cols = float(np.mean(hp[1:, :] * hp[:-1, :])) / var
+    rows = float(np.mean((hp[:, 1:] * hp[:, :-1])[where[:, 1:] & where[:, :-1]])) / var
+    cols = float(np.mean((hp[1:, :] * hp[:-1, :])[where[1:, :] & where[:-1, :]])) / var
     return rows - cols
+
+
+def flat_pixels(truth: np.ndarray, fraction: float = 0.3, box: int = RESIDUE_BOX) -> np.ndarray:
+    """(H, W) bool: the ``fraction`` of pixels of ``truth`` with the lowest standard deviation in
+    their ``box`` x ``box`` window, where a denoiser has no detail to blur, so the residue A there
+    is noise left in the output rather than signal lost."""
+    from scipy import ndimage
+
+    t = np.asarray(truth, np.float64)
+    mean = ndimage.uniform_filter(t, size=box, mode="reflect")
+    sd = np.sqrt(np.maximum(ndimage.uniform_filter(t * t, size=box, mode="reflect") - mean * mean, 0.0))
+    return sd <= np.quantile(sd, fraction)
 
 
 # --------------------------------------------------------------------------- baselines

@@ -154,6 +154,25 @@ def test_stripe_residue_is_zero_for_white_noise_and_signed_for_stripes(bench):
     assert q.stripe_residue(truth, truth) == 0.0
 
 
+def test_the_residue_on_flat_pixels_sees_stripes_left_there_only(bench):
+    """A truth flat on its left half and textured on its right: stripes added on the left only
+    show in A over the flat pixels and not over the others; no mask is every pixel."""
+    from scipy import ndimage
+
+    q = bench.quality
+    rng = np.random.default_rng(2)
+    truth = np.zeros((128, 128))
+    truth[:, 64:] = rng.uniform(size=(128, 64))
+    flat = q.flat_pixels(truth)
+    assert flat[:, :60].all() and not flat[:, 68:].any()
+    stripes = ndimage.convolve1d(rng.normal(size=(128, 128)), bench.datasets.stripe_kernel(3.0), axis=1, mode="wrap")
+    residual = np.where(np.arange(128) < 64, stripes, rng.normal(size=(128, 128)))
+    assert q.stripe_residue(truth + residual, truth, where=flat) > 0.3
+    assert abs(q.stripe_residue(truth + residual, truth, where=~flat)) < 0.05
+    everywhere = np.ones(truth.shape, bool)
+    assert q.stripe_residue(truth + residual, truth, where=everywhere) == q.stripe_residue(truth + residual, truth)
+
+
 def test_struct_axis_follows_the_data_set(bench, monkeypatch, tmp_path):
     d, q = bench.datasets, bench.quality
     monkeypatch.setattr(d, "load_set12", lambda folder, count=12: np.full((2, 32, 32), 128.0, np.float32))
