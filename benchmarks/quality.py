@@ -170,7 +170,7 @@ def stripe_residue(prediction: np.ndarray, truth: np.ndarray, box: int = RESIDUE
 def flat_pixels(truth: np.ndarray, fraction: float = 0.3, box: int = RESIDUE_BOX) -> np.ndarray:
     """(H, W) bool: the ``fraction`` of pixels of ``truth`` with the lowest standard deviation in
     their ``box`` x ``box`` window, where a denoiser has no detail to blur, so the residue A there
-    is noise left in the output rather than signal lost."""
+    is that of noise left in the output rather than of signal lost."""
     from scipy import ndimage
 
     t = np.asarray(truth, np.float64)
