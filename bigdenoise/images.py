@@ -44,7 +44,7 @@ def open_picture(source: str, path: Path) -> tuple[np.ndarray, str | None]:
             frames = getattr(picture, "n_frames", 1)
             if frames > 1:
                 raise InputError(f"{source} holds {frames} frames; only single pictures are read: save the frames "
-                                 "as a TIFF stack or a folder of TIFF planes")
+                                 "as a TIFF stack or as one file per frame in a folder")
             has_alpha = picture.mode in ("LA", "La", "PA", "RGBA", "RGBa")
             array = np.asarray(picture)
     except InputError:
