@@ -107,18 +107,18 @@ def render(panels: list[tuple[Plane, np.ndarray, np.ndarray]], lo: float, hi: fl
                           if n == 1)
         drawn.append([(f"{plane.name} {what}" + (f" ({where})" if where else ""), _panel(image, lo, hi, aspect))
                       for image, what in ((inp, "input"), (out, "output"))])
+    heights = [max(p.height for _, p in row) for row in drawn]
     width = max(MARGIN + sum(p.width + MARGIN for _, p in row) for row in drawn)
-    height = MARGIN + sum(TITLE + max(p.height for _, p in row) + MARGIN for row in drawn)
-    sheet = Image.new("L", (width, height), 255)
+    sheet = Image.new("L", (width, MARGIN + sum(TITLE + h + MARGIN for h in heights)), 255)
     draw = ImageDraw.Draw(sheet)
     y = MARGIN
-    for row in drawn:
+    for row, height in zip(drawn, heights):
         x = MARGIN
         for title, panel in row:
             draw.text((x, y), title, fill=0)
             sheet.paste(panel, (x, y + TITLE))
             x += panel.width + MARGIN
-        y += TITLE + max(p.height for _, p in row) + MARGIN
+        y += TITLE + height + MARGIN
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()

@@ -133,9 +133,10 @@ def _plane_pattern(source: str) -> tuple[str, bool]:
     path = Path(source).expanduser()
     if not path.is_dir():
         return str(path), path.suffix.lower() in PICTURE_SUFFIXES
-    if any(p.suffix.lower() in SUFFIXES for p in path.iterdir()):
+    suffixes = {p.suffix for p in path.iterdir()}  # one listing: a plane folder may hold many thousand files
+    if any(s.lower() in SUFFIXES for s in suffixes):
         return str(path / "*.tif*"), False
-    formats = sorted({p.suffix for p in path.iterdir() if p.suffix.lower() in PICTURE_SUFFIXES})
+    formats = sorted(s for s in suffixes if s.lower() in PICTURE_SUFFIXES)
     if len(formats) > 1:
         raise InputError(f"{source} holds pictures of several formats ({', '.join(formats)}): pass a glob pattern "
                          f"naming the planes, e.g. '{Path(source) / ('*' + formats[0])}'")

@@ -277,9 +277,10 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
     if path.is_file() and suffix in TIFF_SUFFIXES:
         return _from_tiff(str(source), open_tiff(str(source), path, series), axes, str(path))
     if path.is_file() and suffix == NPY_SUFFIX:
-        return _from_file(str(source), open_npy(str(source), path), None, axes, str(path))
+        return _wrap_array(open_npy(str(source), path), str(source), axes, None, str(path))
     if path.is_file() and suffix in PICTURE_SUFFIXES:
-        return _from_file(str(source), *open_picture(str(source), path), axes, str(path))
+        array, found = open_picture(str(source), path)
+        return _wrap_array(array, str(source), axes, found, str(path))
     return _open_zarr(str(source), path, axes)
 
 
@@ -294,21 +295,17 @@ def _is_zarr_array(obj: Any) -> bool:
     return isinstance(obj, zarr.Array)
 
 
-def _wrap_array(array: Any, source: str, axes: str | None) -> Volume:
-    axes = resolve_axes(axes, None, array.shape, source)
+def _wrap_array(array: Any, source: str, axes: str | None, found: str | None = None,
+                path: str | None = None) -> Volume:
+    """A numpy or dask array, or a ``.npy`` file's or a picture's (``found``: the axes it implies;
+    ``path``: where it is reopened from when unpickled)."""
+    axes = resolve_axes(axes, found, array.shape, source)
     _check_array(array, source)
     if source == "<dask array>":
         chunks = tuple(int(c[0]) for c in array.chunks)
     else:
         chunks = default_chunks(array.shape, axes)
-    return Volume(array, axes, source, chunks)
-
-
-def _from_file(source: str, array: np.ndarray, found: str | None, axes: str | None, path: str) -> Volume:
-    """A ``.npy`` file's or a picture's array (reopened from ``path`` where it is unpickled)."""
-    axes = resolve_axes(axes, found, array.shape, source)
-    _check_array(array, source)
-    return Volume(array, axes, source, default_chunks(array.shape, axes), path=path)
+    return Volume(array, axes, source, chunks, path=path)
 
 
 def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volume:
