@@ -27,7 +27,7 @@ def bench():
         yield mods
     finally:
         sys.path.remove(str(BENCH))
-        for name in ("quality", "datasets", "common"):
+        for name in ("quality", "datasets", "common", "residue_split"):
             sys.modules.pop(name, None)
 
 
@@ -171,6 +171,23 @@ def test_the_residue_on_flat_pixels_sees_stripes_left_there_only(bench):
     assert abs(q.stripe_residue(truth + residual, truth, where=~flat)) < 0.05
     everywhere = np.ones(truth.shape, bool)
     assert q.stripe_residue(truth + residual, truth, where=everywhere) == q.stripe_residue(truth + residual, truth)
+
+
+def test_residue_split_scores_the_blurred_truth_with_the_contents_sign(bench, monkeypatch, tmp_path, capsys):
+    """Without a run, ``residue_split.py`` prints the noisy input and the truth blurred with no
+    noise: truths textured along the rows give that row a positive A, along the columns negative."""
+    from scipy import ndimage
+
+    d = bench.datasets
+    split = importlib.import_module("residue_split")
+    rng = np.random.default_rng(3)
+    texture = ndimage.convolve1d(rng.uniform(0, 255, (2, 64, 64)), d.stripe_kernel(3.0), axis=-1, mode="wrap")
+    monkeypatch.setattr(d, "dataset_dir", lambda *args, **kw: tmp_path)
+    for truth, sign in ((texture, 1), (texture.transpose(0, 2, 1), -1)):
+        monkeypatch.setattr(d, "load_set12", lambda folder, count=12: truth.astype(np.float32))
+        assert split.main(["--datasets", "stripes-rows"]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| clean, blurred"))
+        assert sign * float(row.split("|")[2]) > 0.1, row
 
 
 def test_struct_axis_follows_the_data_set(bench, monkeypatch, tmp_path):
