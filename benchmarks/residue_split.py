@@ -4,11 +4,11 @@ A denoiser's residual (output − truth) holds the noise it left and the signal 
 Both can be correlated along the rows: a denoiser of row stripes must average across the rows
 more than along them, so fine horizontal structure it blurs also leaves a positive A. Where the
 truth is flat (``quality.flat_pixels``: the 30 % of pixels with the lowest local standard
-deviation) there is nothing to blur, and A is that of the noise left: the stripes (their sign)
-and the white noise the denoiser's averaging across the stripes correlated (the other sign).
+deviation) there is little to blur, and A is mostly that of the noise left: the stripes (their
+sign) and the white noise the denoiser's averaging across the stripes correlated (the other sign).
 The row ``clean, blurred`` is the truth itself under an isotropic Gaussian blur of ``BLUR`` px,
 no noise at all: the residue of a denoiser that left no noise and only blurred, the images' own
-part of A.
+part of A. A is scale-free, so the faint texture of flat pixels still counts there.
 
 Usage: the ``quality.py`` flags of the run (data sets, ``--stripe-noise``, ``--work``), e.g.
 ``python benchmarks/residue_split.py --datasets bsd68-stripes-rows --work WORKDIR``. It reads the
