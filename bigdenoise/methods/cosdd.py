@@ -141,7 +141,8 @@ above), +0.13 over struct-N2V on Hagen mito-confocal over nine seeds (-0.01, +0.
 the command line, +0.13 in three runs of three seeds, one seed -0.20). Its stripe
 residue is mostly that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur
 of the clean images giving -0.17 there; +0.16 on BSD68's row stripes, a supervised CARE's +0.20,
-a blur of the clean images with no noise +0.11 (``quality-cosdd-bsd68-cli``, ``residue-content``).
+a blur of the clean images with no noise +0.11; with the images' part cancelled between the
+row and column cases, +0.07 against CARE's +0.11 (``quality-cosdd-bsd68-cli``, ``residue-content``).
 """
 
 from __future__ import annotations
