@@ -13,9 +13,9 @@ part of A. A is scale-free, so the faint texture of flat pixels still counts the
 Usage: the ``quality.py`` flags of the run (data sets, ``--stripe-noise``, ``--work``), e.g.
 ``python benchmarks/residue_split.py --datasets bsd68-stripes-rows --work WORKDIR``. It reads the
 outputs that run kept (``WORKDIR/<data set>/seed*/denoised-*.zarr``; without ``--work`` only the
-noisy input and the blurred truth), rebuilds the truth as the run did and prints one markdown table per data set: A on all pixels (as ``quality.py`` reports
-it), on the flat pixels and on the others, per row the mean over images and seeds [min, max of
-the seeds' means].
+noisy input and the blurred truth), rebuilds the truth as the run did and prints one markdown
+table per data set: A on all pixels (as ``quality.py`` reports it), on the flat pixels and on the
+others, per row the mean over images and seeds [min, max of the seeds' means].
 """
 
 from __future__ import annotations
@@ -60,19 +60,19 @@ def main(argv=None) -> int:
             _print(name, rows)
             continue
         folder = Path(a.work) / name
-        for seed_dir in sorted(folder.glob("seed*")):
-            for out in sorted(seed_dir.glob("denoised-*.zarr")):
-                row = out.name[len("denoised-"):-len(".zarr")]
-                rows.setdefault(row, []).append(split(np.asarray(zarr.open_array(str(out), mode="r")[:]), ds))
-        if len(rows) == 2:
+        outputs = sorted(folder.glob("seed*/denoised-*.zarr"))
+        if not outputs:
             raise SystemExit(f"{folder}: no denoised-*.zarr outputs under seed*/")
+        for out in outputs:
+            row = out.name[len("denoised-"):-len(".zarr")]
+            rows.setdefault(row, []).append(split(np.asarray(zarr.open_array(str(out), mode="r")[:]), ds))
         _print(name, rows)
     return 0
 
 
 def _print(name: str, rows: dict[str, list[tuple[float, float, float]]]) -> None:
     print(f"{name}: stripe residue A by pixels (mean over images; over seeds [min, max])\n")
-    print("| method | all pixels | flat 30 % (noise left) | the other 70 % |\n| --- | --- | --- | --- |")
+    print("| method | all pixels | flat 30 % (mostly noise left) | the other 70 % |\n| --- | --- | --- | --- |")
     for row, per_seed in rows.items():
         cells = [f"{np.mean(v):+.3f}" + (f" [{min(v):+.3f}, {max(v):+.3f}]" if len(v) > 1 else "")
                  for v in zip(*per_seed)]
