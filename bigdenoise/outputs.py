@@ -195,13 +195,14 @@ def check_log_file(path: str | Path, protect: Mapping[str, Any] | None = None) -
 
 def storage_root(path: Path) -> Path:
     """The file or folder that holds the data at ``path``: a Zarr node is protected with its whole
-    store (the first ``.zarr`` component in any case, else the topmost folder of Zarr nodes)."""
+    store (the first ``.zarr`` component in any case, else the topmost folder of Zarr nodes), a
+    dataset inside a file (``scan.h5/group/data``) with that file."""
     path = Path(path).expanduser()
     while any(c in path.name for c in GLOB_CHARACTERS):  # a glob of input files: protect their folder
         path = path.parent
     path = Path(os.path.realpath(path))
     for parent in reversed([path, *path.parents]):
-        if parent.name.lower().endswith(".zarr"):
+        if parent.name.lower().endswith(".zarr") or parent.is_file():
             return parent
     root = path
     while any((root.parent / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray")):

@@ -1,5 +1,5 @@
-"""Lazy access to input volumes: Zarr (v2/v3), OME-Zarr, TIFF, ``.npy`` and picture files, numpy
-and dask arrays.
+"""Lazy access to input volumes: Zarr (v2/v3), OME-Zarr, TIFF, HDF5, ``.npy`` and picture files,
+numpy and dask arrays.
 
 A :class:`Volume` wraps a lazily indexable array together with its axes (one of
 :data:`AXES_ALLOWED`), storage chunking and physical metadata. Nothing is read until
@@ -25,6 +25,7 @@ from bigdenoise.channels import (AxisView, parse_numbers, resolve_axes, select_c
                                  volume_voxel_size, with_voxel_size)
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
+from bigdenoise.hdf5 import open_hdf5, split_path as split_hdf5_path
 from bigdenoise.images import NPY_SUFFIX, PICTURE_SUFFIXES, open_npy, open_picture
 from bigdenoise.tiff import SUFFIXES as TIFF_SUFFIXES, TiffData, is_sequence, open_sequence, open_tiff
 from bigdenoise.ome import (parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale,
@@ -191,13 +192,14 @@ def _reopen(path: str, opened: tuple[tuple[str, Any], ...], channel: int | None)
 def open_volume(source: Any, axes: str | None = None, *, channel: int | str | Sequence[int] | None = None,
                 series: int | None = None, voxel_size: str | Sequence[float] | None = None,
                 fallback_axes: str | None = None) -> Volume:
-    """Open a volume lazily from a path (Zarr, OME-Zarr, TIFF) or wrap a numpy/dask array.
+    """Open a volume lazily from a path (Zarr, OME-Zarr, TIFF, HDF5, ...) or wrap a numpy/dask array.
 
     Parameters
     ----------
     source
         Path (str or Path) to a Zarr array (``vol.zarr`` or ``store.zarr/group/array``), an
-        OME-Zarr image group (level 0 is used), a TIFF file (``series``), a ``.npy`` file
+        OME-Zarr image group (level 0 is used), a TIFF file (``series``), a dataset of an HDF5
+        file (``scan.h5/group/data``, or ``scan.h5`` when it holds one), a ``.npy`` file
         (memory-mapped), a picture (PNG, JPEG, ...: :mod:`bigdenoise.images`), or a sequence of TIFF
         planes: a folder of them or a glob pattern (``planes/*.tif``; natural order, the planes
         are the first axis); or a numpy, dask or open zarr array (a ``da.from_zarr`` array opens
@@ -271,6 +273,10 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
     path = Path(source).expanduser().absolute()
     if is_sequence(source):
         return _from_tiff(str(source), open_sequence(str(path)), axes, str(path))
+    hdf5 = split_hdf5_path(path)
+    if hdf5 is not None:
+        node, inner, found = open_hdf5(str(source), *hdf5)
+        return _wrap_array(node, str(source), axes, found, str(hdf5[0] / inner), node.chunks)
     if not path.exists():
         raise InputError(f"{source} does not exist: check the path")
     suffix = path.suffix.lower()
@@ -296,16 +302,17 @@ def _is_zarr_array(obj: Any) -> bool:
 
 
 def _wrap_array(array: Any, source: str, axes: str | None, found: str | None = None,
-                path: str | None = None) -> Volume:
-    """A numpy or dask array, or a ``.npy`` file's or a picture's (``found``: the axes it implies;
-    ``path``: where it is reopened from when unpickled)."""
+                path: str | None = None, chunks: tuple[int, ...] | None = None) -> Volume:
+    """A numpy or dask array, or an array of a file: ``.npy``, picture or HDF5 dataset (``found``:
+    the axes it implies; ``path``: where it is reopened from when unpickled; ``chunks``: its
+    storage chunks, if any)."""
     axes = resolve_axes(axes, found, array.shape, source)
     _check_array(array, source)
     if source == "<dask array>":
         chunks = tuple(int(c[0]) for c in array.chunks)
-    else:
+    elif chunks is None:
         chunks = default_chunks(array.shape, axes)
-    return Volume(array, axes, source, chunks, path=path)
+    return Volume(array, axes, source, tuple(chunks), path=path)
 
 
 def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volume:
@@ -358,8 +365,8 @@ def _open_zarr(source: str, path: Path, axes: str | None) -> Volume:
         node = zarr.open(store=LocalStore(root, read_only=True), path=inner, mode="r")
     except Exception as e:
         raise InputError(
-            f"{source} is not a Zarr array, OME-Zarr image, TIFF, .npy or picture file ({e}); "
-            "pass the path of a Zarr array (e.g. data.zarr or data.zarr/group/array), a .tif, .npy or .png file"
+            f"{source} is not a Zarr array, OME-Zarr image, TIFF, HDF5, .npy or picture file ({e}); "
+            "pass the path of a Zarr array (e.g. data.zarr or data.zarr/group/array), a .tif, .h5, .npy or .png file"
         ) from e
     if isinstance(node, zarr.Group):
         return _open_ome_group(source, node, path, axes)
