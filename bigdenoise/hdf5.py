@@ -64,5 +64,23 @@ def open_hdf5(source: str, file: Path, inner: str) -> tuple[Any, str, str | None
     return node, inner, axes.upper() if isinstance(axes, str) else None
 
 
+def element_size_um(node: Any, axes: str) -> tuple[float, ...] | None:
+    """The voxel size in micrometres along the spatial axes (``ZYX`` letters of ``axes``) that the
+    dataset's ``element_size_um`` attribute gives (Fiji's HDF5 plugin, ilastik and light-sheet
+    pipelines write it), one value per spatial axis or per axis; None when absent or of another
+    length."""
+    values = node.attrs.get("element_size_um")
+    if values is None:
+        return None
+    try:
+        values = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None
+    spatial = [i for i, a in enumerate(axes) if a in "ZYX"]
+    if len(values) == len(axes) != len(spatial):
+        values = [values[i] for i in spatial]
+    return tuple(values) if len(values) == len(spatial) and all(v > 0 for v in values) else None
+
+
 def _some(names: list[str]) -> str:
     return ", ".join(names[:_LISTED]) + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")

@@ -25,7 +25,7 @@ from bigdenoise.channels import (AxisView, parse_numbers, resolve_axes, select_c
                                  volume_voxel_size, with_voxel_size)
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
-from bigdenoise.hdf5 import open_hdf5, split_path as split_hdf5_path
+from bigdenoise.hdf5 import element_size_um, open_hdf5, split_path as split_hdf5_path
 from bigdenoise.images import NPY_SUFFIX, PICTURE_SUFFIXES, open_npy, open_picture
 from bigdenoise.tiff import SUFFIXES as TIFF_SUFFIXES, TiffData, is_sequence, open_sequence, open_tiff
 from bigdenoise.ome import (parent_ome_metadata, read_multiscales, read_ome_axes, read_ome_scale,
@@ -276,7 +276,12 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
     hdf5 = split_hdf5_path(path)
     if hdf5 is not None:
         node, inner, found = open_hdf5(str(source), *hdf5)
-        return _wrap_array(node, str(source), axes, found, str(hdf5[0] / inner), node.chunks)
+        volume = _wrap_array(node, str(source), axes, found, str(hdf5[0] / inner), node.chunks)
+        size = element_size_um(node, volume.axes)
+        if size is None:
+            return volume
+        units = tuple("micrometer" if a in "ZYX" else None for a in volume.axes)
+        return replace(with_voxel_size(volume, size), units=units)
     if not path.exists():
         raise InputError(f"{source} does not exist: check the path")
     suffix = path.suffix.lower()

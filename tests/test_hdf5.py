@@ -55,17 +55,20 @@ def test_a_file_of_several_datasets_names_them_and_a_missing_one_is_one_line(tmp
         assert words in err and len(err.splitlines()) == 1
 
 
-def test_hdf5_trains_and_predicts_and_is_never_an_output(tmp_path, capsys):
+def test_hdf5_trains_and_predicts_with_its_voxel_size_and_is_never_an_output(tmp_path, capsys):
     image, _ = smooth_volume((2, 48, 64), seed=5)
     with h5py.File(tmp_path / "scan.h5", "w") as f:
         f["data"] = (image * 40 + 100).astype(np.float32)
+        f["data"].attrs["element_size_um"] = [1.0, 0.2, 0.1]  # as Fiji writes it, one value per axis
     before = _digest(tmp_path / "scan.h5")
     model, out = tmp_path / "model", tmp_path / "out.zarr"
     assert main(["train", str(tmp_path / "scan.h5"), "--method", "n2v", "--axes", "SYX", "--out", str(model),
                  "--steps", "2", "--batch-size", "2", "--patch", "32,32", "--quiet"]) == 0, capsys.readouterr().err
     assert main(["predict", str(tmp_path / "scan.h5"), "--model", str(model), "--out", str(out),
                  "--quiet"]) == 0, capsys.readouterr().err
-    assert zarr.open_array(str(out), mode="r").shape == (2, 48, 64)
+    written = zarr.open_array(str(out), mode="r")
+    assert written.shape == (2, 48, 64)
+    assert written.attrs["scale"] == [1.0, 0.2, 0.1] and written.attrs["units"] == [None, "micrometer", "micrometer"]
     for target in ("scan.h5", "scan.h5/other.zarr"):
         assert main(["predict", f"{tmp_path}/scan.h5/data", "--model", str(model), "--out", f"{tmp_path}/{target}",
                      "--quiet"]) == 2
