@@ -43,21 +43,21 @@ def open_hdf5(source: str, file: Path, inner: str) -> tuple[Any, str, str | None
         handle = h5py.File(file, "r")
     except Exception as e:  # noqa: BLE001 - h5py names what it could not parse
         raise InputError(f"{source} could not be read as an HDF5 file ({e})") from None
-    arrays: list[str] = []
-    handle.visititems(lambda name, node: arrays.append(name) if isinstance(node, h5py.Dataset)
-                      and node.ndim >= 2 else None)
-    if not inner and len(arrays) != 1:
-        handle.close()
-        if not arrays:
-            raise InputError(f"{source} holds no dataset of two or more dimensions")
-        raise InputError(f"{source} holds {len(arrays)} datasets ({_some(arrays)}): name one, e.g. "
-                         f"{source.rstrip('/')}/{arrays[0]}")
-    inner = inner or arrays[0]
-    node = handle.get(inner)
-    if not isinstance(node, h5py.Dataset):
-        handle.close()
-        raise InputError(f"{source}: {file.name} has no dataset {inner!r}"
-                         + (f"; its datasets: {_some(arrays)}" if arrays else ""))
+    node = handle.get(inner) if inner else None
+    if not isinstance(node, h5py.Dataset):  # list the images only when one must be chosen or named
+        arrays: list[str] = []
+        handle.visititems(lambda name, obj: arrays.append(name) if isinstance(obj, h5py.Dataset)
+                          and obj.ndim >= 2 else None)
+        if inner or len(arrays) != 1:
+            handle.close()
+            if inner:
+                raise InputError(f"{source}: {file.name} has no dataset {inner!r}"
+                                 + (f"; its datasets: {_some(arrays)}" if arrays else ""))
+            if not arrays:
+                raise InputError(f"{source} holds no dataset of two or more dimensions")
+            raise InputError(f"{source} holds {len(arrays)} datasets ({_some(arrays)}): name one, e.g. "
+                             f"{source.rstrip('/')}/{arrays[0]}")
+        inner, node = arrays[0], handle[arrays[0]]
     axes = node.attrs.get("axes")
     if isinstance(axes, bytes):
         axes = axes.decode(errors="replace")

@@ -275,13 +275,7 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
         return _from_tiff(str(source), open_sequence(str(path)), axes, str(path))
     hdf5 = split_hdf5_path(path)
     if hdf5 is not None:
-        node, inner, found = open_hdf5(str(source), *hdf5)
-        volume = _wrap_array(node, str(source), axes, found, str(hdf5[0] / inner), node.chunks)
-        size = element_size_um(node, volume.axes)
-        if size is None:
-            return volume
-        units = tuple("micrometer" if a in "ZYX" else None for a in volume.axes)
-        return replace(with_voxel_size(volume, size), units=units)
+        return _from_hdf5(str(source), *hdf5, axes)
     if not path.exists():
         raise InputError(f"{source} does not exist: check the path")
     suffix = path.suffix.lower()
@@ -318,6 +312,16 @@ def _wrap_array(array: Any, source: str, axes: str | None, found: str | None = N
     elif chunks is None:
         chunks = default_chunks(array.shape, axes)
     return Volume(array, axes, source, tuple(chunks), path=path)
+
+
+def _from_hdf5(source: str, file: Path, inner: str, axes: str | None) -> Volume:
+    node, inner, found = open_hdf5(source, file, inner)
+    volume = _wrap_array(node, source, axes, found, str(file / inner), node.chunks)
+    size = element_size_um(node, volume.axes)
+    if size is None:
+        return volume
+    units = tuple("micrometer" if a in "ZYX" else None for a in volume.axes)
+    return replace(with_voxel_size(volume, size), units=units)
 
 
 def _from_tiff(source: str, data: TiffData, axes: str | None, path: str) -> Volume:
