@@ -138,11 +138,13 @@ at the weakest, and level with struct-N2V on Hagen mito-confocal (-0.06, one see
 the shorter distillation as well, at 6 minutes on an Intel Xeon: +1.21 over N2V at the weakest
 stripes (every pair higher, one seed +0.81), +0.51 over struct-N2V at the strongest (every seed
 above), +0.13 over struct-N2V on Hagen mito-confocal over nine seeds (-0.01, +0.27 and, through
-the command line, +0.13 in three runs of three seeds, one seed -0.20). Its stripe
-residue is mostly that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur
-of the clean images giving -0.17 there; +0.16 on BSD68's row stripes, a supervised CARE's +0.20,
-a blur of the clean images with no noise +0.11; with the images' part cancelled between the
-row and column cases, +0.07 against CARE's +0.11 (``quality-cosdd-bsd68-cli``, ``residue-content``).
+the command line, +0.13 in three runs of three seeds, one seed -0.20), but on the whole Hagen image,
+whose background is mostly clipped zeros, only level (+0.00, one seed under; 0.33 dB under on the
+cells: ``quality-cosdd-hagen-whole-cli``). Its stripe residue is mostly that of a blur: -0.24
+on Set12's column stripes, as a supervised CARE's, a blur of the clean images giving -0.17 there;
++0.16 on BSD68's row stripes, a supervised CARE's +0.20, a blur of the clean images with no noise
++0.11; with the images' part cancelled between the row and column cases, +0.07 against CARE's
++0.11 (``quality-cosdd-bsd68-cli``, ``residue-content``).
 """
 
 from __future__ import annotations
