@@ -60,6 +60,19 @@ def smooth_volume(shape, seed=0, noise=0.3):
     return (clean + rng.normal(0, noise * 40, shape)).astype(np.float32), clean
 
 
+def cli_round_trip(source, tmp_path, capsys):
+    """Train N2V for 2 steps on ``source`` (axes SYX) and predict it, both through the command
+    line as a user types them; the output Zarr array."""
+    from bigdenoise.cli import main
+
+    model, out = tmp_path / "model", tmp_path / "out.zarr"
+    assert main(["train", str(source), "--method", "n2v", "--axes", "SYX", "--out", str(model), "--steps", "2",
+                 "--batch-size", "2", "--patch", "32,32", "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["predict", str(source), "--model", str(model), "--out", str(out), "--quiet"]) == 0, \
+        capsys.readouterr().err
+    return zarr.open_array(str(out), mode="r")
+
+
 def write_zarr(path, data, chunks, axes, zarr_format=3):
     arr = zarr.create_array(str(path), shape=data.shape, chunks=chunks, dtype=data.dtype,
                             attributes={"axes": axes}, zarr_format=zarr_format)

@@ -6,14 +6,13 @@ import pickle
 import h5py
 import numpy as np
 import pytest
-import zarr
 
 from bigdenoise.cli import main
 from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
 from bigdenoise.volume import open_volume
 
-from conftest import smooth_volume
+from conftest import cli_round_trip, smooth_volume
 
 
 def _digest(path):
@@ -61,16 +60,11 @@ def test_hdf5_trains_and_predicts_with_its_voxel_size_and_is_never_an_output(tmp
         f["data"] = (image * 40 + 100).astype(np.float32)
         f["data"].attrs["element_size_um"] = [1.0, 0.2, 0.1]  # as Fiji writes it, one value per axis
     before = _digest(tmp_path / "scan.h5")
-    model, out = tmp_path / "model", tmp_path / "out.zarr"
-    assert main(["train", str(tmp_path / "scan.h5"), "--method", "n2v", "--axes", "SYX", "--out", str(model),
-                 "--steps", "2", "--batch-size", "2", "--patch", "32,32", "--quiet"]) == 0, capsys.readouterr().err
-    assert main(["predict", str(tmp_path / "scan.h5"), "--model", str(model), "--out", str(out),
-                 "--quiet"]) == 0, capsys.readouterr().err
-    written = zarr.open_array(str(out), mode="r")
+    written = cli_round_trip(tmp_path / "scan.h5", tmp_path, capsys)
     assert written.shape == (2, 48, 64)
     assert written.attrs["scale"] == [1.0, 0.2, 0.1] and written.attrs["units"] == [None, "micrometer", "micrometer"]
     for target in ("scan.h5", "scan.h5/other.zarr"):
-        assert main(["predict", f"{tmp_path}/scan.h5/data", "--model", str(model), "--out", f"{tmp_path}/{target}",
-                     "--quiet"]) == 2
+        assert main(["predict", f"{tmp_path}/scan.h5/data", "--model", str(tmp_path / "model"),
+                     "--out", f"{tmp_path}/{target}", "--quiet"]) == 2
         assert "inside the input" in capsys.readouterr().err
     assert _digest(tmp_path / "scan.h5") == before

@@ -4,7 +4,6 @@ import pickle
 
 import numpy as np
 import pytest
-import zarr
 from PIL import Image
 
 from bigdenoise.cli import main
@@ -12,7 +11,7 @@ from bigdenoise.errors import InputError
 from bigdenoise.geometry import Box
 from bigdenoise.volume import open_volume
 
-from conftest import smooth_volume
+from conftest import cli_round_trip, smooth_volume
 
 
 def test_a_npy_file_is_read_lazily_by_box_and_reopens_by_path(tmp_path):
@@ -68,12 +67,7 @@ def test_a_png_trains_and_predicts_through_the_issues_commands(tmp_path, capsys)
     image, _ = smooth_volume((48, 64), seed=4)
     pixels = np.clip(image * 40 + 100, 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(tmp_path / "frame.png")
-    model, out = tmp_path / "model", tmp_path / "out.zarr"
-    assert main(["train", str(tmp_path / "frame.png"), "--method", "n2v", "--axes", "SYX", "--out", str(model),
-                 "--steps", "2", "--batch-size", "2", "--patch", "32,32", "--quiet"]) == 0, capsys.readouterr().err
-    assert main(["predict", str(tmp_path / "frame.png"), "--model", str(model), "--out", str(out),
-                 "--quiet"]) == 0, capsys.readouterr().err
-    written = zarr.open_array(str(out), mode="r")
+    written = cli_round_trip(tmp_path / "frame.png", tmp_path, capsys)
     assert written.shape == pixels.shape and np.isfinite(written[:]).all()
 
 
