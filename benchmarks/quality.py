@@ -169,8 +169,9 @@ def stripe_residue(prediction: np.ndarray, truth: np.ndarray, box: int = RESIDUE
 
 def flat_pixels(truth: np.ndarray, fraction: float = 0.3, box: int = RESIDUE_BOX) -> np.ndarray:
     """(H, W) bool: the ``fraction`` of pixels of ``truth`` with the lowest standard deviation in
-    their ``box`` x ``box`` window, where a denoiser has no detail to blur, so the residue A there
-    is that of noise left in the output rather than of signal lost."""
+    their ``box`` x ``box`` window, where a denoiser has little detail to blur, so the residue A
+    there is mostly that of noise left in the output (A is scale-free: the faint texture left there
+    still counts, ``residue_split.py``'s blurred truth)."""
     from scipy import ndimage
 
     t = np.asarray(truth, np.float64)

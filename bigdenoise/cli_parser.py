@@ -14,8 +14,8 @@ from .runfile import add_config_flag
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a denoiser on a volume", description="Train a denoiser on a volume "
-                       "(Zarr array path like case.zarr/noisy, OME-Zarr, TIFF, HDF5 dataset like scan.h5/data, .npy, PNG, "
-                       "a folder of planes) and save a model package.")
+                       "(Zarr array path like case.zarr/noisy, OME-Zarr, TIFF, HDF5 dataset like scan.h5/data, "
+                       ".npy, PNG, a folder of planes) and save a model package.")
     p.add_argument("input", help="noisy volume")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--method", default="n2v", help="training method (default n2v)")
