@@ -16,11 +16,18 @@ show nothing. The rule here, used by ``data.PatchBatches`` through ``sampling.fo
   less: on a 99 %-background light-sheet-like volume (94.6 % of sampled voxels at the level)
   N2V gains +8.8 dB on the foreground (``benchmarks/foreground.py``), while on sCMOS TIRF cells
   (76.5 % at the level), where uniform patches already show cells, the same sampling lost 0.16 dB.
+- **A method's own rule** (:class:`Rule`, ``Method.foreground``). COSDD also turns it on for a
+  *clipped* background: a level with no noise at all (more than half of the neighbour differences
+  exactly 0, e.g. an 8-bit conversion that clipped the dark background to 0) holding at least
+  ``clipped_background`` (50 %) of the sampled voxels. Such voxels teach its noise model and its
+  latents nothing, and each of its steps is dear. It also wants more per patch (``full_content``
+  30 %). On the whole Hagen mito-confocal image (78 % clipped zeros) that turned COSDD's cells from
+  0.5 dB under struct-N2V to 0.2 dB above it (``benchmarks/RESULTS.md``, quality-cosdd-hagen-fg-cli).
 - **Sampling.** A patch's content ``c`` is the fraction of its voxels above ``T``. With probability
   ``UNIFORM_SHARE`` (the floor, 10 %) a patch is the plain uniform draw, whatever it holds: that
   keeps background in training. Otherwise candidate boxes are drawn one after the other (the first
-  is the uniform draw) and each is accepted with probability ``min(1, c / FULL_CONTENT)`` (a patch
-  with >= 2 % foreground voxels always); after ``MAX_TRIES`` (16) rejections the candidate with the
+  is the uniform draw) and each is accepted with probability ``min(1, c / full_content)`` (a patch
+  with >= ``FULL_CONTENT``, 2 %, foreground voxels always, unless the method's rule asks more); after ``MAX_TRIES`` (16) rejections the candidate with the
   most content is taken. So at most 16 candidate boxes, each reading only the chunks it overlaps,
   are read per patch, and the choice is a pure function of ``(seed, stream, index)``.
 """
@@ -40,6 +47,25 @@ FULL_CONTENT = 0.02
 UNIFORM_SHARE = 0.1
 MAX_TRIES = 16
 MAX_VOXELS = 2_000_000
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How ``auto`` decides and what a patch must hold; the shared one unless a method prefers its own.
+
+    Attributes
+    ----------
+    mostly_background : on from this share of sampled voxels at the background level.
+    clipped_background : also on from this share when the level has no noise (a clipped background);
+        None: no such clause.
+    min_foreground : and only when at least this share lies above the threshold.
+    full_content : a candidate with at least this share of foreground voxels is always accepted.
+    """
+
+    mostly_background: float = MOSTLY_BACKGROUND
+    clipped_background: float | None = None
+    min_foreground: float = MIN_FOREGROUND
+    full_content: float = FULL_CONTENT
 
 
 @dataclass(frozen=True)
@@ -108,11 +134,11 @@ def sample_statistics(samples: list[np.ndarray], seed: int = 0,
     return float(np.median(all_values)), noise, all_values
 
 
-def decide(setting: str | float, samples: list[np.ndarray], seed: int = 0) -> Foreground:
+def decide(setting: str | float, samples: list[np.ndarray], seed: int = 0, rule: Rule = Rule()) -> Foreground:
     """The run's :class:`Foreground` from the configuration's ``setting`` and the sampled chunks.
 
     ``"off"`` reads nothing; a number is the threshold (always on); ``"auto"`` applies the test of
-    the module docstring.
+    the module docstring with ``rule``'s shares.
     """
     if setting == "off":
         return Foreground("off", False, reason="--foreground off")
@@ -122,13 +148,18 @@ def decide(setting: str | float, samples: list[np.ndarray], seed: int = 0) -> Fo
     if setting != "auto":
         threshold = float(setting)
         fg = float(np.mean(values > threshold))
-        return Foreground(str(setting), True, threshold, level, noise, bg, fg, reason="threshold given")
+        return Foreground(str(setting), True, threshold, level, noise, bg, fg, reason="threshold given",
+                          full_content=rule.full_content)
     threshold = level + K_SIGMA * noise
     fg = float(np.mean(values > threshold))
-    on = bg >= MOSTLY_BACKGROUND and fg >= MIN_FOREGROUND
-    reason = (f"{bg:.1%} of sampled voxels at the background level {level:.4g} +- {band:.4g} "
-              f"(on from {MOSTLY_BACKGROUND:.0%}), {fg:.2%} above {threshold:.4g} (on from {MIN_FOREGROUND:.1%})")
-    return Foreground("auto", on, threshold, level, noise, bg, fg, reason=reason)
+    clipped = noise == 0 and rule.clipped_background is not None
+    needed = rule.clipped_background if clipped else rule.mostly_background
+    on = bg >= needed and fg >= rule.min_foreground
+    level_text = f"the clipped background level {level:.4g} (no noise)" if clipped else \
+        f"the background level {level:.4g} +- {band:.4g}"
+    reason = (f"{bg:.1%} of sampled voxels at {level_text} (on from {needed:.0%}), "
+              f"{fg:.2%} above {threshold:.4g} (on from {rule.min_foreground:.1%})")
+    return Foreground("auto", on, threshold, level, noise, bg, fg, reason=reason, full_content=rule.full_content)
 
 
 def content(patch: np.ndarray, threshold: float) -> float:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .axes import axis_roles
 from .background import subtract_background
-from .foreground import Foreground, decide
+from .foreground import Foreground, Rule, decide
 from .geometry import Box
 from .tiling import reflect_indices
 from .volume import Volume, sample_chunk_boxes
@@ -104,14 +104,15 @@ def make_sampler(
 
 
 def foreground_plan(volume: Volume, setting: str | float, n_chunks: int, seed: int,
-                    background: np.ndarray | None = None) -> Foreground:
-    """The run's foreground-aware sampling decision (:func:`foreground.decide`) from ``n_chunks``
-    random storage chunks of ``volume`` (``volume.sample_chunk_boxes``, the ones normalisation
-    reads; nothing for ``"off"``), after subtracting ``background`` (a YX pattern) when given."""
+                    background: np.ndarray | None = None, rule: Rule = Rule()) -> Foreground:
+    """The run's foreground-aware sampling decision (:func:`foreground.decide`, with the method's
+    ``rule``) from ``n_chunks`` random storage chunks of ``volume`` (``volume.sample_chunk_boxes``,
+    the ones normalisation reads; nothing for ``"off"``), after subtracting ``background`` (a YX
+    pattern) when given."""
     if setting == "off":
         return decide("off", [])
     boxes = sample_chunk_boxes(volume, n_chunks, seed)
-    return decide(setting, [subtract_background(volume.read(b), b, background) for b in boxes], seed)
+    return decide(setting, [subtract_background(volume.read(b), b, background) for b in boxes], seed, rule)
 
 
 class ChunkCache:

@@ -275,7 +275,7 @@ def _prepare(volumes: Mapping[str, Volume], config: TrainConfig, method: Method,
     batches = dict(batch_size=config.batch_size, seed=config.seed, augment=config.augment, cache_bytes=cache_bytes,
                    stack_axis=config.stack_axis, channel_halo=method.channel_halo(options), background=background,
                    unpaired=unpaired, foreground=foreground_plan(volume, config.foreground, config.stats_chunks,
-                                                                 config.seed, background))
+                                                                 config.seed, background, method.foreground))
     log.info("foreground-aware sampling %s: %s", "on" if batches["foreground"].on else "off",
              batches["foreground"].reason)
     n_val = math.ceil(config.val_patches / config.batch_size)

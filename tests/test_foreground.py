@@ -4,6 +4,8 @@ floor, chunk-bounded reads, `auto` staying off on ordinary data, determinism, an
 import numpy as np
 import pytest
 import zarr
+
+import bigdenoise as bd
 from zarr.storage import LocalStore, LoggingStore
 
 from bigdenoise import foreground as fgm
@@ -15,9 +17,10 @@ from bigdenoise.normalize import Stats
 from bigdenoise.sampling import foreground_plan, make_sampler
 from bigdenoise.volume import open_volume
 
-from conftest import smooth_volume, write_zarr
+from conftest import TINY, smooth_volume, write_zarr
 
 PATCH = (8, 16, 16)
+SMALL_COSDD = {"levels": 2, "s_code": 8, "ar_channels": 8, "distill_samples": 2}
 
 
 def sparse_volume(shape=(32, 96, 96), seed=0, fraction=0.03):
@@ -187,3 +190,48 @@ def test_cli_records_the_decision_in_the_model(tmp_path):
     assert auto.train_config.foreground == "auto" and off.train_config.foreground == "off"
     assert auto.info["foreground"]["on"] and auto.info["foreground"]["threshold"] > 100
     assert not off.info["foreground"]["on"] and off.info["foreground"]["threshold"] is None
+
+
+def clipped_images(n=4, size=96, seed=0, offset=0.0):
+    """8-bit-like images ``(n, size, size)`` float32: bright noisy disks (about a third of the
+    pixels) on a dark background that the conversion clipped to exactly 0 (``offset`` 0), or on a
+    noisy background at ``offset`` (not clipped)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = []
+    for _ in range(n):
+        cells = np.zeros((size, size), bool)
+        for _ in range(6):
+            cy, cx = rng.integers(size, size=2)
+            cells |= (yy - cy) ** 2 + (xx - cx) ** 2 < 12 ** 2
+        x = offset - 20 + 5 * rng.standard_normal((size, size)) + 80 * cells
+        images.append(np.rint(np.clip(x, 0, 255) if offset == 0 else x))
+    return np.stack(images).astype(np.float32)
+
+
+def test_cosdds_rule_turns_on_for_a_clipped_background_only_and_asks_more_of_a_patch(tmp_path):
+    """COSDD's rule (``Method.foreground``): on for a clipped background that the shared 85 % rule
+    leaves off; off for the same share of noisy background; and its patches hold more foreground."""
+    cosdd_rule, shared = get_method("cosdd").foreground, get_method("n2v").foreground
+    clipped = open_volume(write_zarr(tmp_path / "clipped.zarr", clipped_images(), (1, 48, 48), "SYX"))
+    plan = foreground_plan(clipped, "auto", 16, 0, rule=cosdd_rule)
+    assert 0.5 < plan.background_fraction < 0.85 and plan.noise == 0 and plan.threshold == 0
+    assert plan.on and "clipped" in plan.reason and plan.full_content == 0.3
+    assert not foreground_plan(clipped, "auto", 16, 0, rule=shared).on
+    noisy = open_volume(write_zarr(tmp_path / "noisy.zarr", clipped_images(offset=100.0), (1, 48, 48), "SYX"))
+    plain = foreground_plan(noisy, "auto", 16, 0, rule=cosdd_rule)
+    assert plain.noise > 0 and 0.5 < plain.background_fraction < 0.85 and not plain.on, plain.reason
+    # the same threshold with the shared share per patch: COSDD's patches hold more foreground
+    loose = fgm.Foreground("auto", True, plan.threshold)
+    held = [np.mean([fgm.content(clipped.read(ds.box(i)), 0.0) for i in range(300)])
+            for ds in (_batches(clipped, plan), _batches(clipped, loose))]
+    assert held[0] > held[1] + 0.05, held
+
+
+def test_training_uses_the_methods_rule(tmp_path):
+    src = write_zarr(tmp_path / "in.zarr", clipped_images(2), (1, 48, 48), "SYX")
+    short = {**TINY, "steps": 2, "stats_chunks": 8}
+    cosdd_model = bd.train(src, tmp_path / "cosdd", method="cosdd", progress=False, options=SMALL_COSDD, **short)
+    n2v_model = bd.train(src, tmp_path / "n2v", method="n2v", progress=False, **short)
+    assert cosdd_model.info["foreground"]["on"] and cosdd_model.info["foreground"]["full_content"] == 0.3
+    assert not n2v_model.info["foreground"]["on"]

@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from ..errors import ConfigError
+from ..foreground import Rule
 
 Nets = dict[str, torch.nn.Module]
 
@@ -135,6 +136,9 @@ class Method:
         whole-image one. D-BSN's ``noise=awgn``: the image's noise variance. Not for methods
         with a stack axis.
     image_option : the option that receives each image's mean of ``prepass`` (needed with it).
+    foreground : the rule of foreground-aware patch sampling (``foreground.Rule``): when ``auto``
+        turns it on and how much foreground a patch must hold; the shared rule unless a method
+        measured a better one of its own (COSDD: also on for a clipped background).
     """
 
     name: str
@@ -159,6 +163,7 @@ class Method:
     unpaired: tuple[str, ...] = ()
     prepass: Callable[[Any], Callable[[Nets, torch.Tensor], torch.Tensor] | None] = lambda options: None
     image_option: str | None = None
+    foreground: Rule = Rule()
 
     def __post_init__(self) -> None:
         unknown = set(self.predict_options) - set(self.options.model_fields)

@@ -156,6 +156,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..foreground import Rule
 from ..nets.ar_decoder import ARDecoder, receptive_field
 from ..nets.lvae import LadderVAE, SignalDecoder, coordinate_noise
 from ..nets.unet import build_unet
@@ -579,4 +580,5 @@ METHOD = Method(
     # one noise direction
     train_defaults={"lr": 2e-3, "batch_size": 8, "augment": False},
     net_defaults={"batch_norm": False},  # the direct denoiser's (see Defaults)
+    foreground=Rule(clipped_background=0.5, full_content=0.3),  # see Defaults
 )
