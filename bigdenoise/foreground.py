@@ -22,7 +22,7 @@ show nothing. The rule here, used by ``data.PatchBatches`` through ``sampling.fo
   ``clipped_background`` (50 %) of the sampled voxels. Such voxels teach its noise model and its
   latents nothing, and each of its steps is dear. It also wants more per patch (``full_content``
   30 %). On the whole Hagen mito-confocal image (78 % clipped zeros) that turned COSDD's cells from
-  0.5 dB under struct-N2V to 0.2 dB above it (``benchmarks/RESULTS.md``, quality-cosdd-hagen-fg-cli).
+  0.33 dB under struct-N2V to 0.16 dB above it (``benchmarks/RESULTS.md``, quality-cosdd-hagen-fg-cli).
 - **Sampling.** A patch's content ``c`` is the fraction of its voxels above ``T``. With probability
   ``UNIFORM_SHARE`` (the floor, 10 %) a patch is the plain uniform draw, whatever it holds: that
   keeps background in training. Otherwise candidate boxes are drawn one after the other (the first
