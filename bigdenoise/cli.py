@@ -11,6 +11,7 @@ import sys
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 from ._version import __version__
 from .cli_args import Parser, given_options, input_kwargs, job_options
@@ -67,10 +68,16 @@ def _convert(a: argparse.Namespace) -> None:
 
 def _info(a: argparse.Namespace) -> None:
     from .convert import describe, format_description
+    from .files import written_kind
+    from .outputs import MODEL
+    from .package import describe_model, format_model_description
     from .volume import open_volume
 
-    d = describe(open_volume(a.input, a.axes, **input_kwargs(a)))
-    print(json.dumps(d, indent=2, default=str) if a.json else format_description(d))
+    if Path(a.input).is_dir() and written_kind(Path(a.input)) == MODEL.name:
+        d, text = describe_model(a.input), format_model_description
+    else:
+        d, text = describe(open_volume(a.input, a.axes, **input_kwargs(a))), format_description
+    print(json.dumps(d, indent=2, default=str) if a.json else text(d))
 
 
 def _train(a: argparse.Namespace) -> None:

@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunks", type=parse_shape)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quiet", action="store_true")
-    p = sub.add_parser("info", help="shape, dtype, chunks, axes, size and a sampled intensity summary")
+    p = sub.add_parser("info", help="shape, dtype, chunks, axes, size and a sampled intensity summary; "
+                                   "of a model: its method, training, data and normalisation")
     p.add_argument("input")
     p.add_argument("--axes")
     add_input_options(p)

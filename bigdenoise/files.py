@@ -90,3 +90,20 @@ def files_digest(paths) -> str:
             for part in iter(lambda: f.read(2**20), b""):
                 h.update(part)
     return h.hexdigest()
+
+
+MARKER = ".bigdenoise.json"  # in every output folder bigdenoise writes (``outputs.Destination``)
+MARKER_FORMAT = "bigdenoise-output"
+IMAGE_KINDS = ("prediction", "Zarr copy")  # the kinds of output that are images, and so inputs too
+
+
+def written_kind(path: Path) -> str | None:
+    """The kind of output (``outputs.Kind.name``) bigdenoise wrote at the folder ``path``, as its
+    marker says; None where there is no readable marker of ours."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+        return None
+    return str(marker.get("kind"))

@@ -29,11 +29,9 @@ from typing import Any
 
 from ._version import __version__
 from .errors import OutputError
-from .files import atomic_write_bytes
+from .files import IMAGE_KINDS, MARKER, MARKER_FORMAT, atomic_write_bytes, written_kind
 from .tiff import GLOB_CHARACTERS
 
-MARKER = ".bigdenoise.json"
-MARKER_FORMAT = "bigdenoise-output"
 STAGING = ".bigdenoise-partial"
 SET_ASIDE = ".bigdenoise-replaced"
 # the marker, atomic writes a crash left behind, and our own outputs' staging siblings (checked
@@ -65,9 +63,9 @@ NOISE_MODEL = Kind("noise model", ("noise_model.json", "noise_model.safetensors"
 # bigdenoise-errors.log: where failed blocks' tracebacks went before bigdenoise.log held them;
 # .zgroup, .zattrs: an NGFF 0.4 image (Zarr v2); zarr.*.partial: Zarr's atomic write of zarr.json,
 # left by a kill
-PREDICTION = Kind("prediction", ("zarr.json", "zarr.*.partial", ".zgroup", ".zattrs", "c", "[0-9]*",
+PREDICTION = Kind(IMAGE_KINDS[0], ("zarr.json", "zarr.*.partial", ".zgroup", ".zattrs", "c", "[0-9]*",
                                  ".bigdenoise-done", "bigdenoise.log", "bigdenoise-errors.log", "preview.png"))
-ZARR_COPY = Kind("Zarr copy", ("zarr.json", "zarr.*.partial", "c"))
+ZARR_COPY = Kind(IMAGE_KINDS[1], ("zarr.json", "zarr.*.partial", "c"))
 DEMO = Kind("demo folder", ("bigdenoise-demo.json", "noisy.zarr", "clean.zarr", "denoised.zarr", "model",
                             "preview.png"))
 
@@ -251,15 +249,12 @@ def _check_ours(path: Path, kind: Kind) -> None:
     if not path.is_dir() or path.is_symlink():
         raise OutputError(f"{path} exists and is not a bigdenoise {kind.name} (it is a file); bigdenoise replaces "
                           f"only its own outputs: choose another path or remove it yourself")
-    try:
-        marker = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        marker = None
-    if not isinstance(marker, dict) or marker.get("format") != MARKER_FORMAT:
+    written = written_kind(path)
+    if written is None:
         raise OutputError(f"{path} exists and was not written by bigdenoise (no {MARKER} marker); bigdenoise "
                           f"replaces only its own outputs: choose another path or remove it yourself")
-    if marker.get("kind") != kind.name:
-        raise OutputError(f"{path} is a bigdenoise {marker.get('kind')}, not a {kind.name}; choose another path")
+    if written != kind.name:
+        raise OutputError(f"{path} is a bigdenoise {written}, not a {kind.name}; choose another path")
     foreign = _foreign(path, kind.entries) + [f"{name}/{f}" for name, patterns in kind.folders
                                                if (path / name).is_dir() for f in _foreign(path / name, patterns)]
     if foreign:

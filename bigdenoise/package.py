@@ -181,6 +181,43 @@ def save_model(path: str | Path, config: TrainConfig, nets: Nets, stats: Stats, 
     return path
 
 
+def describe_model(path: str | Path) -> dict[str, Any]:
+    """What ``bigdenoise info MODEL`` shows: the package's ``config.json`` without its networks
+    (no weights are read).
+
+    Returns
+    -------
+    dict
+        Keys ``path, method, options, axes, bigdenoise_version, steps, train_seconds, device,
+        best_val_loss, data, data_shape, normalization, foreground`` (None where the package
+        does not say).
+    """
+    document = read_versioned_json(Path(path) / CONFIG_FILE, FORMAT, FORMAT_VERSION, "model")
+    info, config = document.get("info", {}), document.get("train_config", {})
+    return {"path": str(path), "method": document.get("method"), "options": config.get("options"),
+            "axes": document.get("axes"), "bigdenoise_version": document.get("bigdenoise_version"),
+            **{k: info.get(k) for k in ("steps", "train_seconds", "device", "best_val_loss", "data", "data_shape",
+                                        "foreground")},
+            "normalization": document.get("normalization")}
+
+
+def format_model_description(d: dict[str, Any]) -> str:
+    """Render :func:`describe_model`'s dict as an aligned text block."""
+    norm, fg = d["normalization"] or {}, d["foreground"] or {}
+    rows = [("model", d["path"]), ("method", d["method"]),
+            ("options", ", ".join(f"{k}={v}" for k, v in (d["options"] or {}).items()) or "defaults"),
+            ("axes", d["axes"]),
+            ("trained", f"{d['steps']} steps, {d['train_seconds']} s on {d['device']}, best validation loss "
+                        f"{d['best_val_loss']:.4g}" if d["steps"] is not None else "unknown"),
+            ("on", ", ".join(f"{k} {v}" for k, v in (d["data"] or {}).items())
+             + (f" (shape {' x '.join(map(str, d['data_shape']))})" if d["data_shape"] else "")),
+            ("normalised", f"mean {norm['mean']:.6g}, std {norm['std']:.6g}" if norm else "unknown"),
+            ("foreground", f"{'on' if fg.get('on') else 'off'}: {fg.get('reason', '')}" if fg else "unknown"),
+            ("bigdenoise", d["bigdenoise_version"])]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", **imported: Any) -> Model:
     """Load a model package; a ModelError says what is missing or incompatible. A bioimage.io
     model (a ``.zip``, or a folder with ``rdf.yaml``) is imported by ``bioimageio_model.load_bioimageio``

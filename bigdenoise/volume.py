@@ -24,6 +24,7 @@ from bigdenoise.backing import zarr_path
 from bigdenoise.channels import (AxisView, parse_numbers, resolve_axes, select_channel, stored_array_axes,
                                  volume_voxel_size, with_voxel_size)
 from bigdenoise.errors import InputError
+from bigdenoise.files import IMAGE_KINDS, written_kind
 from bigdenoise.geometry import Box
 from bigdenoise.hdf5 import element_size_um, open_hdf5, split_path as split_hdf5_path
 from bigdenoise.images import NPY_SUFFIX, PICTURE_SUFFIXES, open_npy, open_picture
@@ -271,6 +272,10 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
             "a numpy array or a dask array"
         )
     path = Path(source).expanduser().absolute()
+    written = written_kind(path) if path.is_dir() else None
+    if written is not None and written not in IMAGE_KINDS:
+        raise InputError(f"{source} is a bigdenoise {written}, not an image: give an image here "
+                         f"(a model goes to --model)")
     if is_sequence(source):
         return _from_tiff(str(source), open_sequence(str(path)), axes, str(path))
     hdf5 = split_hdf5_path(path)

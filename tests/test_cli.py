@@ -32,6 +32,15 @@ def test_train_then_predict_end_to_end(tmp_path, capsys):
     assert np.isfinite(out[...]).all()
     # the input was not touched
     np.testing.assert_array_equal(zarr.open_array(src, mode="r")[...], data)
+    # info describes the model; a model given where an image goes is refused in one line, nothing written
+    assert main(["info", str(tmp_path / "model")]) == 0
+    text = capsys.readouterr().out
+    assert "n2v" in text and "3 steps" in text and "foreground  off" in text and src in text, text
+    model = str(tmp_path / "model")
+    _fails(["predict", model, "--model", model, "--out", str(tmp_path / "x.zarr"), "--quiet"], capsys,
+           "is a bigdenoise model package, not an image")
+    _fails(["train", model, "--out", str(tmp_path / "m2"), *TRAIN_TINY], capsys, "not an image")
+    assert not (tmp_path / "x.zarr").exists() and not (tmp_path / "m2").exists()
 
 
 def test_convert_and_info(tmp_path, capsys):
