@@ -71,8 +71,8 @@ def _add_train(sub) -> None:
                         "normalisation; prediction subtracts it too")
     p.add_argument("--foreground", metavar="auto|off|THRESHOLD",
                    help="draw patches favouring foreground (voxels above a threshold): auto (default) turns it on "
-                        "when the sampled chunks are mostly background (cosdd: also at a clipped level); off; or a threshold in "
-                        "raw intensity")
+                        "when the sampled chunks are mostly background (cosdd: also at a clipped level); off; or a "
+                        "threshold in raw intensity")
     net.add_argument("--batch-norm", action="store_true",
                      help="use batch norm (the default for n2v; n2n, care and noise2stack default to none)")
     add_option_flag(p, "an option of the method (its pydantic options; the flags above are shortcuts for some)",

@@ -208,7 +208,7 @@ def format_model_description(d: dict[str, Any]) -> str:
             ("options", ", ".join(f"{k}={v}" for k, v in (d["options"] or {}).items()) or "defaults"),
             ("axes", d["axes"]),
             ("trained", f"{d['steps']} steps, {d['train_seconds']} s on {d['device']}, best validation loss "
-                        f"{d['best_val_loss']:.4g}" if d["steps"] is not None else "unknown"),
+                        f"{d['best_val_loss']:.4g}" if d["best_val_loss"] is not None else "unknown"),
             ("on", ", ".join(f"{k} {v}" for k, v in (d["data"] or {}).items())
              + (f" (shape {' x '.join(map(str, d['data_shape']))})" if d["data_shape"] else "")),
             ("normalised", f"mean {norm['mean']:.6g}, std {norm['std']:.6g}" if norm else "unknown"),

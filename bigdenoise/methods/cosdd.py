@@ -150,8 +150,8 @@ stripes (every pair higher, one seed +0.81), +0.51 over struct-N2V at the strong
 above), +0.13 over struct-N2V on Hagen mito-confocal over nine seeds (-0.01, +0.27 and, through
 the command line, +0.13 in three runs of three seeds, one seed -0.20); on the whole Hagen image,
 whose background is 78 % clipped zeros, with its own foreground rule (see Defaults), +0.26, every
-seed above, and +0.16 on the central crop (``quality-cosdd-hagen-fg-cli``, ``-crop-fg-cli``). Its stripe residue is mostly that of a blur: -0.24
-on Set12's column stripes, as a supervised CARE's, a blur of the clean images giving -0.17 there;
+seed above, and +0.16 on the central crop (``quality-cosdd-hagen-fg-cli``, ``-crop-fg-cli``).
+Its stripe residue is mostly that of a blur: -0.24 on Set12's column stripes, as a supervised CARE's, a blur of the clean images giving -0.17 there;
 +0.16 on BSD68's row stripes, a supervised CARE's +0.20, a blur of the clean images with no noise
 +0.11; with the images' part cancelled between the row and column cases, +0.07 against CARE's
 +0.11 (``quality-cosdd-bsd68-cli``, ``residue-content``).
