@@ -73,7 +73,7 @@ def _info(a: argparse.Namespace) -> None:
     from .package import describe_model, format_model_description
     from .volume import open_volume
 
-    if Path(a.input).is_dir() and written_kind(Path(a.input)) == MODEL.name:
+    if written_kind(Path(a.input)) == MODEL.name:
         d, text = describe_model(a.input), format_model_description
     else:
         d, text = describe(open_volume(a.input, a.axes, **input_kwargs(a))), format_description

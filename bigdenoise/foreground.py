@@ -28,8 +28,9 @@ show nothing. The rule here, used by ``data.PatchBatches`` through ``sampling.fo
   keeps background in training. Otherwise candidate boxes are drawn one after the other (the first
   is the uniform draw) and each is accepted with probability ``min(1, c / full_content)`` (a patch
   with >= ``FULL_CONTENT``, 2 %, foreground voxels always, unless the method's rule asks more);
-  after ``MAX_TRIES`` (16) rejections the candidate with the most content is taken. So at most 16 candidate boxes, each reading only the chunks it overlaps,
-  are read per patch, and the choice is a pure function of ``(seed, stream, index)``.
+  after ``MAX_TRIES`` (16) rejections the candidate with the most content is taken. So at most 16
+  candidate boxes, each reading only the chunks it overlaps, are read per patch, and the choice
+  is a pure function of ``(seed, stream, index)``.
 """
 
 from __future__ import annotations

@@ -272,7 +272,7 @@ def _open_stored(source: Any, axes: str | None, series: int | None) -> Volume:
             "a numpy array or a dask array"
         )
     path = Path(source).expanduser().absolute()
-    written = written_kind(path) if path.is_dir() else None
+    written = written_kind(path)  # None for a file or a folder without our marker
     if written is not None and written not in IMAGE_KINDS:
         raise InputError(f"{source} is a bigdenoise {written}, not an image: give an image here "
                          f"(a model goes to --model)")

@@ -25,6 +25,7 @@ REQUIRE_DATA_ENV = "BIGDENOISE_REQUIRE_DATA"  # set by .ci/run: a missing shared
 
 TINY = dict(steps=3, val_every=3, batch_size=4, val_patches=4, stats_chunks=4,
             net={"depth": 2, "features": 4})
+COSDD_SMALL = {"levels": 2, "s_code": 8, "ar_channels": 8, "distill_samples": 2}  # COSDD's options for tiny runs
 
 # The exactness rule (DESIGN.md invariant 1, stated in the README): blockwise output equals the
 # whole-array output when  max|tiled - whole| <= EXACT_REL * (max - min of the whole output), or

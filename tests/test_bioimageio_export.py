@@ -19,7 +19,7 @@ from bigdenoise.errors import InputError, ModelError
 from bigdenoise.infer import predict_array
 from bigdenoise.package import with_options
 
-from conftest import TINY, exactness_error, rough_copy, smooth_volume, write_zarr
+from conftest import COSDD_SMALL, TINY, exactness_error, rough_copy, smooth_volume, write_zarr
 
 
 def unpack(zip_path, folder):
@@ -122,7 +122,7 @@ TILE_METHODS = {  # case: (method, training settings, prediction options given t
     "dbsn-distilled": ("dbsn", DBSN, {}),
     "dbsn-mu": ("dbsn", DBSN, {"prediction": "mu"}),
     "dbsn-posterior": ("dbsn", DBSN, {"prediction": "posterior"}),  # noise=pg: the level comes from the tile
-    "cosdd-direct": ("cosdd", {"options": {"levels": 2, "s_code": 8, "ar_channels": 8, "distill_samples": 2}}, {}),
+    "cosdd-direct": ("cosdd", {"options": COSDD_SMALL}, {}),
 }
 
 

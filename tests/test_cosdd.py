@@ -21,9 +21,8 @@ from bigdenoise.cli import main
 from bigdenoise.package import prediction_options, with_options
 from bigdenoise.nets.lvae import LadderVAE, gaussian_kl, gaussian_log_prob
 
-from conftest import TINY, assert_exact, assert_not_exact, rough_copy, short_halo, smooth_volume, write_zarr
-
-SMALL = {"levels": 2, "s_code": 8, "ar_channels": 8, "distill_samples": 2}
+from conftest import (COSDD_SMALL as SMALL, TINY, assert_exact, assert_not_exact, rough_copy, short_halo,
+                      smooth_volume, write_zarr)
 
 
 def _support(ar, shape, pos, along_y, trials=3):

@@ -4,10 +4,9 @@ floor, chunk-bounded reads, `auto` staying off on ordinary data, determinism, an
 import numpy as np
 import pytest
 import zarr
-
-import bigdenoise as bd
 from zarr.storage import LocalStore, LoggingStore
 
+import bigdenoise as bd
 from bigdenoise import foreground as fgm
 from bigdenoise import load_model
 from bigdenoise.cli import main
@@ -17,10 +16,9 @@ from bigdenoise.normalize import Stats
 from bigdenoise.sampling import foreground_plan, make_sampler
 from bigdenoise.volume import open_volume
 
-from conftest import TINY, smooth_volume, write_zarr
+from conftest import COSDD_SMALL, TINY, smooth_volume, write_zarr
 
 PATCH = (8, 16, 16)
-SMALL_COSDD = {"levels": 2, "s_code": 8, "ar_channels": 8, "distill_samples": 2}
 
 
 def sparse_volume(shape=(32, 96, 96), seed=0, fraction=0.03):
@@ -231,7 +229,7 @@ def test_cosdds_rule_turns_on_for_a_clipped_background_only_and_asks_more_of_a_p
 def test_training_uses_the_methods_rule(tmp_path):
     src = write_zarr(tmp_path / "in.zarr", clipped_images(2), (1, 48, 48), "SYX")
     short = {**TINY, "steps": 2, "stats_chunks": 8}
-    cosdd_model = bd.train(src, tmp_path / "cosdd", method="cosdd", progress=False, options=SMALL_COSDD, **short)
+    cosdd_model = bd.train(src, tmp_path / "cosdd", method="cosdd", progress=False, options=COSDD_SMALL, **short)
     n2v_model = bd.train(src, tmp_path / "n2v", method="n2v", progress=False, **short)
     assert cosdd_model.info["foreground"]["on"] and cosdd_model.info["foreground"]["full_content"] == 0.3
     assert not n2v_model.info["foreground"]["on"]
